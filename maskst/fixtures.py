@@ -1,0 +1,437 @@
+"""Random-weight models written in the exact folder layouts users have (DESIGN sections 4 and 8).
+
+No weights can be downloaded, so tests and benchmarks build their models here and then load them
+through the same code that loads real checkpoints:
+
+- ``<root>/base/``: a diffusers Stable Diffusion 1.5 folder (model_index.json, unet/, vae/,
+  text_encoder/, tokenizer/ with vocab.json + merges.txt + tokenizer_config.json +
+  special_tokens_map.json, scheduler/, feature_extractor/);
+- ``<root>/ip_adapter/models/``: ``ip-adapter_sd15.safetensors`` (flat keys) and ``.bin`` (nested
+  dict), ``ip-adapter-plus_sd15.safetensors`` (Resampler, 16 tokens) and ``image_encoder/``;
+- ``<root>/content_encoder/``: a full transformers ``CLIPModel`` folder (like laion's ViT-H/14) with
+  its tokenizer.
+
+Presets: ``tiny`` and ``tiny-wide`` (other widths, depths and head sizes) for tests, and ``full``
+(the real SD 1.5 / ViT-H / ViT-L architectures, random weights) for benchmarks. Everything is
+deterministic for a seed. Command line: ``maskst-fixtures OUT_DIR --preset tiny``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+ASSETS = Path(__file__).parent / "assets"
+REAL_CONFIGS = ASSETS / "configs"
+
+# Words that get whole-word BPE merges in the tiny vocabulary; other words still tokenize
+# (byte-level fallback), exactly as CLIP's BPE does for rare words.
+_WORDS = (
+    "a an the of in on at with and by photo painting picture drawing sketch style art cat dog ship "
+    "boat house tree flower person woman man bird car city mountain river sea sky portrait "
+    "landscape watercolor oil ink pencil colorful blurry low quality bad ugly astronaut horse "
+    "riding castle bridge van gogh starry night"
+).split()
+
+
+@dataclasses.dataclass(frozen=True)
+class FixtureSpec:
+    """Architecture knobs of a fixture set. Widths must stay divisible by the group-norm groups."""
+
+    name: str
+    text_hidden: int  # SD text encoder width == UNet cross-attention width
+    text_layers: int
+    text_heads: int
+    unet_channels: tuple[int, ...]
+    unet_layers_per_block: int
+    unet_heads: int  # diffusers' legacy `attention_head_dim` (= number of heads)
+    unet_groups: int
+    vae_channels: tuple[int, ...]
+    vae_groups: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_patch: int
+    projection_dim: int  # CLIP projection width: image_embeds and content text_embeds
+    content_hidden: int
+    content_layers: int
+    content_heads: int
+    ip_tokens: int = 4
+    plus_depth: int = 1
+    plus_heads: int = 1  # the Plus loader assumes 64-wide heads
+    full_size: bool = False
+
+
+PRESETS = {
+    "tiny": FixtureSpec(
+        name="tiny", text_hidden=32, text_layers=2, text_heads=2,
+        unet_channels=(32, 64), unet_layers_per_block=1, unet_heads=4, unet_groups=8,
+        vae_channels=(8, 16, 16, 16), vae_groups=8,
+        vision_hidden=32, vision_layers=2, vision_heads=2, vision_patch=32, projection_dim=48,
+        content_hidden=32, content_layers=2, content_heads=4,
+    ),
+    "tiny-wide": FixtureSpec(
+        name="tiny-wide", text_hidden=48, text_layers=1, text_heads=3,
+        unet_channels=(16, 32, 48), unet_layers_per_block=2, unet_heads=2, unet_groups=8,
+        vae_channels=(16, 16, 32, 32), vae_groups=8,
+        vision_hidden=40, vision_layers=3, vision_heads=5, vision_patch=28, projection_dim=72,
+        content_hidden=24, content_layers=3, content_heads=2, ip_tokens=2,
+    ),
+    "full": FixtureSpec(
+        name="full", text_hidden=768, text_layers=12, text_heads=12,
+        unet_channels=(320, 640, 1280, 1280), unet_layers_per_block=2, unet_heads=8, unet_groups=32,
+        vae_channels=(128, 256, 512, 512), vae_groups=32,
+        vision_hidden=1280, vision_layers=32, vision_heads=16, vision_patch=14, projection_dim=1024,
+        content_hidden=1024, content_layers=24, content_heads=16, plus_depth=4, plus_heads=12,
+        full_size=True,
+    ),
+}
+
+
+def _read_config(name: str) -> dict:
+    return json.loads((REAL_CONFIGS / name).read_text())
+
+
+# ---------------------------------------------------------------- tokenizer files
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-to-printable-character table (the order CLIP's vocabulary starts with)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def write_clip_tokenizer(folder: Path, tokenizer_config: dict, special_tokens_map: dict) -> int:
+    """Write vocab.json + merges.txt + the two json files of a small CLIP BPE; returns vocab size.
+
+    The vocabulary has CLIP's structure (256 byte characters, the same with ``</w>``, merges,
+    then ``<|startoftext|>`` and ``<|endoftext|>``) but merges only for a few common words.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    base = list(_bytes_to_unicode().values())
+    vocab = base + [c + "</w>" for c in base]
+    merges: list[str] = []
+    for word in _WORDS:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            merge = f"{symbols[0]} {symbols[1]}"
+            merged = symbols[0] + symbols[1]
+            if merge not in merges:
+                merges.append(merge)
+                vocab.append(merged)
+            symbols = [merged] + symbols[2:]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
+    (folder / "vocab.json").write_text(json.dumps(ids, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_tokens_map, indent=2))
+    return len(ids)
+
+
+# ---------------------------------------------------------------- model configs
+
+
+def _text_config(spec: FixtureSpec, vocab_size: int) -> dict:
+    cfg = _read_config("sd15_text_encoder_config.json")
+    if not spec.full_size:
+        cfg.update(hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 4,
+                   num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+                   vocab_size=vocab_size)
+    return cfg
+
+
+def _unet_config(spec: FixtureSpec) -> dict:
+    cfg = _read_config("sd15_unet_config.json")
+    if not spec.full_size:
+        levels = len(spec.unet_channels)
+        cfg.update(
+            block_out_channels=list(spec.unet_channels),
+            down_block_types=["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+            layers_per_block=spec.unet_layers_per_block,
+            attention_head_dim=spec.unet_heads,
+            cross_attention_dim=spec.text_hidden,
+            norm_num_groups=spec.unet_groups,
+            sample_size=8,
+        )
+    return cfg
+
+
+def _vae_config(spec: FixtureSpec) -> dict:
+    cfg = _read_config("sd15_vae_config.json")
+    if not spec.full_size:
+        n = len(spec.vae_channels)
+        cfg.update(block_out_channels=list(spec.vae_channels), layers_per_block=1,
+                   down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                   norm_num_groups=spec.vae_groups, sample_size=64)
+    return cfg
+
+
+def _vision_config(spec: FixtureSpec) -> dict:
+    cfg = _read_config("ip_adapter_image_encoder_config.json")
+    if not spec.full_size:
+        cfg.update(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 4,
+                   num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+                   patch_size=spec.vision_patch, projection_dim=spec.projection_dim)
+    return cfg
+
+
+def _content_config(spec: FixtureSpec, vocab_size: int) -> dict:
+    """A full CLIPModel config, like laion/CLIP-ViT-H-14's (text and vision towers)."""
+    cfg = _read_config("content_encoder_config.json")
+    if not spec.full_size:
+        text = dict(hidden_size=spec.content_hidden, intermediate_size=spec.content_hidden * 4,
+                    num_hidden_layers=spec.content_layers, num_attention_heads=spec.content_heads,
+                    vocab_size=vocab_size, projection_dim=spec.projection_dim)
+        vision = dict(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 4,
+                      num_hidden_layers=1, num_attention_heads=spec.vision_heads,
+                      patch_size=spec.vision_patch, projection_dim=spec.projection_dim)
+        cfg["text_config"].update(text)
+        cfg["vision_config"].update(vision)
+        cfg["projection_dim"] = spec.projection_dim
+    for key in ("text_config_dict", "vision_config_dict"):
+        cfg.pop(key, None)
+    return cfg
+
+
+# ---------------------------------------------------------------- writers
+
+
+def _seeded(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    return torch
+
+
+def _randomize(module, seed: int) -> None:
+    """Re-draw every parameter with a fixed generator so fixtures do not depend on init code.
+
+    Scales stay moderate (std 0.02 for matrices, around 1 for norm weights) so tiny random
+    networks produce non-trivial, finite activations.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+            elif param.ndim == 1:
+                param.copy_(0.02 * torch.randn(param.shape, generator=gen))
+            else:
+                fan_in = int(np.prod(param.shape[1:]))
+                param.copy_(torch.randn(param.shape, generator=gen) / np.sqrt(max(fan_in, 1)))
+
+
+def write_base(folder: Path, spec: FixtureSpec, seed: int) -> None:
+    """A diffusers Stable Diffusion 1.5 folder as `save_pretrained` lays it out."""
+    torch = _seeded(seed)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab_size = write_clip_tokenizer(
+        folder / "tokenizer", _read_config("sd15_tokenizer_config.json"), _read_config("sd15_special_tokens_map.json")
+    )
+    if spec.full_size:
+        vocab_size = 49408
+    text = CLIPTextModel(CLIPTextConfig(**_text_config(spec, vocab_size)))
+    unet = UNet2DConditionModel.from_config(_unet_config(spec))
+    vae = AutoencoderKL.from_config(_vae_config(spec))
+    for i, module in enumerate((text, unet, vae)):
+        if not spec.full_size:
+            _randomize(module, seed + i)
+    text.save_pretrained(folder / "text_encoder")
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    del torch
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REAL_CONFIGS / "sd15_scheduler_config.json", folder / "scheduler" / "scheduler_config.json")
+    (folder / "feature_extractor").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REAL_CONFIGS / "sd15_preprocessor_config.json", folder / "feature_extractor" / "preprocessor_config.json")
+    index = _read_config("sd15_model_index.json")
+    index["safety_checker"] = [None, None]
+    index["requires_safety_checker"] = False
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
+    """Hidden width of each cross-attention layer in `unet.attn_processors` order."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(unet_config)
+    sizes = []
+    for name, _ in unet.attn_processors.items():
+        if name.endswith("attn2.processor"):
+            module = unet.get_submodule(name[: -len(".processor")])
+            sizes.append(module.to_q.out_features)
+    return sizes
+
+
+def ip_adapter_state_dict(spec: FixtureSpec, seed: int, plus: bool = False) -> dict:
+    """h94 nested state dict {"image_proj": {...}, "ip_adapter": {...}} with random weights."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=None):
+        scale = scale if scale is not None else 1.0 / np.sqrt(shape[-1])
+        return (scale * torch.randn(shape, generator=gen)).contiguous()
+
+    cross = spec.text_hidden
+    if plus:
+        dim, heads, depth, queries = cross, spec.plus_heads, spec.plus_depth, 16
+        inner = 64 * heads
+        dim = inner if not spec.full_size else dim
+        proj = {"latents": rand(1, queries, dim, scale=dim**-0.5),
+                "proj_in.weight": rand(dim, spec.vision_hidden), "proj_in.bias": rand(dim, scale=0.02),
+                "proj_out.weight": rand(cross, dim), "proj_out.bias": rand(cross, scale=0.02),
+                "norm_out.weight": 1 + rand(cross, scale=0.1), "norm_out.bias": rand(cross, scale=0.02)}
+        for i in range(depth):
+            p = f"layers.{i}."
+            for norm in ("0.norm1", "0.norm2"):
+                proj[p + norm + ".weight"] = 1 + rand(dim, scale=0.1)
+                proj[p + norm + ".bias"] = rand(dim, scale=0.02)
+            proj[p + "0.to_q.weight"] = rand(inner, dim)
+            proj[p + "0.to_kv.weight"] = rand(2 * inner, dim)
+            proj[p + "0.to_out.weight"] = rand(dim, inner)
+            proj[p + "1.0.weight"] = 1 + rand(dim, scale=0.1)
+            proj[p + "1.0.bias"] = rand(dim, scale=0.02)
+            proj[p + "1.1.weight"] = rand(4 * dim, dim)
+            proj[p + "1.3.weight"] = rand(dim, 4 * dim)
+    else:
+        tokens = spec.ip_tokens
+        proj = {"proj.weight": rand(tokens * cross, spec.projection_dim),
+                "proj.bias": rand(tokens * cross, scale=0.02),
+                "norm.weight": 1 + rand(cross, scale=0.1), "norm.bias": rand(cross, scale=0.02)}
+    layers = {}
+    for i, hidden in enumerate(_cross_attention_hidden_sizes(_unet_config(spec))):
+        layers[f"{2 * i + 1}.to_k_ip.weight"] = rand(hidden, cross)
+        layers[f"{2 * i + 1}.to_v_ip.weight"] = rand(hidden, cross)
+    return {"image_proj": proj, "ip_adapter": layers}
+
+
+def write_ip_adapter(folder: Path, spec: FixtureSpec, seed: int) -> None:
+    """h94/IP-Adapter layout: models/ip-adapter_sd15.{safetensors,bin}, plus, image_encoder/."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    models = folder / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for plus, stem in ((False, "ip-adapter_sd15"), (True, "ip-adapter-plus_sd15")):
+        state = ip_adapter_state_dict(spec, seed + 10 + int(plus), plus=plus)
+        flat = {f"{group}.{k}": v for group, tensors in state.items() for k, v in tensors.items()}
+        save_file(flat, str(models / f"{stem}.safetensors"))
+        if not plus and not spec.full_size:
+            torch.save(state, models / f"{stem}.bin")  # the .bin files are nested dicts
+    _seeded(seed + 20)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config(spec)))
+    if not spec.full_size:
+        _randomize(encoder, seed + 20)
+    encoder.save_pretrained(models / "image_encoder")
+
+
+def write_content_encoder(folder: Path, spec: FixtureSpec, seed: int) -> None:
+    """A transformers CLIPModel folder (text + vision towers, projections) and its tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    vocab_size = write_clip_tokenizer(
+        folder, _read_config("content_encoder_tokenizer_config.json"),
+        _read_config("content_encoder_special_tokens_map.json"),
+    )
+    if spec.full_size:
+        vocab_size = 49408
+    _seeded(seed + 30)
+    model = CLIPModel(CLIPConfig(**_content_config(spec, vocab_size)))
+    if not spec.full_size:
+        _randomize(model, seed + 30)
+    model.save_pretrained(folder)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixturePaths:
+    """Where a fixture set lives; the arguments maskst-export takes."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def ip_adapter(self) -> Path:
+        return self.root / "ip_adapter" / "models" / "ip-adapter_sd15.safetensors"
+
+    @property
+    def ip_adapter_bin(self) -> Path:
+        return self.root / "ip_adapter" / "models" / "ip-adapter_sd15.bin"
+
+    @property
+    def ip_adapter_plus(self) -> Path:
+        return self.root / "ip_adapter" / "models" / "ip-adapter-plus_sd15.safetensors"
+
+    @property
+    def image_encoder(self) -> Path:
+        return self.root / "ip_adapter" / "models" / "image_encoder"
+
+    @property
+    def content_encoder(self) -> Path:
+        return self.root / "content_encoder"
+
+
+def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePaths:
+    """Write a complete fixture set under ``root`` (base, ip_adapter, content_encoder).
+
+    Written into a temporary sibling folder first and renamed into place, so an interrupted
+    run never leaves a half-written set that later looks complete.
+    """
+    if preset not in PRESETS:
+        raise click.BadParameter(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write_base(staging / "base", spec, seed)
+        write_ip_adapter(staging / "ip_adapter", spec, seed)
+        write_content_encoder(staging / "content_encoder", spec, seed)
+        (staging / "fixture.json").write_text(json.dumps({"preset": preset, "seed": seed}))
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return FixturePaths(root)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
+              help="tiny / tiny-wide: small random models for tests; full: the real SD 1.5 + ViT-H "
+                   "architectures with random weights (about 6 GB, for benchmarks).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def main(out_dir: Path, preset: str, seed: int) -> None:
+    """Write random-weight checkpoints in the real folder layouts into OUT_DIR."""
+    paths = write_fixtures(out_dir, preset, seed)
+    click.echo(json.dumps({k: str(getattr(paths, k)) for k in
+                           ("base", "ip_adapter", "image_encoder", "content_encoder")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

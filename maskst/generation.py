@@ -1,0 +1,157 @@
+"""What one generation asks for, validated in one place, shared by the runtime and the reference.
+
+:class:`GenerationConfig` is a frozen dataclass built from CLI flags or a batch-job line; every
+check of user-supplied values happens in :meth:`GenerationConfig.validate`. The initial noise
+(:func:`initial_noise`) and the per-layer adapter scales (:func:`layer_scales`) are defined here
+once, so maskst and the reference pipeline start from the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from maskst.errors import InputError
+from maskst.masking import MaskMode, Method, parse_enum
+
+DEFAULT_NEGATIVE_PROMPT = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """One style-transfer request.
+
+    ``target_blocks`` selects the cross-attention layers that get the adapter (InstantStyle):
+    module-name prefixes such as ``"up_blocks.1"`` or ``"down_blocks.2.attentions.1"``; empty
+    means every layer. ``layer_scales`` instead gives one explicit scale per layer (overrides both
+    ``scale`` and ``target_blocks``).
+    """
+
+    prompt: str
+    style: tuple[Path, ...] = ()
+    content: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    method: Method = Method.MASKST
+    mask_mode: MaskMode = MaskMode.KMEANS
+    theta: float = 0.7
+    scale: float = 1.0
+    content_scale: float = 1.0
+    target_blocks: tuple[str, ...] = ()
+    layer_scales: tuple[float, ...] | None = None
+    steps: int = 30
+    guidance: float = 7.5
+    scheduler: str | None = None  # None: the base model's scheduler
+    seed: int = 0
+    height: int = 512
+    width: int = 512
+    num_images: int = 1
+    init_latents: Path | None = None
+
+    @classmethod
+    def create(cls, **values) -> "GenerationConfig":
+        """Build from loosely typed values (CLI flags, JSON job lines) and validate."""
+        values = dict(values)
+        if "method" in values:
+            values["method"] = parse_enum(Method, values["method"], "method")
+        if "mask_mode" in values:
+            values["mask_mode"] = parse_enum(MaskMode, values["mask_mode"], "mask mode")
+        if isinstance(values.get("style"), (str, Path)):
+            values["style"] = (values["style"],)
+        for key in ("style", "target_blocks"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        if values.get("style"):
+            values["style"] = tuple(Path(p) for p in values["style"])
+        if values.get("layer_scales") is not None:
+            values["layer_scales"] = tuple(float(v) for v in values["layer_scales"])
+        if values.get("init_latents"):
+            values["init_latents"] = Path(values["init_latents"])
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self, vae_scale_factor: int = 8) -> None:
+        """Raise InputError naming the field, the value and the fix, for the first bad value."""
+        if not isinstance(self.prompt, str):
+            raise InputError(f"prompt must be text; got {self.prompt!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value % vae_scale_factor:
+                raise InputError(
+                    f"{name}={value} must be a positive multiple of {vae_scale_factor} "
+                    f"(e.g. {max(vae_scale_factor, round(value / vae_scale_factor) * vae_scale_factor) if isinstance(value, int) else 512})"
+                )
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise InputError(f"steps={self.steps} must be an integer in [1, 1000]")
+        if not isinstance(self.num_images, int) or self.num_images < 1:
+            raise InputError(f"num_images={self.num_images} must be a positive integer")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed={self.seed} must be an integer in [0, 2**63)")
+        if not 0.0 <= self.theta <= 1.0:
+            raise InputError(f"theta={self.theta} must lie in [0, 1]")
+        for name in ("scale", "content_scale", "guidance"):
+            value = getattr(self, name)
+            if not np.isfinite(value):
+                raise InputError(f"{name}={value} must be a finite number")
+        if self.guidance < 1.0:
+            raise InputError(
+                f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
+            )
+
+    @property
+    def batch(self) -> int:
+        """UNet batch: negative and positive halves."""
+        return 2 * self.num_images
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 noise for a seed (numpy PCG64), shared by maskst and the reference.
+
+    This is diffusers' ``latents`` argument: the noise *before* the scheduler's init sigma.
+    Torch's generator is not reproduced; to start from torch noise, pass it as init latents.
+    """
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def load_init_latents(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Read ``--init-latents FILE.npy`` and check it against the expected [N, C, h, w] shape."""
+    try:
+        latents = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"init latents {path} could not be read as a .npy array ({exc})") from None
+    if latents.shape != tuple(shape):
+        raise InputError(
+            f"init latents {path} have shape {list(latents.shape)}; this request needs {list(shape)} "
+            "([num_images, latent channels, height/8, width/8])"
+        )
+    if not np.all(np.isfinite(latents)):
+        raise InputError(f"init latents {path} contain NaN or infinity")
+    return latents.astype(np.float32)
+
+
+def layer_scales(layer_names: list[str] | tuple[str, ...], config: GenerationConfig) -> np.ndarray:
+    """Per-cross-attention-layer adapter scale, float32 [L], in ``unet.attn_processors`` order."""
+    n = len(layer_names)
+    if config.layer_scales is not None:
+        if len(config.layer_scales) != n:
+            raise InputError(
+                f"layer_scales has {len(config.layer_scales)} values but the UNet has {n} cross-attention layers"
+            )
+        return np.asarray(config.layer_scales, dtype=np.float32)
+    if not config.target_blocks:
+        return np.full(n, config.scale, dtype=np.float32)
+    selected = np.zeros(n, dtype=np.float32)
+    for prefix in config.target_blocks:
+        hits = [i for i, name in enumerate(layer_names) if name == prefix or name.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            blocks = sorted({".".join(name.split(".")[:4]) for name in layer_names})
+            raise InputError(
+                f"target block {prefix!r} matches no cross-attention layer; this UNet has: {', '.join(blocks)}"
+            )
+        selected[hits] = config.scale
+    return selected

@@ -1,0 +1,133 @@
+"""The PyTorch reference pipeline: diffusers' StableDiffusionPipeline with its own IP-Adapter support.
+
+This is the yardstick of every parity check (DESIGN section 7). It deliberately uses the library
+paths users already trust: ``StableDiffusionPipeline.from_pretrained`` on the base folder,
+``load_ip_adapter`` on the h94 file, transformers' CLIP models and ``CLIPImageProcessor``. Only
+the conditioned embedding comes from maskst (:func:`maskst.masking.condition_embeds`), fed as
+``ip_adapter_image_embeds`` = stack([zeros, e_hat]) (negative first), and the per-layer scales are
+set on diffusers' IP-Adapter attention processors in ``attn_processors`` order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from maskst.checkpoints import AdapterKind, CheckpointSet
+from maskst.errors import InputError
+from maskst.generation import GenerationConfig, initial_noise, layer_scales
+from maskst.masking import Method, condition_embeds
+from maskst.tokenization import load_tokenizer, tokenize
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceResult:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    image_embeds: np.ndarray  # float32 [D]: mean CLIP image_embeds of the style image(s)
+    content_embeds: np.ndarray | None  # float32 [D]
+    conditioned: np.ndarray  # float32 [D]: e_hat fed to the adapter
+    mask: np.ndarray  # bool [D]
+
+
+class EmptyContentWarning(UserWarning):
+    """Method maskst / instantstyle with an empty content text: run as plain ip-adapter."""
+
+
+def effective_method(config: GenerationConfig) -> Method:
+    """Documented policy: with no content text there is nothing to mask or subtract."""
+    if config.method is not Method.IP_ADAPTER and not config.content.strip():
+        warnings.warn(
+            f"method {config.method.value!r} with an empty content text masks nothing: running as 'ip-adapter'",
+            EmptyContentWarning,
+            stacklevel=3,
+        )
+        return Method.IP_ADAPTER
+    return config.method
+
+
+def diffusers_scheduler(name: str, base_config):
+    """A diffusers scheduler of maskst's name built from the base model's scheduler config."""
+    import diffusers
+
+    from maskst.runtime.schedulers import diffusers_class_name
+
+    return getattr(diffusers, diffusers_class_name(name)).from_config(base_config)
+
+
+class ReferencePipeline:
+    """diffusers + IP-Adapter, fp32 on CPU, one thread-safe instance per process."""
+
+    def __init__(self, checkpoints: CheckpointSet):
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+        if checkpoints.adapter.kind is not AdapterKind.BASE:
+            raise InputError(
+                f"the reference pipeline supports the 4-token ImageProjModel adapters; {checkpoints.ip_adapter} is a "
+                f"{checkpoints.adapter.kind.value} adapter"
+            )
+        self.checkpoints = checkpoints
+        self.torch = torch
+        self.pipe = StableDiffusionPipeline.from_pretrained(
+            str(checkpoints.base), safety_checker=None, requires_safety_checker=False,
+            torch_dtype=torch.float32, local_files_only=True,
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.load_ip_adapter(
+            str(checkpoints.ip_adapter.parent), subfolder=None, weight_name=checkpoints.ip_adapter.name,
+            image_encoder_folder=None, local_files_only=True,
+        )
+        self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(str(checkpoints.image_encoder)).eval()
+        self.content_encoder = CLIPTextModelWithProjection.from_pretrained(str(checkpoints.content_encoder)).eval()
+        self.content_tokenizer = load_tokenizer(checkpoints.content_encoder)
+        self.image_processor = CLIPImageProcessor()  # bicubic shortest edge 224, centre crop, CLIP mean/std
+        self.ip_processors = [
+            proc for name, proc in self.pipe.unet.attn_processors.items() if name.endswith("attn2.processor")
+        ]
+
+    def encode_images(self, images) -> np.ndarray:
+        """float32 [D]: mean ``image_embeds`` over the style images (PIL RGB)."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
+        with self.torch.no_grad():
+            embeds = self.image_encoder(pixel_values=pixels).image_embeds
+        return embeds.mean(dim=0).numpy().astype(np.float32)
+
+    def encode_content(self, text: str) -> np.ndarray:
+        """float32 [D]: ``text_embeds`` of the content text from the same CLIP's text tower."""
+        ids = tokenize(self.content_tokenizer, [text], "content text")
+        with self.torch.no_grad():
+            return self.content_encoder(input_ids=self.torch.from_numpy(ids)).text_embeds[0].numpy()
+
+    def generate(self, config: GenerationConfig, style_images, latents: np.ndarray | None = None) -> ReferenceResult:
+        """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed."""
+        torch = self.torch
+        config.validate(self.checkpoints.vae_scale_factor)
+        method = effective_method(config)
+        e_i = self.encode_images(style_images)
+        e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else None
+        e_hat, mask = condition_embeds(e_i, e_c, method=method, mode=config.mask_mode,
+                                       theta=config.theta, content_scale=config.content_scale)
+        scales = layer_scales(self.checkpoints.cross_attention_layers, config)
+        for proc, value in zip(self.ip_processors, scales):
+            proc.scale = [float(value)]
+        if config.scheduler:
+            self.pipe.scheduler = diffusers_scheduler(config.scheduler, self.base_scheduler_config)
+        else:
+            self.pipe.scheduler = type(self.pipe.scheduler).from_config(self.base_scheduler_config)
+        f = self.checkpoints.vae_scale_factor
+        shape = (config.num_images, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
+        noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)
+        embeds = torch.from_numpy(np.stack([np.zeros_like(e_hat), e_hat])[:, None])  # [2, 1, D], negative first
+        with torch.no_grad():
+            out = self.pipe(
+                prompt=config.prompt, negative_prompt=config.negative_prompt, height=config.height,
+                width=config.width, num_inference_steps=config.steps, guidance_scale=config.guidance,
+                num_images_per_prompt=config.num_images, latents=torch.from_numpy(noise),
+                ip_adapter_image_embeds=[embeds], output_type="np",
+            ).images
+        images = (out * 255).round().astype(np.uint8)
+        return ReferenceResult(images, e_i, e_c, e_hat, mask)
