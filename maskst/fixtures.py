@@ -231,6 +231,8 @@ def _randomize(module, seed: int) -> None:
         for name, param in module.named_parameters():
             if param.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+            elif param.ndim == 1 and "embedding" in name:  # CLIP's class token: O(1) like a trained one
+                param.copy_(torch.randn(param.shape, generator=gen))
             elif param.ndim == 1:
                 param.copy_(0.02 * torch.randn(param.shape, generator=gen))
             else:

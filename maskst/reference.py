@@ -62,7 +62,9 @@ class ReferencePipeline:
     def __init__(self, checkpoints: CheckpointSet):
         import torch
         from diffusers import StableDiffusionPipeline
-        from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+        from transformers import CLIPImageProcessor
+
+        from maskst import torch_models
 
         if checkpoints.adapter.kind is not AdapterKind.BASE:
             raise InputError(
@@ -81,8 +83,8 @@ class ReferencePipeline:
             image_encoder_folder=None, local_files_only=True,
         )
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
-        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(str(checkpoints.image_encoder)).eval()
-        self.content_encoder = CLIPTextModelWithProjection.from_pretrained(str(checkpoints.content_encoder)).eval()
+        self.image_encoder = torch_models.image_encoder(checkpoints.image_encoder)
+        self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
         self.content_tokenizer = load_tokenizer(checkpoints.content_encoder)
         self.image_processor = CLIPImageProcessor()  # bicubic shortest edge 224, centre crop, CLIP mean/std
         self.ip_processors = [

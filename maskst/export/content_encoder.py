@@ -1,0 +1,37 @@
+"""content_encoder: text tower of the image encoder's CLIP; input_ids [N, 77] -> content_embeds [N, D]."""
+
+from __future__ import annotations
+
+from maskst.checkpoints import CheckpointSet
+from maskst.export.options import ExportOptions
+from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+
+NAME = "content_encoder"
+
+
+def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
+    cfg = ckpt.content_text_config
+    return GraphSpec(
+        name=NAME,
+        inputs=(TensorSpec("input_ids", "int64", ("N", int(cfg.get("max_position_embeddings", 77))),
+                           low=0, high=int(cfg["vocab_size"])),),
+        outputs=(TensorSpec("content_embeds", "float32", ("N", ckpt.image_embed_dim)),),
+        dims={"N": DimRange(1, 1, options.max_batch)},
+        atol=1e-4, rtol=1e-3,
+    )
+
+
+def build_module(ckpt: CheckpointSet):
+    import torch
+
+    from maskst import torch_models
+
+    class ContentEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch_models.content_encoder(ckpt.content_encoder)
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).text_embeds
+
+    return ContentEncoder().eval()

@@ -1,0 +1,189 @@
+"""Build an engines folder: export every graph, check parity, write the manifest, publish atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, file_sha256, load_adapter_state_dict, resolve_checkpoints
+from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
+from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
+from maskst.errors import InputError
+from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
+from maskst.export.options import ExportOptions, Precision, Target
+from maskst.export.parity import ParityResult, compare, raise_failures
+from maskst.export.spec import GraphSpec
+
+GRAPH_MODULES = (text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder)
+EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in one <name>.onnx.data file
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    base: Path
+    ip_adapter: Path
+    content_encoder: Path
+    out: Path
+    image_encoder: Path | None = None
+    force: bool = False
+    lock_timeout: float = 0.0
+    options: ExportOptions = ExportOptions()
+
+
+def size_multiple(ckpt: CheckpointSet) -> int:
+    """Image sizes must be multiples of this: VAE factor times the UNet's total downsampling."""
+    return ckpt.vae_scale_factor * 2 ** (len(ckpt.unet_config["block_out_channels"]) - 1)
+
+
+def _graph_inputs(name: str, ckpt: CheckpointSet, state: dict, options: ExportOptions):
+    module = {m.NAME: m for m in GRAPH_MODULES}[name]
+    spec = module.spec(ckpt, options)
+    if module is image_conditioner:
+        return module, spec, module.build_module(ckpt, state, options)
+    if module is unet:
+        return module, spec, module.build_module(ckpt, state)
+    return module, spec, module.build_module(ckpt)
+
+
+def _dims(spec: GraphSpec, multiple_latent: int, export: bool) -> dict[str, int]:
+    """Export at the profile's opt dims; check parity at other ones (N = 2, smallest sizes)."""
+    dims = {}
+    for name, r in spec.dims.items():
+        if export:
+            dims[name] = r.opt
+        elif name in ("h", "w"):
+            options = [v for v in range(r.min, r.max + 1) if v % multiple_latent == 0 and v != r.opt]
+            dims[name] = (options[0] if name == "h" else options[min(1, len(options) - 1)]) if options else r.opt
+        else:
+            dims[name] = min(2, r.max) if r.max > 1 else r.min
+    return dims
+
+
+def export_onnx(module, spec: GraphSpec, dims: dict[str, int], path: Path, opset: int) -> None:
+    """torch.onnx.export (TorchScript exporter) with names and dynamic axes from the spec.
+
+    Large graphs are re-saved with their weights in one external data file ``<name>.onnx.data``
+    (the exporter writes one file per tensor beyond 2 GB).
+    """
+    import onnx
+    import torch
+
+    scratch = path.parent / f".scratch-{path.stem}"
+    scratch.mkdir()
+    feed = spec.sample_inputs(dims)
+    args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
+            do_constant_folding=True, input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs], dynamic_axes=spec.dynamic_axes(),
+        )
+    model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(path))
+    shutil.rmtree(scratch)
+
+
+def torch_outputs(module, spec: GraphSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(feed[t.name]) for t in spec.inputs))
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return {t.name: o.numpy() for t, o in zip(spec.outputs, out)}
+
+
+def check_graph_parity(module, spec: GraphSpec, path: Path, feeds: list[dict]) -> list[ParityResult]:
+    """Run the graph in ONNX Runtime (CPU) and the torch module on the same feeds; compare per output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [t.name for t in spec.outputs]
+    results = []
+    for case, feed in enumerate(feeds):
+        got = dict(zip(names, session.run(names, feed)))
+        results += compare(spec, case, torch_outputs(module, spec, feed), got)
+    return results
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for name in TOKENIZER_FILES + ("tokenizer.json",):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
+    """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder."""
+    import json
+
+    ckpt = resolve_checkpoints(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
+    options = request.options
+    options.validate(ckpt.vae_scale_factor)
+    multiple = size_multiple(ckpt)
+    for name in ("min_size", "opt_size", "max_size"):
+        if getattr(options, name) % multiple:
+            raise InputError(f"{name}={getattr(options, name)} must be a multiple of {multiple} for this UNet "
+                             f"(VAE factor {ckpt.vae_scale_factor} x UNet downsampling {multiple // ckpt.vae_scale_factor})")
+    out = Path(request.out)
+    check_destination(out, request.force)
+    state = load_adapter_state_dict(ckpt.ip_adapter)
+    for name in GRAPH_MODULES:  # fail on an unsupported adapter before any export work
+        name.spec(ckpt, options)
+    started = time.time()
+    with build_lock(out, request.lock_timeout), staging_folder(out) as staging:
+        graphs, parity = {}, []
+        bar = tqdm(GRAPH_MODULES, desc="export", unit="graph", disable=not progress)
+        for graph_module in bar:
+            bar.set_postfix_str(graph_module.NAME)
+            module, spec, torch_module = _graph_inputs(graph_module.NAME, ckpt, state, options)
+            path = staging / f"{spec.name}.onnx"
+            export_onnx(torch_module, spec, _dims(spec, multiple // ckpt.vae_scale_factor, export=True), path, options.opset)
+            results = []
+            if options.check_parity:
+                dims = _dims(spec, multiple // ckpt.vae_scale_factor, export=False)
+                feeds = module.parity_feeds(spec, dims) if hasattr(module, "parity_feeds") else [spec.sample_inputs(dims, seed=1)]
+                results = check_graph_parity(torch_module, spec, path, feeds)
+                parity += results
+            graphs[spec.name] = {"file": path.name, "spec": spec.to_json(),
+                                 "parity": [dataclasses.asdict(r) for r in results]}
+            del torch_module
+        raise_failures(parity)
+        _copy_tokenizer(ckpt.base / "tokenizer", staging / "tokenizer")
+        _copy_tokenizer(ckpt.content_encoder, staging / "content_tokenizer")
+        scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())
+        write_manifest(staging, {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "build_seconds": round(time.time() - started, 1),
+            "precision": options.precision.value,
+            "target": options.target.value,
+            "options": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()},
+            "sources": {name: {"path": str(path.resolve()), "sha256": file_sha256(path)}
+                        for name, path in ckpt.weight_files().items()},
+            "model": {
+                "vae_scale_factor": ckpt.vae_scale_factor,
+                "size_multiple": multiple,
+                "latent_channels": int(ckpt.unet_config.get("in_channels", 4)),
+                "num_tokens": ckpt.adapter.num_tokens,
+                "num_adapters": 1,
+                "adapter_kind": ckpt.adapter.kind.value,
+                "image_embed_dim": ckpt.image_embed_dim,
+                "cross_attention_layers": list(ckpt.cross_attention_layers),
+                "scheduler_config": scheduler_config,
+            },
+            "graphs": graphs,
+            "versions": library_versions(),
+        })
+        publish(staging, out)
+    return load_manifest(out)

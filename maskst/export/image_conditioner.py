@@ -1,0 +1,133 @@
+"""image_conditioner: the MaskST masking step fused with the IP-Adapter projection, in one graph.
+
+Inputs: image_embeds float32 [N, D], content_embeds float32 [N, D], method int64 [1]
+(0 ip-adapter, 1 instantstyle, 2 maskst: :attr:`maskst.masking.Method.index`), mask_mode int64 [1]
+(0 kmeans, 1 quantile), theta float32 [1], content_scale float32 [1].
+Outputs: ip_tokens float32 [N, k, C] and mask bool [N, D] (True = zeroed; all False unless maskst).
+
+Same rules as :mod:`maskst.masking` (the numpy definition): p is the product of the unit-normalised
+embeddings (zero vectors stay zero); kmeans is the exact 2-means split over splits between distinct
+sorted values, first best wins, upper cluster = ``p >= threshold``; quantile is torch.quantile's
+linear interpolation with ``p > q``; a constant p masks nothing. The split arithmetic runs in
+``compute_dtype``: float64 for ONNX Runtime (bit-for-bit the numpy decision), float32 for TensorRT,
+which has no float64 (values are centred before the prefix sums to keep float32 cancellation small).
+Method, mode, theta and scale are live inputs: changing them needs no re-export.
+"""
+
+from __future__ import annotations
+
+from maskst.checkpoints import AdapterKind, CheckpointSet
+from maskst.errors import InputError
+from maskst.export.options import ExportOptions, Target
+from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+from maskst.masking import MaskMode, Method
+
+NAME = "image_conditioner"
+
+
+def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
+    if ckpt.adapter.kind is not AdapterKind.BASE:
+        raise InputError(
+            f"{ckpt.ip_adapter} is an IP-Adapter {ckpt.adapter.kind.value} (Resampler) checkpoint; maskst exports "
+            "the 4-token ImageProjModel adapters (ip-adapter_sd15) for now, because MaskST masks the 1024-d image "
+            "embedding that Plus adapters do not consume"
+        )
+    d, k, c = ckpt.image_embed_dim, ckpt.adapter.num_tokens, ckpt.adapter.cross_attention_dim
+    return GraphSpec(
+        name=NAME,
+        inputs=(
+            TensorSpec("image_embeds", "float32", ("N", d)),
+            TensorSpec("content_embeds", "float32", ("N", d)),
+            TensorSpec("method", "int64", (1,), low=0, high=len(Method)),
+            TensorSpec("mask_mode", "int64", (1,), low=0, high=len(MaskMode)),
+            TensorSpec("theta", "float32", (1,), low=0.0, high=1.0),
+            TensorSpec("content_scale", "float32", (1,), low=0.0, high=2.0),
+        ),
+        outputs=(TensorSpec("ip_tokens", "float32", ("N", k, c)), TensorSpec("mask", "bool", ("N", d))),
+        dims={"N": DimRange(1, 1, 2 * options.max_batch)},
+        atol=1e-5, rtol=1e-4,
+    )
+
+
+def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
+    """Every method x mask mode, plus a zero image embedding (degenerate: nothing masked)."""
+    import numpy as np
+
+    feeds = []
+    for method in Method:
+        for mode in MaskMode:
+            feed = graph.sample_inputs(dims, seed=method.index * 7 + mode.index)
+            feed.update(method=np.array([method.index]), mask_mode=np.array([mode.index]),
+                        theta=np.array([0.7], np.float32), content_scale=np.array([0.5], np.float32))
+            feeds.append(feed)
+    degenerate = dict(feeds[-1])
+    degenerate["image_embeds"] = np.zeros_like(degenerate["image_embeds"])
+    return feeds + [degenerate]
+
+
+def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
+    """torch module with the graph's inputs/outputs; ``state`` is the adapter's nested state dict."""
+    import torch
+    from diffusers.models.embeddings import ImageProjection
+
+    compute_dtype = torch.float32 if options.target is Target.TRT else torch.float64
+    proj_state = state["image_proj"]
+
+    class ImageConditioner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = ImageProjection(
+                image_embed_dim=ckpt.image_embed_dim,
+                cross_attention_dim=ckpt.adapter.cross_attention_dim,
+                num_image_text_embeds=ckpt.adapter.num_tokens,
+            )
+            # h94 names -> diffusers names (the same mapping diffusers' loader applies)
+            self.proj.load_state_dict({
+                "image_embeds.weight": proj_state["proj.weight"], "image_embeds.bias": proj_state["proj.bias"],
+                "norm.weight": proj_state["norm.weight"], "norm.bias": proj_state["norm.bias"],
+            })
+            self.proj.float()
+
+        @staticmethod
+        def _unit(x):
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return x / norm.clamp_min(torch.finfo(x.dtype).tiny)  # zero rows stay zero
+
+        def forward(self, image_embeds, content_embeds, method, mask_mode, theta, content_scale):
+            e_i = image_embeds.to(compute_dtype)
+            e_c = content_embeds.to(compute_dtype)
+            p = self._unit(e_i) * self._unit(e_c)
+            d = p.shape[-1]
+            ordered, _ = torch.sort(p, dim=-1)
+            distinct = ordered[:, 1:] > ordered[:, :-1]  # [N, D-1]: split k lies between k-1 and k
+            has_split = distinct.any(dim=-1, keepdim=True)
+
+            # exact 2-means: maximise S_k^2 / k + S_k^2 / (D - k) over splits of the centred values
+            centred = ordered - ordered.mean(dim=-1, keepdim=True)
+            prefix = torch.cumsum(centred, dim=-1)[:, :-1]
+            k = torch.arange(1, d, dtype=compute_dtype)
+            between = prefix * prefix / k + prefix * prefix / (d - k)
+            # -1 (below every real score, which is >= 0) where the split is between equal values;
+            # arithmetic, not Where: ONNX Runtime has no float64 Where kernel
+            between = between - (~distinct).to(compute_dtype) * (between + 1.0)
+            best = torch.argmax(between, dim=-1, keepdim=True)
+            threshold = torch.gather(ordered[:, 1:], 1, best)
+            kmeans_mask = (p >= threshold) & has_split
+
+            # quantile: torch.quantile's linear interpolation at theta
+            pos = theta.to(compute_dtype) * (d - 1)
+            lo = torch.floor(pos)
+            hi = torch.clamp(lo + 1, max=d - 1)
+            lo_v = torch.index_select(ordered, 1, lo.long())
+            hi_v = torch.index_select(ordered, 1, hi.long())
+            quantile_mask = p > lo_v + (hi_v - lo_v) * (pos - lo)
+
+            use_maskst = method == Method.MASKST.index
+            is_kmeans = mask_mode == MaskMode.KMEANS.index  # logic ops: ONNX Runtime has no bool Where
+            mask = ((is_kmeans & kmeans_mask) | (~is_kmeans & quantile_mask)) & use_maskst
+            masked = image_embeds * (~mask).to(image_embeds.dtype)
+            instant = image_embeds - content_scale * content_embeds
+            e_hat = torch.where(method == Method.INSTANTSTYLE.index, instant, masked)
+            return self.proj(e_hat), mask
+
+    return ImageConditioner().eval()

@@ -1,0 +1,35 @@
+"""image_encoder: CLIP vision tower with projection; pixel_values [S, 3, 224, 224] -> image_embeds [S, D]."""
+
+from __future__ import annotations
+
+from maskst.checkpoints import CheckpointSet
+from maskst.export.options import ExportOptions
+from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+
+NAME = "image_encoder"
+
+
+def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
+    size = int(ckpt.image_encoder_config.get("image_size", 224))
+    return GraphSpec(
+        name=NAME,
+        inputs=(TensorSpec("pixel_values", "float32", ("S", 3, size, size), low=-2.0, high=2.0),),
+        outputs=(TensorSpec("image_embeds", "float32", ("S", ckpt.image_embed_dim)),),
+        dims={"S": DimRange(1, 1, options.max_batch)},
+        atol=1e-4, rtol=1e-3,
+    )
+
+
+def build_module(ckpt: CheckpointSet):
+    import torch
+    from maskst import torch_models
+
+    class ImageEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch_models.image_encoder(ckpt.image_encoder)
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).image_embeds
+
+    return ImageEncoder().eval()

@@ -1,0 +1,64 @@
+"""The PyTorch models of a checkpoint set, loaded once way for export and the reference: fp32, local only.
+
+Checkpoint configs often say ``torch_dtype: float16`` (h94's image encoder does) and transformers 5
+honours that by default; maskst's fp32 graphs and the fp32 reference need fp32 modules, so every
+loader passes the dtype explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """A full CLIPModel folder lists every vision weight as unused when only the text tower loads."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _transformers(cls, folder: Path):
+    import torch
+
+    with _quiet_transformers():
+        return cls.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+
+
+def sd_text_encoder(base: Path):
+    from transformers import CLIPTextModel
+
+    return _transformers(CLIPTextModel, Path(base) / "text_encoder")
+
+
+def image_encoder(folder: Path):
+    from transformers import CLIPVisionModelWithProjection
+
+    return _transformers(CLIPVisionModelWithProjection, folder)
+
+
+def content_encoder(folder: Path):
+    """CLIPTextModelWithProjection from a text-only or a full CLIPModel folder (vision keys ignored)."""
+    from transformers import CLIPTextModelWithProjection
+
+    return _transformers(CLIPTextModelWithProjection, folder)
+
+
+def unet(base: Path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(Path(base) / "unet"), torch_dtype=torch.float32, local_files_only=True).eval()
+
+
+def vae(base: Path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(str(Path(base) / "vae"), torch_dtype=torch.float32, local_files_only=True).eval()
