@@ -9,6 +9,7 @@ once, so maskst and the reference pipeline start from the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,19 @@ def layer_scales(layer_names: list[str] | tuple[str, ...], config: GenerationCon
             )
         selected[hits] = config.scale
     return selected
+
+
+class EmptyContentWarning(UserWarning):
+    """Method maskst / instantstyle with an empty content text: run as plain ip-adapter."""
+
+
+def effective_method(config: GenerationConfig) -> Method:
+    """Documented policy: with no content text there is nothing to mask or subtract."""
+    if config.method is not Method.IP_ADAPTER and not config.content.strip():
+        warnings.warn(
+            f"method {config.method.value!r} with an empty content text masks nothing: running as 'ip-adapter'",
+            EmptyContentWarning,
+            stacklevel=3,
+        )
+        return Method.IP_ADAPTER
+    return config.method

@@ -11,13 +11,12 @@ set on diffusers' IP-Adapter attention processors in ``attn_processors`` order.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.errors import InputError
-from maskst.generation import GenerationConfig, initial_noise, layer_scales
+from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
 
@@ -29,22 +28,6 @@ class ReferenceResult:
     content_embeds: np.ndarray | None  # float32 [D]
     conditioned: np.ndarray  # float32 [D]: e_hat fed to the adapter
     mask: np.ndarray  # bool [D]
-
-
-class EmptyContentWarning(UserWarning):
-    """Method maskst / instantstyle with an empty content text: run as plain ip-adapter."""
-
-
-def effective_method(config: GenerationConfig) -> Method:
-    """Documented policy: with no content text there is nothing to mask or subtract."""
-    if config.method is not Method.IP_ADAPTER and not config.content.strip():
-        warnings.warn(
-            f"method {config.method.value!r} with an empty content text masks nothing: running as 'ip-adapter'",
-            EmptyContentWarning,
-            stacklevel=3,
-        )
-        return Method.IP_ADAPTER
-    return config.method
 
 
 def diffusers_scheduler(name: str, base_config):

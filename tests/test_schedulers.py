@@ -260,6 +260,20 @@ def test_bad_step_count_raises(bad):
         sched.set_timesteps(bad)
 
 
+@pytest.mark.parametrize(
+    "name, config, n, match",
+    [
+        ("ddim", SD15, 1000, "steps_offset"),  # leading 999 + offset 1 overshoots alphas_cumprod
+        ("pndm", SD15, 1000, "steps_offset"),
+        ("dpm++2m", SD15, 1000, "repeated timesteps"),  # linspace n+1 points on 1000 slots
+        ("unipc", dict(SD15, timestep_spacing="leading"), 1000, "repeated timesteps"),
+    ],
+)
+def test_degenerate_schedules_raise(name, config, n, match):
+    with pytest.raises(InputError, match=match):
+        make_scheduler(name, config).set_timesteps(n)
+
+
 def test_step_before_set_timesteps_raises():
     sched = make_scheduler("dpm++2m", SD15)
     with pytest.raises(RuntimeError, match="set_timesteps"):

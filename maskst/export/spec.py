@@ -65,6 +65,10 @@ class GraphSpec:
         """Fill derived dimensions (e.g. B = 2 N, H = 8 h) from the free ones."""
         out = dict(dims)
         for name, (base, factor) in self.derived.items():
+            if base not in out and name in out:
+                if out[name] % factor:
+                    raise InputError(f"{self.name}: dimension {name}={out[name]} must be a multiple of {factor}")
+                out[base] = out[name] // factor
             out.setdefault(name, out[base] * factor)
         return out
 
@@ -137,6 +141,29 @@ class GraphSpec:
                     )
                 if seen.setdefault(want, got) != got:
                     raise InputError(f"{self.name}: dimension {want} is {seen[want]} in one input and {got} in {t.name!r}")
+        self.resolve(seen)  # derived dimensions must divide evenly (B = 2 N)
+
+    def dims_of(self, feed: dict[str, np.ndarray]) -> dict[str, int]:
+        """Values of the symbolic dimensions in a feed (plus the derived ones)."""
+        dims = {}
+        for t in self.inputs:
+            for want, got in zip(t.shape, feed[t.name].shape):
+                if isinstance(want, str):
+                    dims[want] = int(got)
+        return self.resolve(dims)
+
+    def check_dims(self, dims: dict[str, int], what: dict[str, str] | None = None) -> None:
+        """InputError if a dimension value lies outside the profile; ``what`` names dims for users."""
+        for name, value in dims.items():
+            if name not in self.dims and name not in self.derived:
+                continue
+            r = self.dim_range(name)
+            if not r.min <= value <= r.max:
+                label = (what or {}).get(name, f"dimension {name}")
+                raise InputError(
+                    f"{label}={value} is outside the range the engines were built for [{r.min}, {r.max}] ({self.name}); "
+                    "rebuild with maskst-export --min-size/--max-size/--max-batch or change the request"
+                )
 
     # ---- manifest round trip
 

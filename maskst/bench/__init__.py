@@ -1,0 +1,1 @@
+"""Benchmarks against the PyTorch reference and the profiler."""

@@ -1,0 +1,1 @@
+"""Exporters: one module per network (its IO spec and torch module), the export driver and parity."""

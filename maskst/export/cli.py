@@ -1,0 +1,63 @@
+"""maskst-export: build an engines folder from local checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.export.options import ExportOptions, Precision, Target
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=EXIT_CODES_HELP)
+@click.option("--base", required=True, type=click.Path(path_type=Path),
+              help="diffusers Stable Diffusion 1.5 folder (model_index.json, unet/, vae/, text_encoder/, ...).")
+@click.option("--ip-adapter", required=True, type=click.Path(path_type=Path),
+              help="IP-Adapter file, e.g. IP-Adapter/models/ip-adapter_sd15.safetensors (or .bin).")
+@click.option("--image-encoder", type=click.Path(path_type=Path),
+              help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file.")
+@click.option("--content-encoder", required=True, type=click.Path(path_type=Path),
+              help="transformers CLIP folder of the same CLIP (ViT-H/14), for the content text.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Engines folder to create.")
+@click.option("--force", is_flag=True, help="Replace an existing engines folder (only once the new one is complete).")
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default="fp32", show_default=True)
+@click.option("--target", type=click.Choice([t.value for t in Target]), default="onnx", show_default=True,
+              help="onnx: ONNX graphs for ONNX Runtime; trt: plus TensorRT plans (NVIDIA GPU required).")
+@click.option("--min-size", type=int, default=256, show_default=True, help="Smallest image side the engines accept (px).")
+@click.option("--opt-size", type=int, default=512, show_default=True, help="Image side to optimise for (px).")
+@click.option("--max-size", type=int, default=1024, show_default=True, help="Largest image side (px).")
+@click.option("--max-batch", type=int, default=4, show_default=True, help="Most images per request.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
+@click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another export into the same folder to finish.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@run_cli
+def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision, target, min_size, opt_size,
+         max_size, max_batch, opset, fp32_ops, skip_parity, wait, quiet):
+    """Export the six networks to ONNX, check each against PyTorch, write the manifest.
+
+    \b
+    maskst-export --base stable-diffusion-v1-5 \\
+                  --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
+                  --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/sd15
+    """
+    from maskst.export.exporter import ExportRequest, export_engines
+
+    options = ExportOptions(precision=Precision(precision), target=Target(target), min_batch=1, opt_batch=1,
+                            max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size,
+                            opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
+    request = ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
+                            content_encoder=content_encoder, out=out, force=force, lock_timeout=wait, options=options)
+    manifest = export_engines(request, progress=not quiet)
+    worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
+    click.echo(json.dumps({"engines": str(manifest.folder), "precision": manifest.precision,
+                           "parity_max_abs_err": worst}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

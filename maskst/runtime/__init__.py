@@ -1,0 +1,1 @@
+"""Runtime: runners per backend, numpy schedulers, the denoising pipeline and maskst-run."""

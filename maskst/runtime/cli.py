@@ -1,0 +1,206 @@
+"""maskst-run: style transfer from an engines folder (one request, or a JSONL batch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from maskst import __version__
+from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.errors import InputError, MaskstError
+from maskst.generation import GenerationConfig
+from maskst.masking import MaskMode, Method
+from maskst.runtime.output import check_writable, check_writable_dir, image_paths, save_png
+from maskst.runtime.schedulers import SCHEDULER_NAMES
+
+# Options a batch-job line may carry, with the GenerationConfig field each one sets.
+JOB_FIELDS = ("prompt", "style", "content", "negative_prompt", "method", "mask_mode", "theta", "scale",
+              "content_scale", "target_blocks", "layer_scales", "steps", "guidance", "scheduler", "seed",
+              "height", "width", "num_images", "init_latents")
+
+
+def _metadata(config: GenerationConfig, result, pipeline) -> dict:
+    return {
+        "prompt": config.prompt, "negative_prompt": config.negative_prompt, "content": config.content,
+        "method": result.method.value, "mask_mode": config.mask_mode.value, "theta": config.theta,
+        "masked_elements": result.masked_elements, "scale": config.scale, "content_scale": config.content_scale,
+        "target_blocks": list(config.target_blocks), "seed": config.seed, "steps": config.steps,
+        "guidance": config.guidance, "scheduler": result.scheduler, "height": config.height, "width": config.width,
+        "init_latents": str(config.init_latents) if config.init_latents else None,
+        "style": [str(p) for p in config.style], "engines": str(pipeline.manifest.folder),
+        "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
+        "backend": pipeline.backend, "maskst_version": __version__,
+    }
+
+
+def _write_images(out: Path, config, result, pipeline) -> list[str]:
+    paths = image_paths(out, len(result.images))
+    meta = _metadata(config, result, pipeline)
+    for index, (path, image) in enumerate(zip(paths, result.images)):
+        save_png(path, image, {**meta, "image_index": index})
+    return [str(p) for p in paths]
+
+
+def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: bool) -> int:
+    """Run every job line; a failing job is reported in its result line and the others still run."""
+    try:
+        lines = [line for line in jobs_file.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--batch {jobs_file} could not be read ({exc})") from None
+    check_writable_dir(out_dir)
+    failures = 0
+    results_path = out_dir / "results.jsonl"
+    with open(results_path, "w") as results:
+        for index, line in enumerate(tqdm(lines, desc="jobs", unit="job", disable=quiet)):
+            record = {"job": index}
+            try:
+                try:
+                    job = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"line {index + 1} is not valid JSON ({exc})") from None
+                if not isinstance(job, dict):
+                    raise InputError(f"line {index + 1} must be a JSON object")
+                name = str(job.pop("name", f"{index:05d}"))
+                unknown = set(job) - set(JOB_FIELDS)
+                if unknown:
+                    raise InputError(f"unknown job field(s) {sorted(unknown)}; known: {', '.join(JOB_FIELDS)}")
+                config = GenerationConfig.create(**{**defaults, **job})
+                started = time.perf_counter()
+                result = pipeline.generate(config)
+                record.update(status="ok", images=_write_images(out_dir / f"{name}.png", config, result, pipeline),
+                              masked_elements=result.masked_elements, method=result.method.value,
+                              seconds=round(time.perf_counter() - started, 3))
+            except MaskstError as exc:
+                failures += 1
+                record.update(status="error", error=str(exc), exit_code=exc.exit_code)
+            results.write(json.dumps(record) + "\n")
+            results.flush()
+            click.echo(json.dumps(record))
+    return 1 if failures else 0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=EXIT_CODES_HELP)
+@click.option("--engines", type=click.Path(path_type=Path, file_okay=False),
+              help="Engines folder built by maskst-export. Default: the embedded tiny demo engines (built once, cached).")
+@click.option("--prompt", help="What to draw.")
+@click.option("--style", "style", multiple=True, type=click.Path(path_type=Path),
+              help="Style reference image (repeat for several; their embeddings are averaged). Default with the "
+                   "embedded engines: the bundled style image.")
+@click.option("--content", default=None, help="What the style image shows that must NOT leak (e.g. 'a ship').")
+@click.option("--negative-prompt", default="", show_default=True)
+@click.option("--method", type=click.Choice([m.value for m in Method]), default="maskst", show_default=True)
+@click.option("--mask-mode", type=click.Choice([m.value for m in MaskMode]), default="kmeans", show_default=True)
+@click.option("--theta", type=float, default=0.7, show_default=True, help="Quantile level for --mask-mode quantile.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="IP-Adapter scale.")
+@click.option("--content-scale", type=float, default=1.0, show_default=True, help="InstantStyle subtraction scale.")
+@click.option("--target-block", "target_blocks", multiple=True,
+              help="Only these cross-attention blocks get the adapter (InstantStyle), e.g. up_blocks.1 (repeatable).")
+@click.option("--layer-scales", help="Explicit comma-separated scale per cross-attention layer (overrides --scale).")
+@click.option("--steps", type=int, default=30, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default=None,
+              help="Default: the base model's scheduler.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--height", type=int, default=None, help="Default 512 (128 with the embedded engines).")
+@click.option("--width", type=int, default=None, help="Default 512 (128 with the embedded engines).")
+@click.option("--num-images", type=int, default=1, show_default=True)
+@click.option("--init-latents", type=click.Path(path_type=Path, dir_okay=False),
+              help="Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma (diffusers' `latents`).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Output PNG (several images: OUT-0.png, ...).")
+@click.option("--batch", "batch", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="JSONL file: one job per line with the option names above (prompt, style, content, seed, ...).")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
+@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt"]), default="ort-cpu", show_default=True)
+@click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads per session (default: all cores).")
+@click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Where the embedded engines are cached.")
+@click.option("--json", "json_out", is_flag=True, help="Print a JSON result line instead of text.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@run_cli
+def main(engines, prompt, style, content, negative_prompt, method, mask_mode, theta, scale, content_scale,
+         target_blocks, layer_scales, steps, guidance, scheduler, seed, height, width, num_images, init_latents,
+         out, batch, out_dir, backend, allow_fallback, threads, skip_verify, cache_dir, json_out, quiet):
+    """Generate PROMPT in the style of --style without copying its --content (MaskST).
+
+    \b
+    maskst-run --out cat.png                       # embedded demo engines, bundled style image
+    maskst-run --engines eng/ --prompt "a cat" --style wave.png --content "a wave" --out cat.png
+    maskst-run --engines eng/ --batch jobs.jsonl --out-dir results/
+    """
+    from maskst.runtime.default import DEFAULT_CONTENT, DEFAULT_PROMPT, DEFAULT_SIZE, DEFAULT_STYLE
+
+    embedded = engines is None
+    if batch is not None and out_dir is None:
+        raise InputError("--batch needs --out-dir (one PNG per job and results.jsonl go there)")
+    if batch is None:
+        if out is None:
+            raise InputError("--out is required (the PNG to write)")
+        check_writable(out)
+    default_size = DEFAULT_SIZE if embedded else 512
+    defaults = {
+        "prompt": prompt if prompt is not None else (DEFAULT_PROMPT if embedded else None),
+        "style": tuple(style) or ((DEFAULT_STYLE,) if embedded else ()),
+        "content": content if content is not None else (DEFAULT_CONTENT if embedded else ""),
+        "negative_prompt": negative_prompt, "method": method, "mask_mode": mask_mode, "theta": theta,
+        "scale": scale, "content_scale": content_scale, "target_blocks": tuple(target_blocks),
+        "layer_scales": _parse_floats(layer_scales), "steps": steps, "guidance": guidance,
+        "scheduler": scheduler, "seed": seed, "height": height or default_size, "width": width or default_size,
+        "num_images": num_images, "init_latents": init_latents,
+    }
+    if batch is None:
+        if defaults["prompt"] is None:
+            raise InputError("--prompt is required with --engines")
+        config = GenerationConfig.create(**defaults)  # every value checked before any engine loads
+    else:
+        defaults = {k: v for k, v in defaults.items() if v is not None}
+    if backend != "ort-cpu":
+        from maskst.runtime.backends import require_backend
+
+        require_backend(backend, allow_fallback)
+    if embedded:
+        from maskst.runtime.default import default_engines
+
+        engines = default_engines(cache_dir, progress=not quiet)
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
+                        allow_fallback=allow_fallback) as pipeline:
+        if batch is not None:
+            sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
+        bar = tqdm(desc="denoise", unit="step", disable=quiet)
+
+        def advance(step: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        result = pipeline.generate(config, progress=advance)
+        bar.close()
+        paths = _write_images(out, config, result, pipeline)
+    summary = {"status": "ok", "images": paths, "method": result.method.value,
+               "masked_elements": result.masked_elements, "scheduler": result.scheduler,
+               "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}}
+    if json_out:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"wrote {', '.join(paths)} ({result.method.value}, {result.masked_elements} elements masked, "
+                   f"{result.scheduler}, {config.steps} steps)")
+
+
+def _parse_floats(text: str | None):
+    if not text:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--layer-scales {text!r} must be comma-separated numbers, e.g. 0,0,1,1") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Writing results: PNGs with generation metadata, written atomically; output-path checks up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from maskst.errors import InputError
+
+
+def check_writable(path: Path, what: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any compute."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file name such as {path / 'out.png'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"{what} {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{what} {path} cannot be written (permission denied); choose another location")
+
+
+def check_writable_dir(folder: Path, what: str = "--out-dir") -> None:
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder} is a file; give a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what} {folder} cannot be written (permission denied)")
+
+
+def image_paths(out: Path, count: int) -> list[Path]:
+    """out.png for one image; out-0.png, out-1.png, ... for several."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+
+
+def save_png(path: Path, image: np.ndarray, metadata: dict) -> None:
+    """Save uint8 [H, W, 3] as PNG with ``maskst`` (JSON) and ``parameters`` text chunks, atomically."""
+    path = Path(path)
+    info = PngInfo()
+    info.add_text("maskst", json.dumps(metadata, sort_keys=True))
+    info.add_text("parameters", f"{metadata.get('prompt', '')}\nNegative prompt: {metadata.get('negative_prompt', '')}\n"
+                  + ", ".join(f"{k}: {v}" for k, v in metadata.items() if k not in ("prompt", "negative_prompt")))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

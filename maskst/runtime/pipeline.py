@@ -1,0 +1,237 @@
+"""The maskst runtime: encoders -> fused masking + projection -> denoising loop -> VAE, on runners.
+
+No torch here: numpy, the runners, the numpy schedulers, PIL and the tokenizers. Sessions are
+created once per :class:`MaskstPipeline` and reused across requests; the content embedding of a
+content text, the prompt embeddings of a prompt pair and the unconditional image tokens are cached.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from maskst.engines.manifest import Manifest, load_manifest
+from maskst.errors import InputError, NonFiniteError
+from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, load_init_latents
+from maskst.images import clip_preprocess, load_image
+from maskst.masking import MaskMode, Method
+from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
+from maskst.runtime.schedulers import make_scheduler, scheduler_name_from_config
+from maskst.tokenization import load_tokenizer, tokenize
+
+GRAPHS = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet", "vae_decoder")
+BACKENDS = tuple(ORT_BACKENDS) + ("trt",)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    mask: np.ndarray  # bool [D]: image-embedding elements zeroed (all False unless method maskst)
+    method: Method  # the method that ran (see generation.effective_method)
+    scheduler: str
+    timings_ms: dict[str, float]
+
+    @property
+    def masked_elements(self) -> int:
+        return int(self.mask.sum())
+
+
+def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
+    if not np.all(np.isfinite(array)):
+        raise NonFiniteError(f"stage {stage} produced NaN or infinity{hint}; nothing was written")
+
+
+def make_runner(backend: str, manifest: Manifest, name: str, threads: int | None = None,
+                allow_fallback: bool = False, profile_prefix: str | None = None) -> Runner:
+    """The runner of one graph for a backend name (ort-cpu, ort-cuda, ort-trt, trt)."""
+    spec, path = manifest.graph_spec(name), manifest.graph_path(name)
+    if backend == "trt":
+        from maskst.runtime.trt_runner import TrtRunner
+
+        return TrtRunner.from_manifest(manifest, name)
+    if backend not in ORT_BACKENDS:
+        raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")
+    return OrtRunner(spec, path, backend=backend, threads=threads, allow_fallback=allow_fallback,
+                     profile_prefix=profile_prefix)
+
+
+class MaskstPipeline:
+    """Style transfer on an engines folder. Use as a context manager or call close()."""
+
+    def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
+                 threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None):
+        self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
+        self.backend = backend
+        model = self.manifest.model
+        self.layer_names = tuple(model["cross_attention_layers"])
+        self.vae_scale_factor = int(model["vae_scale_factor"])
+        self.size_multiple = int(model["size_multiple"])
+        self.latent_channels = int(model["latent_channels"])
+        self.scheduler_config = dict(model["scheduler_config"])
+        self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
+        self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
+        self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix)
+                        for name in GRAPHS}
+        for runner in self.runners.values():
+            runner.activate()
+        self._content_cache: dict[str, np.ndarray] = {}
+        self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
+        self._uncond_tokens: np.ndarray | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.deactivate()
+
+    # ---------------------------------------------------------------- checks before any compute
+
+    def check_request(self, config: GenerationConfig) -> None:
+        """Validate a request against these engines (sizes, batch, profile ranges) before any work."""
+        config.validate(self.vae_scale_factor)
+        for name in ("height", "width"):
+            value = getattr(config, name)
+            if value % self.size_multiple:
+                lower = value // self.size_multiple * self.size_multiple
+                raise InputError(f"{name}={value} must be a multiple of {self.size_multiple} for this model "
+                                 f"(try {lower or self.size_multiple} or {lower + self.size_multiple})")
+        f = self.vae_scale_factor
+        unet = self.runners["unet"].spec
+        unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
+                        what={"N": "num_images", "h": f"height/{f}", "w": f"width/{f}"})
+        if len(config.style) > self.runners["image_encoder"].spec.dims["S"].max:
+            raise InputError(f"{len(config.style)} style images given; these engines take at most "
+                             f"{self.runners['image_encoder'].spec.dims['S'].max} per request")
+        if config.layer_scales is not None or config.target_blocks:
+            layer_scales(self.layer_names, config)
+        make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
+
+    # ---------------------------------------------------------------- stages
+
+    def encode_style(self, images) -> np.ndarray:
+        """float32 [1, D]: mean CLIP image_embeds of the style images (PIL images)."""
+        pixels = clip_preprocess(list(images))
+        embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
+        _check_finite("image_encoder", embeds)
+        return embeds.mean(axis=0, keepdims=True, dtype=np.float32)
+
+    def encode_content(self, text: str) -> np.ndarray:
+        """float32 [1, D] content embedding, cached per text."""
+        if text not in self._content_cache:
+            ids = tokenize(self.content_tokenizer, [text], "content text")
+            embeds = self.runners["content_encoder"].infer({"input_ids": ids})["content_embeds"].copy()
+            _check_finite("content_encoder", embeds)
+            self._content_cache[text] = embeds
+        return self._content_cache[text]
+
+    def encode_prompts(self, prompt: str, negative: str) -> np.ndarray:
+        """float32 [2, 77, C]: (negative, prompt) text embeddings, cached for recent pairs."""
+        key = (prompt, negative)
+        if key not in self._prompt_cache:
+            ids = np.concatenate([tokenize(self.tokenizer, [negative], "negative prompt"),
+                                  tokenize(self.tokenizer, [prompt], "prompt")])
+            embeds = self.runners["text_encoder"].infer({"input_ids": ids})["text_embeddings"].copy()
+            _check_finite("text_encoder", embeds)
+            self._prompt_cache[key] = embeds
+            if len(self._prompt_cache) > 32:
+                self._prompt_cache.popitem(last=False)
+        return self._prompt_cache[key]
+
+    def condition(self, image_embeds: np.ndarray, content_embeds: np.ndarray, method: Method,
+                  mode: MaskMode, theta: float, content_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ip_tokens float32 [1, k, C], mask bool [1, D]) from the fused conditioner graph."""
+        out = self.runners["image_conditioner"].infer({
+            "image_embeds": image_embeds, "content_embeds": content_embeds,
+            "method": np.array([method.index], np.int64), "mask_mode": np.array([mode.index], np.int64),
+            "theta": np.array([theta], np.float32), "content_scale": np.array([content_scale], np.float32),
+        })
+        return out["ip_tokens"].copy(), out["mask"].copy()
+
+    def uncond_tokens(self, dim: int) -> np.ndarray:
+        """ImageProj(0): the image tokens of the negative half, a constant of the adapter."""
+        if self._uncond_tokens is None:
+            zeros = np.zeros((1, dim), np.float32)
+            self._uncond_tokens, _ = self.condition(zeros, zeros, Method.IP_ADAPTER, MaskMode.KMEANS, 0.7, 0.0)
+        return self._uncond_tokens
+
+    # ---------------------------------------------------------------- one request
+
+    def generate(self, config: GenerationConfig, style_images=None, latents: np.ndarray | None = None,
+                 progress=None) -> GenerationResult:
+        """Run one request. ``style_images``: PIL images (default: load ``config.style``).
+
+        ``latents``: diffusers' initial noise [N, C, h, w] before the init sigma; default from
+        ``config.init_latents`` or the seed. ``progress``: optional callable(step, total).
+        """
+        self.check_request(config)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter
+        f = self.vae_scale_factor
+        n, h, w = config.num_images, config.height // f, config.width // f
+        shape = (n, self.latent_channels, h, w)
+        if latents is None:
+            latents = load_init_latents(config.init_latents, shape) if config.init_latents else initial_noise(config.seed, shape)
+        elif latents.shape != shape:
+            raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
+        if style_images is None:
+            if not config.style:
+                raise InputError("no style image given; pass --style IMAGE")
+            style_images = [load_image(p) for p in config.style]
+        method = effective_method(config)
+        scheduler_name = config.scheduler or scheduler_name_from_config(self.scheduler_config)
+        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
+
+        t0 = clock()
+        text = self.encode_prompts(config.prompt, config.negative_prompt)
+        timings["text_encoder"] = (clock() - t0) * 1e3
+        t0 = clock()
+        e_i = self.encode_style(style_images)
+        timings["image_encoder"] = (clock() - t0) * 1e3
+        t0 = clock()
+        e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
+        timings["content_encoder"] = (clock() - t0) * 1e3
+        t0 = clock()
+        tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
+        uncond = self.uncond_tokens(e_i.shape[-1])
+        timings["image_conditioner"] = (clock() - t0) * 1e3
+        _check_finite("image_conditioner", tokens)
+
+        text_embeddings = np.repeat(text, n, axis=0)  # [neg]*N + [prompt]*N
+        ip_tokens = np.concatenate([np.repeat(uncond, n, axis=0), np.repeat(tokens, n, axis=0)])
+        ip_scale = layer_scales(self.layer_names, config)
+        scheduler.set_timesteps(config.steps)
+        latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
+        unet = self.runners["unet"]
+        feed = {"text_embeddings": text_embeddings, "ip_tokens": ip_tokens, "ip_scale": ip_scale}
+        unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
+                              "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
+        guidance = np.float32(config.guidance)
+        t0 = clock()
+        for i, t in enumerate(scheduler.timesteps):
+            sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
+            feed["sample"] = sample.astype(np.float32, copy=False)
+            feed["timestep"] = np.array([t], dtype=np.float32)
+            noise = unet.infer(feed, check_inputs=False)["noise_pred"]
+            uncond_pred, text_pred = noise[:n], noise[n:]
+            guided = uncond_pred + guidance * (text_pred - uncond_pred)
+            latents = scheduler.step(guided, t, latents)
+            if progress is not None:
+                progress(i + 1, len(scheduler.timesteps))
+        timings["denoise"] = (clock() - t0) * 1e3
+        timings["unet_step"] = timings["denoise"] / max(1, len(scheduler.timesteps))
+        _check_finite("unet (denoising loop)", latents)
+
+        t0 = clock()
+        decoded = self.runners["vae_decoder"].infer({"latents": latents.astype(np.float32)})["images"]
+        timings["vae_decoder"] = (clock() - t0) * 1e3
+        _check_finite("vae_decoder", decoded, hint=" (fp16 VAEs overflow: rebuild with the VAE in fp32)")
+        images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+        return GenerationResult(images, mask[0], method, scheduler_name, timings)
