@@ -17,11 +17,15 @@ def _quiet_transformers():
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()  # transformers 5 draws a bar per checkpoint load
     try:
         yield
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _transformers(cls, folder: Path):
