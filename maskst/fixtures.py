@@ -62,7 +62,7 @@ class FixtureSpec:
     content_hidden: int
     content_layers: int
     content_heads: int
-    ip_tokens: int = 4
+    ip_tokens: int = 4  # diffusers infers ImageProjModel widths assuming 4 tokens, like every h94 SD 1.5 adapter
     plus_depth: int = 1
     plus_heads: int = 1  # the Plus loader assumes 64-wide heads
     full_size: bool = False
@@ -81,7 +81,7 @@ PRESETS = {
         unet_channels=(16, 32, 48), unet_layers_per_block=2, unet_heads=2, unet_groups=8,
         vae_channels=(16, 16, 32, 32), vae_groups=8,
         vision_hidden=40, vision_layers=3, vision_heads=5, vision_patch=28, projection_dim=72,
-        content_hidden=24, content_layers=3, content_heads=2, ip_tokens=2,
+        content_hidden=24, content_layers=3, content_heads=2,
     ),
     "full": FixtureSpec(
         name="full", text_hidden=768, text_layers=12, text_heads=12,

@@ -65,6 +65,7 @@ class ReferencePipeline:
             str(checkpoints.ip_adapter.parent), subfolder=None, weight_name=checkpoints.ip_adapter.name,
             image_encoder_folder=None, local_files_only=True,
         )
+        self.base_scheduler = self.pipe.scheduler  # the base model's own, restored for scheduler=None
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.image_encoder = torch_models.image_encoder(checkpoints.image_encoder)
         self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
@@ -102,7 +103,7 @@ class ReferencePipeline:
         if config.scheduler:
             self.pipe.scheduler = diffusers_scheduler(config.scheduler, self.base_scheduler_config)
         else:
-            self.pipe.scheduler = type(self.pipe.scheduler).from_config(self.base_scheduler_config)
+            self.pipe.scheduler = type(self.base_scheduler).from_config(self.base_scheduler_config)
         f = self.checkpoints.vae_scale_factor
         shape = (config.num_images, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
         noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)

@@ -24,7 +24,7 @@ from maskst.runtime.schedulers import make_scheduler, scheduler_name_from_config
 from maskst.tokenization import load_tokenizer, tokenize
 
 GRAPHS = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet", "vae_decoder")
-BACKENDS = tuple(ORT_BACKENDS) + ("trt",)
+BACKENDS = tuple(ORT_BACKENDS) + ("trt", "openvino", "openvino-f32", "openvino-bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +47,18 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
 
 def make_runner(backend: str, manifest: Manifest, name: str, threads: int | None = None,
                 allow_fallback: bool = False, profile_prefix: str | None = None) -> Runner:
-    """The runner of one graph for a backend name (ort-cpu, ort-cuda, ort-trt, trt)."""
+    """The runner of one graph for a backend name (ort-cpu, ort-cuda, ort-trt, trt, openvino[-f32|-bf16][:GRAPH=VALUE...])."""
     spec, path = manifest.graph_spec(name), manifest.graph_path(name)
     if backend == "trt":
         from maskst.runtime.trt_runner import TrtRunner
 
         return TrtRunner.from_manifest(manifest, name)
+    if backend.split(":")[0] in ("openvino", "openvino-f32", "openvino-bf16"):
+        # OpenVINO on the CPU; per-graph choices ("openvino:vae_decoder=bf16") are parsed there
+        from maskst.runtime.openvino_runner import make_openvino_runner
+
+        return make_openvino_runner(backend, manifest, name, threads=threads, allow_fallback=allow_fallback,
+                                    profile_prefix=profile_prefix)
     if backend not in ORT_BACKENDS:
         raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")
     return OrtRunner(spec, path, backend=backend, threads=threads, allow_fallback=allow_fallback,

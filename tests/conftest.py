@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random checkpoints in the real layouts and engines exported from them.
+
+Built once per test session. Torch runs single-threaded: with two threads and another busy
+process a tiny UNet forward took 1.3 s instead of 9 ms (DESIGN section 10).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread_torch():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+def _export(fixtures, out: Path, **options):
+    from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.options import ExportOptions
+
+    defaults = dict(min_size=32, opt_size=64, max_size=128, max_batch=2)
+    defaults.update(options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings of the TorchScript exporter
+        return export_engines(ExportRequest(base=fixtures.base, ip_adapter=fixtures.ip_adapter,
+                                            image_encoder=fixtures.image_encoder,
+                                            content_encoder=fixtures.content_encoder, out=out,
+                                            options=ExportOptions(**defaults)), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """FixturePaths of the 'tiny' preset (development dimensions)."""
+    from maskst.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixtures") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wide(tmp_path_factory):
+    """FixturePaths of the 'tiny-wide' preset: other widths, depths, head sizes, token count."""
+    from maskst.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixtures") / "tiny_wide", "tiny-wide", seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny, tmp_path_factory):
+    return _export(tiny, tmp_path_factory.mktemp("engines") / "tiny").folder
+
+
+@pytest.fixture(scope="session")
+def wide_engines(tiny_wide, tmp_path_factory):
+    return _export(tiny_wide, tmp_path_factory.mktemp("engines") / "wide", min_size=64, opt_size=64, max_size=128).folder
+
+
+@pytest.fixture(scope="session")
+def export_fn():
+    return _export
+
+
+@pytest.fixture(scope="session")
+def style_image(tmp_path_factory) -> Path:
+    """A small RGB style image made in code."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    path = tmp_path_factory.mktemp("images") / "style.png"
+    y, x = np.mgrid[0:96, 0:128] / 32.0
+    img = np.stack([np.sin(3 * x), np.cos(2 * y), np.sin(x * y)], -1) * 0.4 + 0.5 + 0.05 * rng.standard_normal((96, 128, 3))
+    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path

@@ -1,0 +1,143 @@
+"""Export: IO specs, the fused conditioner against the numpy masking, manifest and folder safety."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from maskst.errors import EngineError, InputError
+from maskst.masking import MaskMode, Method, condition_embeds
+
+
+def test_manifest_records_parity_specs_sources_and_versions(tiny_engines):
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"text_encoder", "image_encoder", "content_encoder", "image_conditioner",
+                                       "unet", "vae_decoder"}
+    for name, graph in manifest["graphs"].items():
+        assert graph["parity"] and all(r["passed"] for r in graph["parity"]), name
+        assert all(r["max_abs_err"] <= r["atol"] + 1e-3 for r in graph["parity"])
+    unet = manifest["graphs"]["unet"]
+    # parity ran at a shape other than the export (opt) shape
+    assert unet["parity"][0]["shape"] != [2, 4, 8, 8]
+    assert manifest["model"]["num_tokens"] == 4 and len(manifest["model"]["cross_attention_layers"]) == 4
+    assert set(manifest["sources"]) >= {"unet", "ip_adapter", "image_encoder", "content_encoder"}
+    assert manifest["versions"]["onnxruntime"] and manifest["versions"]["torch"]
+
+
+def test_unet_graph_takes_scale_and_tokens_as_inputs(tiny_engines):
+    import onnx
+
+    model = onnx.load(str(tiny_engines / "unet.onnx"))
+    names = [i.name for i in model.graph.input]
+    assert names == ["sample", "timestep", "text_embeddings", "ip_tokens", "ip_scale"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["B", 4, "h", "w"]
+
+
+def _conditioner(tiny_engines):
+    from maskst.engines.manifest import load_manifest
+    from maskst.runtime.runners import OrtRunner
+
+    manifest = load_manifest(tiny_engines)
+    return OrtRunner(manifest.graph_spec("image_conditioner"), manifest.graph_path("image_conditioner"))
+
+
+@pytest.mark.parametrize("mode", list(MaskMode))
+def test_fused_conditioner_mask_equals_numpy_masking(tiny_engines, mode):
+    rng = np.random.default_rng(0)
+    with _conditioner(tiny_engines) as runner:
+        for trial in range(40):
+            e_i = rng.standard_normal((1, 48)).astype(np.float32)
+            e_c = (rng.standard_normal((1, 48)) * (1 + 3 * (rng.random(48) < 0.1))).astype(np.float32)
+            theta = float(rng.uniform(0.1, 0.95))
+            out = runner.infer({"image_embeds": e_i, "content_embeds": e_c,
+                                "method": np.array([Method.MASKST.index]), "mask_mode": np.array([mode.index]),
+                                "theta": np.array([theta], np.float32), "content_scale": np.array([1.0], np.float32)})
+            _, want = condition_embeds(e_i, e_c, "maskst", mode, theta=float(np.float32(theta)))
+            np.testing.assert_array_equal(out["mask"], want, err_msg=f"trial {trial}")
+
+
+def test_conditioner_degenerate_inputs_mask_nothing(tiny_engines):
+    with _conditioner(tiny_engines) as runner:
+        for e_i, e_c in [(np.zeros((1, 48)), np.ones((1, 48))), (np.ones((1, 48)), np.ones((1, 48)))]:
+            out = runner.infer({"image_embeds": e_i.astype(np.float32), "content_embeds": e_c.astype(np.float32),
+                                "method": np.array([2]), "mask_mode": np.array([0]),
+                                "theta": np.array([0.7], np.float32), "content_scale": np.array([1.0], np.float32)})
+            assert not out["mask"].any() and np.all(np.isfinite(out["ip_tokens"]))
+
+
+def test_profile_and_dynamic_axes_derive_from_one_spec(tiny_engines):
+    from maskst.engines.manifest import load_manifest
+
+    spec = load_manifest(tiny_engines).graph_spec("unet")
+    profile = spec.profile()
+    assert profile["sample"] == ((2, 4, 4, 4), (2, 4, 8, 8), (4, 4, 16, 16))  # B = 2N, latent = size / 8
+    assert profile["ip_scale"] == ((4,), (4,), (4,))
+    assert spec.dynamic_axes()["noise_pred"] == {0: "B", 2: "h", 3: "w"}
+    with pytest.raises(InputError, match=r"dimension h=32 is outside the engine profile \[4, 16\]"):
+        spec.check_feed({**spec.sample_inputs({"N": 1, "h": 8, "w": 8}),
+                         "sample": np.zeros((2, 4, 32, 8), np.float32)})
+
+
+def test_existing_folder_needs_force_and_force_replaces_only_when_complete(tiny, tmp_path, export_fn, monkeypatch):
+    from maskst.errors import ParityError
+    from maskst.export import exporter
+
+    out = tmp_path / "engines"
+    export_fn(tiny, out, check_parity=False)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(InputError, match="already holds an engines folder; pass --force"):
+        export_fn(tiny, out, check_parity=False)
+
+    def failing(*args, **kwargs):
+        raise ParityError("simulated parity failure")
+
+    monkeypatch.setattr(exporter, "raise_failures", failing)
+    from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.options import ExportOptions
+
+    with warnings.catch_warnings(), pytest.raises(ParityError):
+        warnings.simplefilter("ignore")
+        export_engines(ExportRequest(base=tiny.base, ip_adapter=tiny.ip_adapter, content_encoder=tiny.content_encoder,
+                                     image_encoder=tiny.image_encoder, out=out, force=True,
+                                     options=ExportOptions(min_size=32, opt_size=64, max_size=128, max_batch=2)),
+                       progress=False)
+    assert (out / "manifest.json").read_bytes() == before  # the previous good set is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]  # no staging folder left behind
+
+
+def test_plus_adapter_export_is_refused_before_any_work(tiny, tmp_path):
+    from maskst.export.exporter import ExportRequest, export_engines
+
+    with pytest.raises(InputError, match="Plus|Resampler"):
+        export_engines(ExportRequest(base=tiny.base, ip_adapter=tiny.ip_adapter_plus, image_encoder=tiny.image_encoder,
+                                     content_encoder=tiny.content_encoder, out=tmp_path / "e"), progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_corrupted_engine_files_are_refused(tiny_engines, tmp_path):
+    import shutil
+
+    from maskst.engines.manifest import load_manifest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_engines, copy)
+    data = bytearray((copy / "unet.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "unet.onnx").write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="unet.onnx was modified"):
+        load_manifest(copy)
+    (copy / "vae_decoder.onnx").write_bytes(b"x")
+    with pytest.raises(EngineError, match="vae_decoder.onnx has 1 bytes"):
+        load_manifest(copy, verify_hashes=False)
+    (copy / "vae_decoder.onnx").unlink()
+    with pytest.raises(EngineError, match="vae_decoder.onnx is missing"):
+        load_manifest(copy, verify_hashes=False)
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    manifest["versions"]["maskst"] = "0.0.1"
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_engines, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="written by maskst 0.0.1"):
+        load_manifest(copy)
