@@ -1,33 +1,89 @@
 """maskst-bench: the PyTorch reference and maskst's backends on the same inputs, in one run.
 
-(Work in progress: the cache of random models comes first.)
+Every contender runs in its own worker process (``python -m maskst.bench.bench JOB.json``), one
+after the other, so that
+
+- peak memory (``ru_maxrss``, the RSS high-water mark) is that contender's alone, and the
+  several GB of one set of weights are freed before the next set loads (the full-size reference
+  plus two backends would not fit in 24 GB together);
+- nothing one contender warmed (allocator arenas, thread pools, OpenVINO's compiled models) leaks
+  into another's numbers.
+
+Each worker runs ``warmup`` untimed generations and then ``repeats`` timed ones; the report holds
+medians. Every generation is a full request: maskst's prompt and content-embedding caches are
+emptied before each one, so the text and content encoders really run (the reference has no such
+caches); the unconditional image tokens (a constant of the adapter) stay cached. Stages:
+
+======================  ==============================================  ==================================
+stage                   maskst                                          reference (diffusers, eager fp32)
+======================  ==============================================  ==================================
+text_encoder            SD text encoder, negative + prompt (one call)   text_encoder forward calls, summed
+image_encoder           CLIP preprocessing + ViT-H image encoder        ``encode_images`` (the same)
+content_encoder         ViT-H text tower of the content text            ``encode_content``
+image_conditioner       masking + projection (one fused graph call)     numpy masking + ImageProjection
+unet_step               one UNet call, batch 2N (CFG), median per step  unet forward, median per step
+vae_decoder             VAE decode + uint8 conversion                   ``vae.decode``
+======================  ==============================================  ==================================
+
+Cold start is measured in one more fresh process per backend: from just before the parent starts
+it to the end of the first UNet step (imports, manifest check without hashing, session creation or
+OpenVINO cache load, encoders, first step), with engines already built and OpenVINO's compiled-model
+cache already filled by the timed worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 from maskst import __version__
 
 CACHE_MARKER = "bench-cache.json"
-# Engines built for benchmarks accept every size from 128 px (64 for tiny) to 1024 px and up to 4 images.
+STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet_step", "vae_decoder")
+STAGE_LABELS = {
+    "text_encoder": "SD text encoder", "image_encoder": "image encoder (CLIP ViT-H)",
+    "content_encoder": "content encoder (CLIP text)", "image_conditioner": "masking + projection",
+    "unet_step": "UNet step (CFG batch)", "vae_decoder": "VAE decode",
+}
+DEFAULT_PROMPT = "a photo of a cat"
+DEFAULT_CONTENT = "a house"
+MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below timer noise of a generation
+# Engines built for benchmarks accept sizes 128..1024 px (64..512 for the tiny presets), up to 4 images.
 _EXPORT_SIZES = {"full": dict(min_size=128, opt_size=512, max_size=1024, max_batch=4),
                  "tiny": dict(min_size=64, opt_size=128, max_size=512, max_batch=4),
                  "tiny-wide": dict(min_size=64, opt_size=128, max_size=512, max_batch=4)}
 
 
+# ---------------------------------------------------------------------------- models to benchmark
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchModels:
-    """Checkpoints (for the reference) and the engines folder built from them."""
+    """Checkpoints (for the reference; None where unknown) and the engines folder built from them."""
 
-    fixtures: object  # maskst.fixtures.FixturePaths, or None for user checkpoints given as paths
-    base: Path | None
-    ip_adapter: Path | None
-    image_encoder: Path | None
-    content_encoder: Path | None
     engines: Path
+    base: Path | None = None
+    ip_adapter: Path | None = None
+    image_encoder: Path | None = None
+    content_encoder: Path | None = None
+    source: str = "checkpoints"  # how they were obtained: checkpoints, engines, random-<preset>
+
+    @property
+    def has_checkpoints(self) -> bool:
+        return all(p is not None for p in (self.base, self.ip_adapter, self.content_encoder))
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = True) -> BenchModels:
@@ -54,32 +110,520 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     options = ExportOptions(**_EXPORT_SIZES[preset])
 
     def models() -> BenchModels:
-        return BenchModels(paths, paths.base, paths.ip_adapter, paths.image_encoder, paths.content_encoder, engines)
+        return BenchModels(engines, paths.base, paths.ip_adapter, paths.image_encoder, paths.content_encoder,
+                           source=f"random-{preset}")
 
-    if marker.is_file() and fixture_marker.is_file():
+    def read_json(path: Path):
         try:
-            recorded = json.loads(marker.read_text())
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # missing or damaged: treated as not built
+
+    if marker.is_file() and read_json(fixture_marker) == wanted_fixture:
+        recorded = read_json(marker) or {}
+        try:
             manifest = load_manifest(engines, verify_hashes=False)  # sizes only: hashing 6 GB takes a minute
-            if (recorded.get("fixture") == json.loads(fixture_marker.read_text()) == wanted_fixture
-                    and recorded.get("engines_manifest") == manifest.digest):
+            if recorded.get("fixture") == wanted_fixture and recorded.get("engines_manifest") == manifest.digest:
                 return models()
-        except (json.JSONDecodeError, EngineError):
-            pass  # damaged or stale: rebuilt below
+        except EngineError:
+            pass  # incomplete or stale engines: rebuilt below
     marker.unlink(missing_ok=True)
-    if not fixture_marker.is_file() or json.loads(fixture_marker.read_text()) != wanted_fixture:
-        if progress:
-            print(f"writing {preset} random-weight checkpoints to {paths.root} (once)", flush=True)
+    if read_json(fixture_marker) != wanted_fixture:
+        _say(progress, f"writing {preset} random-weight checkpoints to {paths.root} (once)")
         write_fixtures(paths.root, preset, seed=seed)
-    if progress:
-        print(f"exporting engines to {engines} (once)", flush=True)
+    _say(progress, f"exporting engines to {engines} (once)")
     manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
                                             image_encoder=paths.image_encoder, content_encoder=paths.content_encoder,
                                             out=engines, force=True, lock_timeout=3600, options=options),
                               progress=progress)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fixture": wanted_fixture, "engines_manifest": manifest.digest,
-                               "export_options": dataclasses.asdict(options) | {"precision": options.precision.value,
-                                                                                "target": options.target.value}},
-                              indent=2))
+                               "export_options": {**dataclasses.asdict(options), "precision": options.precision.value,
+                                                  "target": options.target.value}}, indent=2))
     tmp.rename(marker)
     return models()
+
+
+def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_encoder: Path | None,
+                       content_encoder: Path, progress: bool = True) -> Path:
+    """An engines folder for user checkpoints, exported once into the cache (keyed by the files)."""
+    import hashlib
+
+    from maskst.checkpoints import resolve_checkpoints
+    from maskst.engines.manifest import load_manifest
+    from maskst.errors import EngineError
+    from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.options import ExportOptions
+
+    ckpt = resolve_checkpoints(base, ip_adapter, image_encoder, content_encoder)
+    files = ckpt.weight_files()
+    # Path, size and mtime identify the inputs without hashing GBs; the manifest re-checks paths.
+    key = hashlib.sha256(json.dumps({name: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                                     for name, p in sorted(files.items())}).encode()).hexdigest()[:16]
+    engines = Path(cache_dir) / f"bench-engines-{key}"
+    try:
+        manifest = load_manifest(engines, verify_hashes=False)
+        if {n: s["path"] for n, s in manifest.data["sources"].items()} == {n: str(p.resolve()) for n, p in files.items()}:
+            return engines
+    except EngineError:
+        pass  # not built yet or damaged: exported below
+    _say(progress, f"exporting engines for these checkpoints to {engines} (once)")
+    export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
+                                 content_encoder=content_encoder, out=engines, force=True, lock_timeout=3600,
+                                 options=ExportOptions(**_EXPORT_SIZES["full"])), progress=progress)
+    return engines
+
+
+def engines_sources(engines: Path) -> dict[str, Path | None]:
+    """Checkpoint paths recorded in an engines manifest (None where missing on this machine)."""
+    from maskst.engines.manifest import load_manifest
+
+    sources = {n: Path(s["path"]) for n, s in load_manifest(engines, verify_hashes=False).data["sources"].items()}
+    guess = {
+        "base": sources["unet"].parent.parent if "unet" in sources else None,
+        "ip_adapter": sources.get("ip_adapter"),
+        "image_encoder": sources["image_encoder"].parent if "image_encoder" in sources else None,
+        "content_encoder": sources["content_encoder"].parent if "content_encoder" in sources else None,
+    }
+    return {k: (v if v is not None and v.exists() else None) for k, v in guess.items()}
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """What every contender generates, and how often."""
+
+    height: int = 256
+    width: int = 256
+    steps: int = 10
+    num_images: int = 1
+    repeats: int = 3
+    warmup: int = 1
+    threads: int | None = None
+    prompt: str = DEFAULT_PROMPT
+    content: str = DEFAULT_CONTENT
+    seed: int = 0
+    scheduler: str | None = None
+
+    def config(self, **override):
+        from maskst.generation import GenerationConfig
+        from maskst.runtime.default import DEFAULT_STYLE
+
+        values = dict(prompt=self.prompt, style=(DEFAULT_STYLE,), content=self.content, steps=self.steps,
+                      height=self.height, width=self.width, num_images=self.num_images, seed=self.seed,
+                      scheduler=self.scheduler)
+        values.update(override)
+        return GenerationConfig.create(**values)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _median(values) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def _inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8):
+    """The request, style images and initial noise every contender gets."""
+    from maskst.generation import initial_noise
+    from maskst.images import load_image
+
+    config = settings.config()
+    latents = initial_noise(config.seed, (config.num_images, latent_channels, config.height // factor, config.width // factor))
+    return config, [load_image(p) for p in config.style], latents
+
+
+# ---------------------------------------------------------------------------- workers (child processes)
+
+
+def _timed(record: list, func):
+    """Wrap ``func`` so that each call appends its duration (ms) to ``record``."""
+    clock = time.perf_counter
+
+    def wrapper(*args, **kwargs):
+        t0 = clock()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            record.append((clock() - t0) * 1e3)
+
+    return wrapper
+
+
+def _run_reference(job: dict) -> dict:
+    """diffusers + IP-Adapter, eager fp32, with per-stage timers hooked onto its modules."""
+    import numpy as np
+    import torch
+
+    import maskst.reference as reference
+    from maskst.checkpoints import resolve_checkpoints
+
+    settings = BenchSettings(**job["settings"])
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    models = job["models"]
+    t0 = time.perf_counter()
+    ckpt = resolve_checkpoints(Path(models["base"]), Path(models["ip_adapter"]),
+                               Path(models["image_encoder"]) if models.get("image_encoder") else None,
+                               Path(models["content_encoder"]))
+    ref = reference.ReferencePipeline(ckpt)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    config, images, latents = _inputs(settings, ref.pipe.unet.config.in_channels, ckpt.vae_scale_factor)
+
+    calls: dict[str, list] = {name: [] for name in ("text_encoder", "image_encoder", "content_encoder", "masking",
+                                                    "projection", "unet", "vae_decoder")}
+    # Instance attributes shadow the methods, so diffusers' own calls go through the timers.
+    ref.encode_images = _timed(calls["image_encoder"], ref.encode_images)
+    ref.encode_content = _timed(calls["content_encoder"], ref.encode_content)
+    reference.condition_embeds = _timed(calls["masking"], reference.condition_embeds)
+    pipe = ref.pipe
+    pipe.text_encoder.forward = _timed(calls["text_encoder"], pipe.text_encoder.forward)
+    pipe.unet.forward = _timed(calls["unet"], pipe.unet.forward)
+    pipe.vae.decode = _timed(calls["vae_decoder"], pipe.vae.decode)
+    # The IP-Adapter projection runs inside every UNet call in diffusers; one call is the stage.
+    pipe.unet.encoder_hid_proj.forward = _timed(calls["projection"], pipe.unet.encoder_hid_proj.forward)
+
+    runs, first_ms, result = [], None, None
+    for i in _progress(range(settings.warmup + settings.repeats), job, "reference"):
+        for record in calls.values():
+            record.clear()
+        t0 = time.perf_counter()
+        result = ref.generate(config, images, latents)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if i == 0:
+            first_ms = elapsed
+        if i < settings.warmup:
+            continue
+        runs.append({"end_to_end": elapsed, "text_encoder": sum(calls["text_encoder"]),
+                     "image_encoder": sum(calls["image_encoder"]), "content_encoder": sum(calls["content_encoder"]),
+                     "image_conditioner": sum(calls["masking"]) + (calls["projection"][0] if calls["projection"] else 0.0),
+                     "unet_step": _median(calls["unet"]), "vae_decoder": sum(calls["vae_decoder"])})
+
+    # masking + projection alone, many times (one call is far below the noise of a whole generation)
+    from maskst.masking import Method, condition_embeds
+
+    e_i, e_c = result.image_embeds, result.content_embeds
+    proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    micro = []
+    with torch.no_grad():
+        for _ in range(MICRO_REPEATS):
+            t0 = time.perf_counter()
+            e_hat, _ = condition_embeds(e_i, e_c, method=Method.MASKST, mode=config.mask_mode, theta=config.theta)
+            proj(torch.from_numpy(e_hat[None]))
+            micro.append((time.perf_counter() - t0) * 1e3)
+    np.save(job["images_out"], result.images)
+    return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
+            "masked_elements": int(result.mask.sum()), "peak_rss_mib": _peak_rss_mib(),
+            "threads": torch.get_num_threads()}
+
+
+def clear_request_caches(pipeline) -> None:
+    """Forget maskst's per-text caches, so the next request runs every encoder (a cold request)."""
+    pipeline._prompt_cache.clear()
+    pipeline._content_cache.clear()
+
+
+def _run_maskst(job: dict) -> dict:
+    import numpy as np
+
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    settings = BenchSettings(**job["settings"])
+    t0 = time.perf_counter()
+    pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=job["backend"], verify_hashes=False,
+                              threads=settings.threads)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
+    runs, first_ms, result = [], None, None
+    with pipeline:
+        for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
+            clear_request_caches(pipeline)
+            t0 = time.perf_counter()
+            result = pipeline.generate(config, images, latents)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if i == 0:
+                first_ms = elapsed  # includes OpenVINO's compile (or cache load) for these shapes
+            if i < settings.warmup:
+                continue
+            runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES}})
+        e_i = pipeline.encode_style(images)
+        e_c = pipeline.encode_content(config.content)
+        micro = []
+        for _ in range(MICRO_REPEATS):
+            t0 = time.perf_counter()
+            pipeline.condition(e_i, e_c, result.method, config.mask_mode, config.theta, config.content_scale)
+            micro.append((time.perf_counter() - t0) * 1e3)
+        runners = {name: f"{type(r).__name__}({getattr(r, 'precision', getattr(r, 'backend', ''))})"
+                   for name, r in pipeline.runners.items()}
+    np.save(job["images_out"], result.images)
+    return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
+            "masked_elements": result.masked_elements, "peak_rss_mib": _peak_rss_mib(), "runners": runners}
+
+
+def _run_cold_start(job: dict) -> dict:
+    """Fresh process: import, load the engines, run a request up to the end of the first UNet step."""
+    t_import = time.time()
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    settings = BenchSettings(**job["settings"])
+    t_load = time.time()
+    pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=job["backend"], verify_hashes=False,
+                              threads=settings.threads)
+    t_loaded = time.time()
+    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
+    first_step: list[float] = []
+
+    def on_step(step: int, total: int) -> None:
+        if not first_step:
+            first_step.append(time.time())
+
+    with pipeline:
+        pipeline.generate(settings.config(steps=1), images, latents, progress=on_step)
+    spawned = job["spawned_at"]
+    return {"cold_start_ms": (first_step[0] - spawned) * 1e3, "python_start_ms": (t_import - spawned) * 1e3,
+            "import_ms": (t_load - t_import) * 1e3, "load_ms": (t_loaded - t_load) * 1e3,
+            "first_step_ms": (first_step[0] - t_loaded) * 1e3, "peak_rss_mib": _peak_rss_mib()}
+
+
+def _progress(iterable, job: dict, label: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=f"{label}: generations (warm-up {job['settings']['warmup']})", unit="gen",
+                disable=not job.get("progress", True), file=sys.stderr)
+
+
+WORKERS = {"reference": _run_reference, "maskst": _run_maskst, "cold_start": _run_cold_start}
+
+
+def worker_main(job_path: str) -> int:
+    """Entry of a worker process: run one job, write its result JSON (or the error) beside it."""
+    from maskst.errors import MaskstError
+
+    job = json.loads(Path(job_path).read_text())
+    try:
+        result = WORKERS[job["kind"]](job)
+    except MaskstError as exc:  # a clear, typed failure: reported in the table, the other contenders still run
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------- the run (parent process)
+
+
+def machine_info() -> dict:
+    """CPU, cores, memory, bf16/AMX flags: what the numbers depend on."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        for line in cpuinfo.splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+        info["cpu_features"] = sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")))
+    except OSError:
+        pass  # not Linux: the platform string has to do
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * page_size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass  # sysconf names differ off Linux
+    return info
+
+
+def _spawn(job: dict, workdir: Path, name: str) -> dict:
+    job = {**job, "result": str(workdir / f"{name}.result.json"), "images_out": str(workdir / f"{name}.images.npy")}
+    job_path = workdir / f"{name}.job.json"
+    job["spawned_at"] = time.time()
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run([sys.executable, "-m", "maskst.bench.bench", str(job_path)], env=env)
+    result_path = Path(job["result"])
+    if proc.returncode != 0 or not result_path.is_file():
+        return {"error": f"worker exited with status {proc.returncode} (its output is above)"}
+    return json.loads(result_path.read_text())
+
+
+def _image_diff(workdir: Path, name: str, reference: str = "reference") -> dict | None:
+    import numpy as np
+
+    a, b = workdir / f"{name}.images.npy", workdir / f"{reference}.images.npy"
+    if not (a.is_file() and b.is_file()):
+        return None
+    x, y = np.load(a).astype(np.int16), np.load(b).astype(np.int16)
+    if x.shape != y.shape:
+        return None
+    diff = np.abs(x - y)
+    return {"max_abs": int(diff.max()), "mean_abs": round(float(diff.mean()), 3)}
+
+
+def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str], reference: bool = True,
+              cold_start: bool = True, progress: bool = True, command: str | None = None) -> dict:
+    """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md)."""
+    from maskst.engines.manifest import library_versions, load_manifest
+    from maskst.errors import InputError
+
+    if reference and not models.has_checkpoints:
+        raise InputError("the reference needs the checkpoints: pass --base, --ip-adapter and --content-encoder "
+                         "(the engines manifest's source paths do not exist here), or --no-reference")
+    started = time.time()
+    t0 = time.perf_counter()
+    load_manifest(models.engines, verify_hashes=True)
+    verify_ms = (time.perf_counter() - t0) * 1e3
+    common = {"settings": dataclasses.asdict(settings), "models": models.to_json(), "progress": progress}
+    results: dict[str, dict] = {}
+    cold: dict[str, dict] = {}
+    plan = (["reference"] if reference else []) + list(backends)
+    with tempfile.TemporaryDirectory(prefix="maskst-bench-") as tmp:
+        workdir = Path(tmp)
+        for index, name in enumerate(plan, 1):
+            _say(progress, f"[{index}/{len(plan)}] {name}: loading, {settings.warmup} warm-up + "
+                           f"{settings.repeats} timed generations")
+            kind = "reference" if name == "reference" else "maskst"
+            results[name] = _spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name))
+        diffs = {b: _image_diff(workdir, _safe(b)) for b in backends} if reference else {}
+        if cold_start:
+            for name in backends:
+                if "error" in results[name]:
+                    continue
+                _say(progress, f"cold start: {name} in a fresh process (engines built, caches warm)")
+                cold[name] = _spawn({**common, "kind": "cold_start", "backend": name, "progress": False},
+                                    workdir, _safe(name) + "-cold")
+    return _report(models, settings, results, cold, diffs, verify_ms, started, command)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _report(models, settings, results, cold, diffs, verify_ms, started, command) -> dict:
+    from maskst.engines.manifest import library_versions
+
+    end_to_end, stages, errors = {}, {}, {}
+    for name, result in results.items():
+        if "error" in result:
+            errors[name] = result["error"]
+            continue
+        end_to_end[name] = _median(r["end_to_end"] for r in result["runs"])
+        stages[name] = {s: _median(r[s] for r in result["runs"]) for s in STAGES}
+    ref = end_to_end.get("reference")
+    speedup = {n: ref / v for n, v in end_to_end.items() if n != "reference" and ref and v}
+    ok = {n: r for n, r in results.items() if "error" not in r}
+    report = {
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": machine_info(),
+        "versions": library_versions(),
+        "settings": dataclasses.asdict(settings),
+        "models": models.to_json(),
+        "end_to_end_ms": end_to_end,
+        "speedup_vs_reference": speedup,
+        "stages_ms": stages,
+        "masking_projection_ms": {n: r["masking_projection_ms"] for n, r in ok.items()},
+        "peak_rss_mib": {n: r["peak_rss_mib"] for n, r in ok.items()},
+        "load_ms": {n: r["load_ms"] for n, r in ok.items()},
+        "first_request_ms": {n: r["first_request_ms"] for n, r in ok.items()},
+        "cold_start_ms": {n: c.get("cold_start_ms") for n, c in cold.items() if "error" not in c},
+        "cold_start": cold,
+        "manifest_verify_ms": verify_ms,
+        "image_diff_vs_reference": {n: d for n, d in diffs.items() if d is not None},
+        "masked_elements": {n: r["masked_elements"] for n, r in ok.items()},
+        "runners": {n: r["runners"] for n, r in ok.items() if "runners" in r},
+        "runs": {n: r["runs"] for n, r in ok.items()},
+        "errors": errors,
+    }
+    report["targets"] = _targets(report)
+    return report
+
+
+def _targets(report: dict) -> dict:
+    """The issue's targets, as measured in this run (informational: nothing here fails the run)."""
+    speed = report["speedup_vs_reference"]
+    stages = report["stages_ms"]
+    targets = {}
+    if speed:
+        best = max(speed, key=speed.get)
+        targets["end_to_end_speedup_at_least_6x"] = {"backend": best, "speedup": speed[best], "met": speed[best] >= 6.0}
+    unet = {n: s["unet_step"] for n, s in stages.items() if n != "reference"}
+    ov_bf16 = [n for n in unet if n.split(":")[0] in ("openvino", "openvino-bf16")]
+    if unet and ov_bf16:
+        best = min(unet, key=unet.get)
+        targets["unet_step_no_slower_than_openvino_bf16"] = {
+            "backend": best, "unet_step_ms": unet[best], "openvino_bf16_ms": unet[ov_bf16[0]],
+            "met": unet[best] <= unet[ov_bf16[0]] * 1.02}  # 2%: run-to-run noise of a median
+    masking = {n: v for n, v in report["masking_projection_ms"].items() if n != "reference"}
+    if masking:
+        best = min(masking, key=masking.get)
+        targets["masking_projection_under_1ms"] = {"backend": best, "ms": masking[best], "met": masking[best] < 1.0}
+    if report["cold_start_ms"]:
+        targets["cold_start_ms"] = report["cold_start_ms"]
+    return targets
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+    else:
+        text = str(value)
+    return text + unit
+
+
+def format_table(report: dict) -> str:
+    """The report as a Markdown table (stages and end to end per contender), then the targets."""
+    names = list(report["stages_ms"])
+    lines = ["| stage (ms, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for stage in STAGES:
+        lines.append(f"| {STAGE_LABELS[stage]} | " + " | ".join(_fmt(report["stages_ms"][n][stage]) for n in names) + " |")
+    lines.append("| masking + projection alone (200 calls) | "
+                 + " | ".join(_fmt(report["masking_projection_ms"].get(n)) for n in names) + " |")
+    lines.append("| **end to end** | " + " | ".join(f"**{_fmt(report['end_to_end_ms'][n])}**" for n in names) + " |")
+    lines.append("| speedup vs reference | " + " | ".join(
+        "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference"].get(n), "x") for n in names) + " |")
+    lines.append("| peak RSS (MiB) | " + " | ".join(_fmt(report["peak_rss_mib"].get(n)) for n in names) + " |")
+    lines.append("| load (ms) | " + " | ".join(_fmt(report["load_ms"].get(n)) for n in names) + " |")
+    lines.append("| first request (ms) | " + " | ".join(_fmt(report["first_request_ms"].get(n)) for n in names) + " |")
+    lines.append("| cold start to 1st UNet step (ms) | "
+                 + " | ".join(_fmt(report["cold_start_ms"].get(n)) for n in names) + " |")
+    diffs = report["image_diff_vs_reference"]
+    lines.append("| image vs reference (max / mean abs, 0-255) | " + " | ".join(
+        "-" if n not in diffs else f"{diffs[n]['max_abs']} / {diffs[n]['mean_abs']}" for n in names) + " |")
+    out = ["\n".join(lines)]
+    for name, error in report["errors"].items():
+        out.append(f"{name}: FAILED: {error}")
+    targets = []
+    for key, value in report["targets"].items():
+        if key == "cold_start_ms":
+            targets.append("cold start (process start to first UNet step): "
+                           + ", ".join(f"{n} {_fmt(v)} ms" for n, v in value.items()))
+        else:
+            detail = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k != "met")
+            targets.append(f"{key}: {'met' if value['met'] else 'NOT met'} ({detail})")
+    if targets:
+        out.append("targets:\n  " + "\n  ".join(targets))
+    s = report["settings"]
+    out.append(f"{s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), "
+               f"median of {s['repeats']} after {s['warmup']} warm-up; manifest SHA-256 check "
+               f"{_fmt(report['manifest_verify_ms'])} ms (not in cold start: it uses --skip-verify)")
+    return "\n\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1]))

@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ConversionStats:
-    """What one conversion did: node counts by precision, fp32 ops present, casts added."""
+    """What one conversion did. ``casts_added``: net nodes added (after repairs); ``blocked_ops``:
+    fp32 nodes by op type; ``sinusoid_nodes``: nodes of Sin/Cos chains kept fp32."""
 
     nodes: int
     casts_added: int
@@ -81,6 +82,7 @@ class ConversionStats:
     blocked_ops: dict[str, int]
     sinusoid_nodes: int
     duplicates_removed: int
+    round_trip_casts_folded: int
 
 
 def op_block_list(extra: tuple[str, ...] | list[str] = ()) -> list[str]:
@@ -145,11 +147,82 @@ def _subgraph_inputs(node) -> set[str]:
     return names
 
 
-def repair_graph(model) -> int:
-    """Drop the converter's duplicate Cast nodes and value_infos, then sort nodes topologically.
+def _elem_types(graph) -> dict[str, int]:
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+        elif node.op_type == "Cast":
+            types[node.output[0]] = next(a.i for a in node.attribute if a.name == "to")
+    return types
 
-    Returns how many duplicate nodes were removed. Raises EngineError if two *different* nodes
-    produce one tensor or the graph has a cycle (a converter bug we cannot repair).
+
+def fold_cast_round_trips(model) -> int:
+    """Rewire ``x(fp32) -> Cast(fp16) -> Cast(fp32) -> z`` to read ``x``; returns casts removed.
+
+    The converter gives every blocked node its own casts, so a tensor passed between two fp32
+    nodes (a sinusoid chain, a decomposed norm, a graph input feeding a blocked node) is rounded
+    to fp16 on the way; folding the round trip keeps the chain truly fp32. The fp16 cast stays
+    while other (fp16) nodes read it.
+    """
+    import onnx
+
+    graph = model.graph
+    nodes = list(graph.node)
+    types = _elem_types(graph)
+    producer = {out: idx for idx, node in enumerate(nodes) for out in node.output}
+    outputs = {o.name for o in graph.output}
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    for idx, node in enumerate(nodes):
+        if node.op_type != "Cast" or types.get(node.output[0]) != fp32 or node.output[0] in outputs:
+            continue
+        first = nodes[producer[node.input[0]]] if node.input[0] in producer else None
+        if (first is not None and first.op_type == "Cast" and types.get(first.output[0]) == fp16
+                and types.get(first.input[0]) == fp32):
+            rename[node.output[0]] = first.input[0]
+            drop.add(idx)
+    if not rename:
+        return 0
+
+    def resolve(name: str) -> str:
+        while name in rename:  # chains of round trips: a -> b -> c
+            name = rename[name]
+        return name
+
+    readers: dict[str, int] = {}
+    for idx, node in enumerate(nodes):
+        if idx in drop:
+            continue
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = resolve(name)
+            readers[node.input[i]] = readers.get(node.input[i], 0) + 1
+    removed = set(rename)
+    for idx, node in enumerate(nodes):  # fp16 casts nobody reads any more
+        if (node.op_type == "Cast" and idx not in drop and types.get(node.output[0]) == fp16
+                and node.output[0] not in outputs and not readers.get(node.output[0])):
+            drop.add(idx)
+            removed.add(node.output[0])
+    keep = [node for idx, node in enumerate(nodes) if idx not in drop]
+    infos = [vi for vi in graph.value_info if vi.name not in removed]
+    del graph.node[:]
+    graph.node.extend(keep)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    return len(drop)
+
+
+def repair_graph(model) -> tuple[int, int]:
+    """Drop the converter's duplicate Cast nodes and value_infos, fold fp32->fp16->fp32 cast round
+    trips, then sort the nodes topologically.
+
+    Returns (duplicate nodes removed, round-trip casts removed). Raises EngineError if two
+    *different* nodes write one tensor or the graph has a cycle (converter bugs we cannot repair).
     """
     graph = model.graph
     seen: dict[str, object] = {}
@@ -171,6 +244,12 @@ def repair_graph(model) -> int:
         if vi.name not in names:
             names.add(vi.name)
             infos.append(vi)
+    del graph.node[:]
+    graph.node.extend(keep)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    folded = fold_cast_round_trips(model)
+    keep = list(graph.node)
 
     # Kahn's algorithm, stable: among ready nodes the earliest in the original order goes first.
     import heapq
@@ -200,9 +279,7 @@ def repair_graph(model) -> int:
     sorted_nodes = [keep[i] for i in order]
     del graph.node[:]
     graph.node.extend(sorted_nodes)
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
-    return duplicates
+    return duplicates, folded
 
 
 def convert_model(model, fp32_ops: tuple[str, ...] | list[str] = ()):
@@ -215,6 +292,8 @@ def convert_model(model, fp32_ops: tuple[str, ...] | list[str] = ()):
 
     # Shape inference here (not in the converter) so models whose weights exceed protobuf's 2 GB
     # limit work: callers infer on the weightless proto, see convert_file.
+    if not model.graph.value_info:  # the sinusoid walk follows inferred float32 tensors
+        model = onnx.shape_inference.infer_shapes(model)
     nodes_before = len(model.graph.node)
     blocked_ops = op_block_list(fp32_ops)
     sinusoids = sinusoid_nodes(model)
@@ -222,7 +301,7 @@ def convert_model(model, fp32_ops: tuple[str, ...] | list[str] = ()):
         model, keep_io_types=True, disable_shape_infer=True, op_block_list=blocked_ops,
         node_block_list=sorted(sinusoids),
     )
-    duplicates = repair_graph(converted)
+    duplicates, folded = repair_graph(converted)
     counts: dict[str, int] = {}
     for node in converted.graph.node:
         if node.op_type in blocked_ops:
@@ -239,6 +318,7 @@ def convert_model(model, fp32_ops: tuple[str, ...] | list[str] = ()):
         blocked_ops=dict(sorted(counts.items())),
         sinusoid_nodes=len(sinusoids),
         duplicates_removed=duplicates,
+        round_trip_casts_folded=folded,
     )
     return converted, stats
 
@@ -270,9 +350,11 @@ def convert_file(src: Path, dst: Path, fp32_ops: tuple[str, ...] | list[str] = (
 
 
 def parity_dims(spec: GraphSpec) -> list[dict[str, int]]:
-    """Dims of the fp16-vs-fp32 cases: the profile's opt dims, then 2 images at the smallest size."""
+    """Dims of the fp16-vs-fp32 cases: the profile's opt dims, then another batch at the smallest size."""
     opt = {name: r.opt for name, r in spec.dims.items()}
-    other = {name: (min(2, r.max) if name in ("N", "B", "S") else r.min) for name, r in spec.dims.items()}
+    # batch-like dims (N images, B = 2N, S style images): another count; spatial dims: the smallest
+    other = {name: ((r.max if r.max != r.opt else r.min) if name in ("N", "B", "S") else r.min)
+             for name, r in spec.dims.items()}
     return [opt] if other == opt else [opt, other]
 
 
