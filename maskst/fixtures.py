@@ -27,6 +27,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from maskst.errors import InputError
+
 ASSETS = Path(__file__).parent / "assets"
 REAL_CONFIGS = ASSETS / "configs"
 
@@ -403,7 +405,7 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePa
     run never leaves a half-written set that later looks complete.
     """
     if preset not in PRESETS:
-        raise click.BadParameter(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)

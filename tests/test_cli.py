@@ -117,3 +117,29 @@ def test_export_cli_refuses_existing_folder_and_bad_sizes(tiny, tiny_engines, tm
     assert not (tmp_path / "e").exists()
     help_text = CliRunner().invoke(export_main, ["--help"]).output
     assert "--ip-adapter" in help_text and "Exit codes" in help_text
+
+
+def _odd_images(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    rgba = np.dstack([rgb, np.full((40, 56), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray((rng.random((40, 56)) * 65535).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray(rgb).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+
+
+@pytest.mark.parametrize("name,exit_code", [("rgba.png", 0), ("palette.png", 0), ("cmyk.jpg", 0), ("sixteen.png", 0),
+                                            ("truncated.jpg", 2), ("empty.png", 2)])
+def test_odd_style_images_through_the_cli(tiny_engines, tmp_path, name, exit_code):
+    _odd_images(tmp_path)
+    out = tmp_path / "out.png"
+    result = _run(_base_args(tiny_engines, tmp_path / name, out))
+    assert result.exit_code == exit_code, result.output
+    assert out.exists() == (exit_code == 0)
+    if exit_code:
+        assert name in result.output and "Traceback" not in result.output
