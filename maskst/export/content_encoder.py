@@ -22,16 +22,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
 
 
 def build_module(ckpt: CheckpointSet):
-    import torch
-
     from maskst import torch_models
+    from maskst.export.wrappers import output_of
 
-    class ContentEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = torch_models.content_encoder(ckpt.content_encoder)
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids).text_embeds
-
-    return ContentEncoder().eval()
+    return output_of(torch_models.content_encoder(ckpt.content_encoder), "input_ids", "text_embeds")

@@ -21,15 +21,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
 
 
 def build_module(ckpt: CheckpointSet):
-    import torch
     from maskst import torch_models
+    from maskst.export.wrappers import output_of
 
-    class ImageEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = torch_models.image_encoder(ckpt.image_encoder)
-
-        def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).image_embeds
-
-    return ImageEncoder().eval()
+    return output_of(torch_models.image_encoder(ckpt.image_encoder), "pixel_values", "image_embeds")

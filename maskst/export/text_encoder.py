@@ -24,15 +24,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
 
 
 def build_module(ckpt: CheckpointSet):
-    import torch
     from maskst import torch_models
+    from maskst.export.wrappers import output_of
 
-    class TextEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = torch_models.sd_text_encoder(ckpt.base)
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids).last_hidden_state
-
-    return TextEncoder().eval()
+    return output_of(torch_models.sd_text_encoder(ckpt.base), "input_ids", "last_hidden_state")
