@@ -55,8 +55,10 @@ def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision
                             content_encoder=content_encoder, out=out, force=force, lock_timeout=wait, options=options)
     manifest = export_engines(request, progress=not quiet)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
-    click.echo(json.dumps({"engines": str(manifest.folder), "precision": manifest.precision,
-                           "parity_max_abs_err": worst}, indent=2))
+    summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}
+    if "fp16" in manifest.data:
+        summary["fp16"] = manifest.data["fp16"]
+    click.echo(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

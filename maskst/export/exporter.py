@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, file_sha256, load_adapter_state_dict, resolve_checkpoints
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
-from maskst.errors import InputError
 from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.export.parity import ParityResult, compare, raise_failures
@@ -35,11 +34,6 @@ class ExportRequest:
     options: ExportOptions = ExportOptions()
 
 
-def size_multiple(ckpt: CheckpointSet) -> int:
-    """Image sizes must be multiples of this: VAE factor times the UNet's total downsampling."""
-    return ckpt.vae_scale_factor * 2 ** (len(ckpt.unet_config["block_out_channels"]) - 1)
-
-
 def _graph_inputs(name: str, ckpt: CheckpointSet, state: dict, options: ExportOptions):
     module = {m.NAME: m for m in GRAPH_MODULES}[name]
     spec = module.spec(ckpt, options)
@@ -50,17 +44,23 @@ def _graph_inputs(name: str, ckpt: CheckpointSet, state: dict, options: ExportOp
     return module, spec, module.build_module(ckpt)
 
 
-def _dims(spec: GraphSpec, multiple_latent: int, export: bool) -> dict[str, int]:
-    """Export at the profile's opt dims; check parity at other ones (N = 2, smallest sizes)."""
+def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
+    """Dimension values to trace at (export) or to check parity at (not export).
+
+    Latent sizes are traced at an odd value (opt + 1): diffusers' UNet then takes its
+    explicit-upsample-size path, so the graph serves every multiple of the VAE factor (as diffusers
+    does), not only multiples of the UNet's total downsampling. Parity runs at other values than
+    the trace: two images, the smallest latent height and an odd width.
+    """
     dims = {}
     for name, r in spec.dims.items():
-        if export:
-            dims[name] = r.opt
-        elif name in ("h", "w"):
-            options = [v for v in range(r.min, r.max + 1) if v % multiple_latent == 0 and v != r.opt]
-            dims[name] = (options[0] if name == "h" else options[min(1, len(options) - 1)]) if options else r.opt
+        if name in ("h", "w"):
+            if export:
+                dims[name] = r.opt + 1 if r.opt < r.max else max(r.min, r.opt - 1)
+            else:
+                dims[name] = r.min if name == "h" else min(r.max, r.min + 1)
         else:
-            dims[name] = min(2, r.max) if r.max > 1 else r.min
+            dims[name] = r.opt if export else min(2, r.max)
     return dims
 
 
@@ -128,14 +128,13 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder."""
     import json
 
+    if request.options.target is Target.TRT:  # no GPU / no tensorrt: fail before any work, write nothing
+        from maskst.engines.tensorrt import require_trt_build_support
+
+        require_trt_build_support()
     ckpt = resolve_checkpoints(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
     options = request.options
     options.validate(ckpt.vae_scale_factor)
-    multiple = size_multiple(ckpt)
-    for name in ("min_size", "opt_size", "max_size"):
-        if getattr(options, name) % multiple:
-            raise InputError(f"{name}={getattr(options, name)} must be a multiple of {multiple} for this UNet "
-                             f"(VAE factor {ckpt.vae_scale_factor} x UNet downsampling {multiple // ckpt.vae_scale_factor})")
     out = Path(request.out)
     check_destination(out, request.force)
     state = load_adapter_state_dict(ckpt.ip_adapter)
@@ -149,10 +148,10 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             bar.set_postfix_str(graph_module.NAME)
             module, spec, torch_module = _graph_inputs(graph_module.NAME, ckpt, state, options)
             path = staging / f"{spec.name}.onnx"
-            export_onnx(torch_module, spec, _dims(spec, multiple // ckpt.vae_scale_factor, export=True), path, options.opset)
+            export_onnx(torch_module, spec, _dims(spec, export=True), path, options.opset)
             results = []
             if options.check_parity:
-                dims = _dims(spec, multiple // ckpt.vae_scale_factor, export=False)
+                dims = _dims(spec, export=False)
                 feeds = module.parity_feeds(spec, dims) if hasattr(module, "parity_feeds") else [spec.sample_inputs(dims, seed=1)]
                 results = check_graph_parity(torch_module, spec, path, feeds)
                 parity += results
@@ -160,6 +159,15 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                                  "parity": [dataclasses.asdict(r) for r in results]}
             del torch_module
         raise_failures(parity)
+        extra = {}  # --precision fp16 / --target trt: staged graphs converted, plans built, both checked
+        if options.precision is Precision.FP16:
+            from maskst.engines.fp16 import convert_staged_graphs
+
+            extra["fp16"] = convert_staged_graphs(staging, graphs, options)
+        if options.target is Target.TRT:
+            from maskst.engines.tensorrt import build_plans
+
+            extra["tensorrt"] = build_plans(staging, graphs, options, previous=out, progress=progress)
         _copy_tokenizer(ckpt.base / "tokenizer", staging / "tokenizer")
         _copy_tokenizer(ckpt.content_encoder, staging / "content_tokenizer")
         scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())
@@ -173,7 +181,6 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                         for name, path in ckpt.weight_files().items()},
             "model": {
                 "vae_scale_factor": ckpt.vae_scale_factor,
-                "size_multiple": multiple,
                 "latent_channels": int(ckpt.unet_config.get("in_channels", 4)),
                 "num_tokens": ckpt.adapter.num_tokens,
                 "num_adapters": 1,
@@ -183,6 +190,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 "scheduler_config": scheduler_config,
             },
             "graphs": graphs,
+            **extra,
             "versions": library_versions(),
         })
         publish(staging, out)

@@ -75,7 +75,6 @@ class MaskstPipeline:
         model = self.manifest.model
         self.layer_names = tuple(model["cross_attention_layers"])
         self.vae_scale_factor = int(model["vae_scale_factor"])
-        self.size_multiple = int(model["size_multiple"])
         self.latent_channels = int(model["latent_channels"])
         self.scheduler_config = dict(model["scheduler_config"])
         self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
@@ -103,12 +102,6 @@ class MaskstPipeline:
     def check_request(self, config: GenerationConfig) -> None:
         """Validate a request against these engines (sizes, batch, profile ranges) before any work."""
         config.validate(self.vae_scale_factor)
-        for name in ("height", "width"):
-            value = getattr(config, name)
-            if value % self.size_multiple:
-                lower = value // self.size_multiple * self.size_multiple
-                raise InputError(f"{name}={value} must be a multiple of {self.size_multiple} for this model "
-                                 f"(try {lower or self.size_multiple} or {lower + self.size_multiple})")
         f = self.vae_scale_factor
         unet = self.runners["unet"].spec
         unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
