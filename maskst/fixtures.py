@@ -202,11 +202,11 @@ def _content_config(spec: FixtureSpec, vocab_size: int) -> dict:
         vision = dict(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 4,
                       num_hidden_layers=1, num_attention_heads=spec.vision_heads,
                       patch_size=spec.vision_patch, projection_dim=spec.projection_dim)
-        cfg["text_config"].update(text)
-        cfg["vision_config"].update(vision)
+        for key, values in (("text_config", text), ("text_config_dict", text),
+                            ("vision_config", vision), ("vision_config_dict", vision)):
+            if key in cfg:
+                cfg[key].update(values)
         cfg["projection_dim"] = spec.projection_dim
-    for key in ("text_config_dict", "vision_config_dict"):
-        cfg.pop(key, None)
     return cfg
 
 
@@ -361,10 +361,15 @@ def write_content_encoder(folder: Path, spec: FixtureSpec, seed: int) -> None:
     if spec.full_size:
         vocab_size = 49408
     _seeded(seed + 30)
-    model = CLIPModel(CLIPConfig(**_content_config(spec, vocab_size)))
+    config = _content_config(spec, vocab_size)
+    building = {k: v for k, v in config.items() if not k.endswith("_config_dict")}
+    model = CLIPModel(CLIPConfig(**building))
     if not spec.full_size:
         _randomize(model, seed + 30)
     model.save_pretrained(folder)
+    # keep laion's own config.json structure (text_config_dict / vision_config_dict, null nested
+    # versions), so loaders are tested on the real file shape, not on what transformers writes
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
 @dataclasses.dataclass(frozen=True)
