@@ -151,6 +151,12 @@ def inspect_adapter(path: Path, state: dict) -> AdapterInfo:
     elif "latents" in proj and "proj_in.weight" in proj:
         kind = AdapterKind.PLUS
         tokens, cross, input_dim = int(proj["latents"].shape[1]), int(proj["proj_out.weight"].shape[0]), int(proj["proj_in.weight"].shape[1])
+        depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
+        if depth != 4:
+            raise CheckpointError(
+                f"{path}: its Resampler has {depth} layers; diffusers (whose loader maskst uses) builds Plus "
+                "projections with 4, as in ip-adapter-plus_sd15"
+            )
     else:
         raise CheckpointError(
             f"{path}: unsupported image projection (keys {sorted(proj)[:4]}...); maskst supports "

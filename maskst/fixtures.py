@@ -65,7 +65,7 @@ class FixtureSpec:
     content_layers: int
     content_heads: int
     ip_tokens: int = 4  # diffusers infers ImageProjModel widths assuming 4 tokens, like every h94 SD 1.5 adapter
-    plus_depth: int = 1
+    plus_depth: int = 4  # diffusers builds every Resampler with depth 4, as the h94 Plus files have
     plus_heads: int = 1  # the Plus loader assumes 64-wide heads
     full_size: bool = False
 
@@ -90,7 +90,7 @@ PRESETS = {
         unet_channels=(320, 640, 1280, 1280), unet_layers_per_block=2, unet_heads=8, unet_groups=32,
         vae_channels=(128, 256, 512, 512), vae_groups=32,
         vision_hidden=1280, vision_layers=32, vision_heads=16, vision_patch=14, projection_dim=1024,
-        content_hidden=1024, content_layers=24, content_heads=16, plus_depth=4, plus_heads=12,
+        content_hidden=1024, content_layers=24, content_heads=16, plus_heads=12,
         full_size=True,
     ),
 }

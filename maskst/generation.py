@@ -172,3 +172,9 @@ def effective_method(config: GenerationConfig) -> Method:
         )
         return Method.IP_ADAPTER
     return config.method
+
+
+def plus_method_error(method: Method) -> str:
+    return (f"method {method.value!r} needs the 1024-d CLIP image embedding, which IP-Adapter Plus (Resampler) "
+            "adapters do not consume; use --method ip-adapter with a Plus adapter, or export ip-adapter_sd15 for "
+            "maskst / instantstyle")

@@ -16,7 +16,7 @@ import numpy as np
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.errors import InputError
-from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales
+from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
 
@@ -49,11 +49,6 @@ class ReferencePipeline:
 
         from maskst import torch_models
 
-        if checkpoints.adapter.kind is not AdapterKind.BASE:
-            raise InputError(
-                f"the reference pipeline supports the 4-token ImageProjModel adapters; {checkpoints.ip_adapter} is a "
-                f"{checkpoints.adapter.kind.value} adapter"
-            )
         self.checkpoints = checkpoints
         self.torch = torch
         self.pipe = StableDiffusionPipeline.from_pretrained(
@@ -75,12 +70,27 @@ class ReferencePipeline:
             proc for name, proc in self.pipe.unet.attn_processors.items() if name.endswith("attn2.processor")
         ]
 
-    def encode_images(self, images) -> np.ndarray:
-        """float32 [D]: mean ``image_embeds`` over the style images (PIL RGB)."""
-        pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
+    @property
+    def plus(self) -> bool:
+        return self.checkpoints.adapter.kind is AdapterKind.PLUS
+
+    def _encode_pixels(self, pixels):
         with self.torch.no_grad():
-            embeds = self.image_encoder(pixel_values=pixels).image_embeds
-        return embeds.mean(dim=0).numpy().astype(np.float32)
+            if self.plus:  # the Resampler consumes the penultimate hidden states [S, T, H]
+                return self.image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+            return self.image_encoder(pixel_values=pixels).image_embeds
+
+    def encode_images(self, images) -> np.ndarray:
+        """float32 [D] (Plus: [T, H]): mean image embedding over the style images (PIL RGB)."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
+        return self._encode_pixels(pixels).mean(dim=0).numpy().astype(np.float32)
+
+    def negative_embeds(self, e_hat: np.ndarray) -> np.ndarray:
+        """What diffusers pairs with the negative prompt: zeros, or (Plus) the encoding of zero pixels."""
+        if not self.plus:
+            return np.zeros_like(e_hat)
+        size = int(self.checkpoints.image_encoder_config.get("image_size", 224))
+        return self._encode_pixels(self.torch.zeros(1, 3, size, size))[0].numpy()
 
     def encode_content(self, text: str) -> np.ndarray:
         """float32 [D]: ``text_embeds`` of the content text from the same CLIP's text tower."""
@@ -93,6 +103,8 @@ class ReferencePipeline:
         torch = self.torch
         config.validate(self.checkpoints.vae_scale_factor)
         method = effective_method(config)
+        if self.plus and method is not Method.IP_ADAPTER:
+            raise InputError(plus_method_error(method))
         e_i = self.encode_images(style_images)
         e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else None
         e_hat, mask = condition_embeds(e_i, e_c, method=method, mode=config.mask_mode,
@@ -107,7 +119,7 @@ class ReferencePipeline:
         f = self.checkpoints.vae_scale_factor
         shape = (config.num_images, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
         noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)
-        embeds = torch.from_numpy(np.stack([np.zeros_like(e_hat), e_hat])[:, None])  # [2, 1, D], negative first
+        embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
         with torch.no_grad():
             out = self.pipe(
                 prompt=config.prompt, negative_prompt=config.negative_prompt, height=config.height,

@@ -66,3 +66,18 @@ def vae(base: Path):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_pretrained(str(Path(base) / "vae"), torch_dtype=torch.float32, local_files_only=True).eval()
+
+
+def image_projection(unet_config: dict, state: dict):
+    """The adapter's image projection as diffusers builds it (ImageProjection / IPAdapterPlusImageProjection).
+
+    Uses diffusers' own h94 -> diffusers key conversion; the UNet it is called on lives on the
+    meta device (no weights), since the conversion only reads the adapter's tensors.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+    projection = unet._convert_ip_adapter_image_proj_to_diffusers(state["image_proj"], low_cpu_mem_usage=False)
+    return projection.float().eval()

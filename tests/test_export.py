@@ -107,15 +107,6 @@ def test_existing_folder_needs_force_and_force_replaces_only_when_complete(tiny,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]  # no staging folder left behind
 
 
-def test_plus_adapter_export_is_refused_before_any_work(tiny, tmp_path):
-    from maskst.export.exporter import ExportRequest, export_engines
-
-    with pytest.raises(InputError, match="Plus|Resampler"):
-        export_engines(ExportRequest(base=tiny.base, ip_adapter=tiny.ip_adapter_plus, image_encoder=tiny.image_encoder,
-                                     content_encoder=tiny.content_encoder, out=tmp_path / "e"), progress=False)
-    assert not (tmp_path / "e").exists()
-
-
 def test_corrupted_engine_files_are_refused(tiny_engines, tmp_path):
     import shutil
 

@@ -98,3 +98,31 @@ def test_empty_content_runs_as_ip_adapter_with_a_warning(pipeline, style_image):
     with pytest.warns(EmptyContentWarning):
         result = pipeline.generate(GenerationConfig.create(prompt="a cat", content="  ", steps=2, height=64, width=64), style)
     assert result.method.value == "ip-adapter" and result.masked_elements == 0
+
+
+def test_plus_adapter_matches_reference_and_refuses_masking(tiny, tmp_path, export_fn, style_image):
+    """IP-Adapter Plus (Resampler, 16 tokens, penultimate hidden states): ip-adapter method only."""
+    import dataclasses
+
+    from maskst.checkpoints import resolve_checkpoints
+    from maskst.errors import InputError
+    from maskst.reference import ReferencePipeline
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    plus = dataclasses.replace(tiny, root=tiny.root)
+    engines = export_fn(type("Plus", (), {"base": plus.base, "ip_adapter": plus.ip_adapter_plus,
+                                           "image_encoder": plus.image_encoder,
+                                           "content_encoder": plus.content_encoder})(), tmp_path / "plus")
+    manifest = engines.data
+    assert manifest["model"]["num_tokens"] == 16 and manifest["model"]["adapter_kind"] == "plus"
+    assert all(r["passed"] for g in manifest["graphs"].values() for r in g["parity"])
+    reference = ReferencePipeline(resolve_checkpoints(tiny.base, tiny.ip_adapter_plus, tiny.image_encoder,
+                                                      tiny.content_encoder))
+    config = GenerationConfig.create(prompt="a cat", method="ip-adapter", steps=3, height=64, width=64, seed=2)
+    style = [load_image(style_image)]
+    with MaskstPipeline(engines.folder) as pipe:
+        got = pipe.generate(config, style)
+        want = reference.generate(config, style)
+        assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+        with pytest.raises(InputError, match="Plus"):
+            pipe.generate(GenerationConfig.create(prompt="a cat", content="a dog", steps=2, height=64, width=64), style)

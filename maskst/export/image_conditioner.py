@@ -12,13 +12,17 @@ linear interpolation with ``p > q``; a constant p masks nothing. The split arith
 ``compute_dtype``: float64 for ONNX Runtime (bit-for-bit the numpy decision), float32 for TensorRT,
 which has no float64 (values are centred before the prefix sums to keep float32 cancellation small).
 Method, mode, theta and scale are live inputs: changing them needs no re-export.
+
+IP-Adapter Plus (Resampler, 16 tokens) consumes the image encoder's penultimate hidden states
+[N, T, H], not the projected embedding MaskST masks; its conditioner graph is the projection alone
+(image_embeds [N, T, H] -> ip_tokens [N, 16, C]) and only the ``ip-adapter`` method applies.
 """
 
 from __future__ import annotations
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
-from maskst.errors import InputError
 from maskst.export.options import ExportOptions, Target
+from maskst.export.image_encoder import image_encoder_tokens
 from maskst.export.spec import DimRange, GraphSpec, TensorSpec
 from maskst.masking import MaskMode, Method
 
@@ -26,13 +30,17 @@ NAME = "image_conditioner"
 
 
 def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
-    if ckpt.adapter.kind is not AdapterKind.BASE:
-        raise InputError(
-            f"{ckpt.ip_adapter} is an IP-Adapter {ckpt.adapter.kind.value} (Resampler) checkpoint; maskst exports "
-            "the 4-token ImageProjModel adapters (ip-adapter_sd15) for now, because MaskST masks the 1024-d image "
-            "embedding that Plus adapters do not consume"
+    k, c = ckpt.adapter.num_tokens, ckpt.adapter.cross_attention_dim
+    batch = {"N": DimRange(1, 1, 2 * options.max_batch)}
+    if ckpt.adapter.kind is AdapterKind.PLUS:
+        tokens, hidden = image_encoder_tokens(ckpt), int(ckpt.image_encoder_config["hidden_size"])
+        return GraphSpec(
+            name=NAME,
+            inputs=(TensorSpec("image_embeds", "float32", ("N", tokens, hidden), low=-3.0, high=3.0),),
+            outputs=(TensorSpec("ip_tokens", "float32", ("N", k, c)),),
+            dims=batch, atol=1e-4, rtol=1e-3,
         )
-    d, k, c = ckpt.image_embed_dim, ckpt.adapter.num_tokens, ckpt.adapter.cross_attention_dim
+    d = ckpt.image_embed_dim
     return GraphSpec(
         name=NAME,
         inputs=(
@@ -44,8 +52,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
             TensorSpec("content_scale", "float32", (1,), low=0.0, high=2.0),
         ),
         outputs=(TensorSpec("ip_tokens", "float32", ("N", k, c)), TensorSpec("mask", "bool", ("N", d))),
-        dims={"N": DimRange(1, 1, 2 * options.max_batch)},
-        atol=1e-5, rtol=1e-4,
+        dims=batch, atol=1e-5, rtol=1e-4,
     )
 
 
@@ -53,6 +60,8 @@ def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
     """Every method x mask mode, plus a zero image embedding (degenerate: nothing masked)."""
     import numpy as np
 
+    if len(graph.inputs) == 1:  # Plus: the projection alone
+        return [graph.sample_inputs(dims, seed=1)]
     feeds = []
     for method in Method:
         for mode in MaskMode:
@@ -68,25 +77,18 @@ def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
     """torch module with the graph's inputs/outputs; ``state`` is the adapter's nested state dict."""
     import torch
-    from diffusers.models.embeddings import ImageProjection
+
+    from maskst import torch_models
 
     compute_dtype = torch.float32 if options.target is Target.TRT else torch.float64
-    proj_state = state["image_proj"]
+    projection = torch_models.image_projection(ckpt.unet_config, state)
+    if ckpt.adapter.kind is AdapterKind.PLUS:
+        return projection
 
     class ImageConditioner(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.proj = ImageProjection(
-                image_embed_dim=ckpt.image_embed_dim,
-                cross_attention_dim=ckpt.adapter.cross_attention_dim,
-                num_image_text_embeds=ckpt.adapter.num_tokens,
-            )
-            # h94 names -> diffusers names (the same mapping diffusers' loader applies)
-            self.proj.load_state_dict({
-                "image_embeds.weight": proj_state["proj.weight"], "image_embeds.bias": proj_state["proj.bias"],
-                "norm.weight": proj_state["norm.weight"], "norm.bias": proj_state["norm.bias"],
-            })
-            self.proj.float()
+            self.proj = projection
 
         @staticmethod
         def _unit(x):

@@ -19,3 +19,18 @@ def output_of(model, input_name: str, output_name: str):
             return getattr(self.model(**{input_name: x}), output_name)
 
     return SelectOutput().eval()
+
+
+def penultimate_hidden_states(model, input_name: str):
+    """torch module ``x -> model(x, output_hidden_states=True).hidden_states[-2]`` (IP-Adapter Plus input)."""
+    import torch
+
+    class Penultimate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(**{input_name: x}, output_hidden_states=True).hidden_states[-2]
+
+    return Penultimate().eval()

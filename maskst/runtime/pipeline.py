@@ -16,7 +16,14 @@ import numpy as np
 
 from maskst.engines.manifest import Manifest, load_manifest
 from maskst.errors import InputError, NonFiniteError
-from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, load_init_latents
+from maskst.generation import (
+    GenerationConfig,
+    effective_method,
+    initial_noise,
+    layer_scales,
+    load_init_latents,
+    plus_method_error,
+)
 from maskst.images import clip_preprocess, load_image
 from maskst.masking import MaskMode, Method
 from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
@@ -77,6 +84,7 @@ class MaskstPipeline:
         self.vae_scale_factor = int(model["vae_scale_factor"])
         self.latent_channels = int(model["latent_channels"])
         self.scheduler_config = dict(model["scheduler_config"])
+        self.plus = model.get("adapter_kind") == "plus"  # Resampler: hidden states in, no masking
         self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
         self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
         self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix)
@@ -109,6 +117,8 @@ class MaskstPipeline:
         if len(config.style) > self.runners["image_encoder"].spec.dims["S"].max:
             raise InputError(f"{len(config.style)} style images given; these engines take at most "
                              f"{self.runners['image_encoder'].spec.dims['S'].max} per request")
+        if self.plus and config.method is not Method.IP_ADAPTER:
+            raise InputError(plus_method_error(config.method))
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
         make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
@@ -116,8 +126,10 @@ class MaskstPipeline:
     # ---------------------------------------------------------------- stages
 
     def encode_style(self, images) -> np.ndarray:
-        """float32 [1, D]: mean CLIP image_embeds of the style images (PIL images)."""
-        pixels = clip_preprocess(list(images))
+        """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL)."""
+        return self._encode_pixels(clip_preprocess(list(images)))
+
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
         _check_finite("image_encoder", embeds)
         return embeds.mean(axis=0, keepdims=True, dtype=np.float32)
@@ -147,6 +159,9 @@ class MaskstPipeline:
     def condition(self, image_embeds: np.ndarray, content_embeds: np.ndarray, method: Method,
                   mode: MaskMode, theta: float, content_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """(ip_tokens float32 [1, k, C], mask bool [1, D]) from the fused conditioner graph."""
+        if self.plus:  # the Resampler projection alone
+            tokens = self.runners["image_conditioner"].infer({"image_embeds": image_embeds})["ip_tokens"]
+            return tokens.copy(), np.zeros(image_embeds.shape[:1] + image_embeds.shape[-1:], dtype=bool)
         out = self.runners["image_conditioner"].infer({
             "image_embeds": image_embeds, "content_embeds": content_embeds,
             "method": np.array([method.index], np.int64), "mask_mode": np.array([mode.index], np.int64),
@@ -154,11 +169,20 @@ class MaskstPipeline:
         })
         return out["ip_tokens"].copy(), out["mask"].copy()
 
-    def uncond_tokens(self, dim: int) -> np.ndarray:
-        """ImageProj(0): the image tokens of the negative half, a constant of the adapter."""
+    def uncond_tokens(self) -> np.ndarray:
+        """Image tokens of the negative half, a constant of the adapter (computed once).
+
+        ImageProj(0) for the base adapter; for Plus, as diffusers does, the projection of the
+        image encoder's hidden states of an all-zero pixel input.
+        """
         if self._uncond_tokens is None:
-            zeros = np.zeros((1, dim), np.float32)
-            self._uncond_tokens, _ = self.condition(zeros, zeros, Method.IP_ADAPTER, MaskMode.KMEANS, 0.7, 0.0)
+            spec = self.runners["image_conditioner"].spec
+            if self.plus:
+                pixels = np.zeros((1,) + self.runners["image_encoder"].spec.inputs[0].shape[1:], np.float32)
+                embeds = self._encode_pixels(pixels)
+            else:
+                embeds = np.zeros((1, spec.inputs[0].shape[1]), np.float32)
+            self._uncond_tokens, _ = self.condition(embeds, embeds, Method.IP_ADAPTER, MaskMode.KMEANS, 0.7, 0.0)
         return self._uncond_tokens
 
     # ---------------------------------------------------------------- one request
@@ -199,7 +223,7 @@ class MaskstPipeline:
         timings["content_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
         tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
-        uncond = self.uncond_tokens(e_i.shape[-1])
+        uncond = self.uncond_tokens()
         timings["image_conditioner"] = (clock() - t0) * 1e3
         _check_finite("image_conditioner", tokens)
 
