@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst.engines.onnx_files import save_graph
 from maskst.errors import EngineError, ParityError
 from maskst.export.parity import ParityResult, compare
 from maskst.export.spec import GraphSpec
@@ -68,7 +69,6 @@ SINUSOID_CHAIN_LIMIT = 32  # nodes kept fp32 behind each Sin/Cos; a timestep pro
 # a bad conversion does: an fp16 overflow or a wrong cast gives errors of order 1, inf or NaN.
 FP16_ATOL = 2e-2
 FP16_RTOL = 2e-2
-EXTERNAL_DATA_BYTES = 1 << 30
 
 log = logging.getLogger(__name__)
 
@@ -324,12 +324,11 @@ def convert_model(model, fp32_ops: tuple[str, ...] | list[str] = ()):
     return converted, stats
 
 
-def convert_file(src: Path, dst: Path, fp32_ops: tuple[str, ...] | list[str] = (),
-                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> ConversionStats:
+def convert_file(src: Path, dst: Path, fp32_ops: tuple[str, ...] | list[str] = ()) -> ConversionStats:
     """Convert ``src`` (fp32 ONNX, external data beside it allowed) into ``dst``.
 
-    Weights above ``external_data_bytes`` go to one ``<dst name>.data`` file (the fp16 SD 1.5
-    UNet is ~1.7 GB, close to protobuf's 2 GB limit). The result passes ``onnx.checker``.
+    Saved by :func:`maskst.engines.onnx_files.save_graph` (large weights in one ``<dst>.data``;
+    the fp16 SD 1.5 UNet is ~1.7 GB, close to protobuf's 2 GB limit); it passes ``onnx.checker``.
     """
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
@@ -339,14 +338,7 @@ def convert_file(src: Path, dst: Path, fp32_ops: tuple[str, ...] | list[str] = (
     model = onnx.shape_inference.infer_shapes(model)  # weightless proto: fine for any model size
     load_external_data_for_model(model, str(src.parent))
     converted, stats = convert_model(model, fp32_ops)
-    weight_bytes = stats.fp16_initializer_bytes + stats.fp32_initializer_bytes
-    if weight_bytes > external_data_bytes:
-        onnx.save_model(converted, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-        onnx.checker.check_model(str(dst))
-    else:
-        onnx.checker.check_model(converted)
-        onnx.save_model(converted, str(dst))
+    save_graph(converted, dst)
     return stats
 
 

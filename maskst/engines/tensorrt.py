@@ -176,17 +176,23 @@ def require_trt_build_support():
     every missing piece: tensorrt not importable or older than 10.1, no GPU visible. Plans are
     built for the GPU they will run on, so there is no CPU-only build path.
     """
+    problems = trt_gpu_problems()
+    if problems:
+        raise BackendError("--target trt cannot build TensorRT plans on this machine: " + "; ".join(problems)
+                           + f". Nothing was written. Fix: {TRT_INSTALL_HINT}; or build ONNX graphs only with --target onnx")
+    return tensorrt_or_problem()[0], cuda_devices()[0][0]
+
+
+def trt_gpu_problems() -> list[str]:
+    """What keeps TensorRT from running here: no visible NVIDIA GPU, tensorrt missing or too old."""
     problems = []
     gpus, reason = cuda_devices()
     if not gpus:
         problems.append(f"no NVIDIA GPU: {reason}")
-    trt, problem = tensorrt_or_problem()
+    _trt, problem = tensorrt_or_problem()
     if problem:
         problems.append(problem)
-    if problems:
-        raise BackendError("--target trt cannot build TensorRT plans on this machine: " + "; ".join(problems)
-                           + f". Nothing was written. Fix: {TRT_INSTALL_HINT}; or build ONNX graphs only with --target onnx")
-    return trt, gpus[0]
+    return problems
 
 
 def tensorrt_wheel() -> str | None:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, file_sha256, load_adapter_state_dict, resolve_checkpoints
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
+from maskst.engines.onnx_files import save_graph
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
 from maskst.export.options import ExportOptions, Precision, Target
@@ -19,7 +20,6 @@ from maskst.export.parity import ParityResult, compare, raise_failures
 from maskst.export.spec import GraphSpec
 
 GRAPH_MODULES = (text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder)
-EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in one <name>.onnx.data file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +83,7 @@ def export_onnx(module, spec: GraphSpec, dims: dict[str, int], path: Path, opset
             do_constant_folding=True, input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs], dynamic_axes=spec.dynamic_axes(),
         )
-    model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(path))
+    save_graph(onnx.load(str(scratch / "model.onnx"), load_external_data=True), path)
     shutil.rmtree(scratch)
 
 

@@ -67,15 +67,10 @@ def _require_ort_provider(backend: str, allow_fallback: bool) -> None:
 
 def trt_runtime_problems() -> list[str]:
     """What keeps the native TensorRT backend from running here (empty: nothing)."""
-    from maskst.engines.tensorrt import tensorrt_or_problem, cuda_devices
+    from maskst.engines.tensorrt import cuda_devices, trt_gpu_problems
 
-    problems = []
-    gpus, reason = cuda_devices()
-    if not gpus:
-        problems.append(f"no NVIDIA GPU: {reason}")
-    _trt, problem = tensorrt_or_problem()
-    if problem:
-        problems.append(problem)
+    problems = trt_gpu_problems()
+    gpus, _reason = cuda_devices()
     try:
         import torch
     except ImportError:
