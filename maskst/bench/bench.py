@@ -21,7 +21,7 @@ text_encoder            SD text encoder, negative + prompt (one call)   text_enc
 image_encoder           CLIP preprocessing + ViT-H image encoder        ``encode_images`` (the same)
 content_encoder         ViT-H text tower of the content text            ``encode_content``
 image_conditioner       masking + projection (one fused graph call)     numpy masking + ImageProjection
-unet_step               one UNet call, batch 2N (CFG), median per step  unet forward, median per step
+unet_step               one UNet call, batch 2N (CFG), median of calls  unet forward, median of calls
 vae_decoder             VAE decode + uint8 conversion                   ``vae.decode``
 ======================  ==============================================  ==================================
 
@@ -33,17 +33,18 @@ cache already filled by the timed worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from maskst import __version__
@@ -86,6 +87,16 @@ class BenchModels:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Hide torch.onnx's TracerWarnings (diffusers' shape checks): expected, and dozens of lines."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
 def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = True) -> BenchModels:
     """Random-weight checkpoints of ``preset`` and their engines, built once under ``cache_dir``.
 
@@ -93,7 +104,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     ``engines/`` (with its manifest) and ``bench-cache.json``, written last, which ties the two
     together: the fixture marker it was built from and the manifest digest. Anything that does
     not check out is rebuilt (the fixtures only when their own marker is wrong), so an interrupted
-    build is never half-used. The full preset takes a long time and ~15 GB of RAM the first time.
+    build is never half-used. The full preset took 7 min and 8 GB of RAM (peak RSS) on 2 cores.
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
@@ -132,10 +143,11 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
         _say(progress, f"writing {preset} random-weight checkpoints to {paths.root} (once)")
         write_fixtures(paths.root, preset, seed=seed)
     _say(progress, f"exporting engines to {engines} (once)")
-    manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
-                                            image_encoder=paths.image_encoder, content_encoder=paths.content_encoder,
-                                            out=engines, force=True, lock_timeout=3600, options=options),
-                              progress=progress)
+    with _quiet_tracer():
+        manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
+                                                image_encoder=paths.image_encoder, content_encoder=paths.content_encoder,
+                                                out=engines, force=True, lock_timeout=3600, options=options),
+                                  progress=progress)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fixture": wanted_fixture, "engines_manifest": manifest.digest,
                                "export_options": {**dataclasses.asdict(options), "precision": options.precision.value,
@@ -168,9 +180,10 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     except EngineError:
         pass  # not built yet or damaged: exported below
     _say(progress, f"exporting engines for these checkpoints to {engines} (once)")
-    export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
-                                 content_encoder=content_encoder, out=engines, force=True, lock_timeout=3600,
-                                 options=ExportOptions(**_EXPORT_SIZES["full"])), progress=progress)
+    with _quiet_tracer():
+        export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
+                                     content_encoder=content_encoder, out=engines, force=True, lock_timeout=3600,
+                                     options=ExportOptions(**_EXPORT_SIZES["full"])), progress=progress)
     return engines
 
 
@@ -306,7 +319,8 @@ def _run_reference(job: dict) -> dict:
         runs.append({"end_to_end": elapsed, "text_encoder": sum(calls["text_encoder"]),
                      "image_encoder": sum(calls["image_encoder"]), "content_encoder": sum(calls["content_encoder"]),
                      "image_conditioner": sum(calls["masking"]) + (calls["projection"][0] if calls["projection"] else 0.0),
-                     "unet_step": _median(calls["unet"]), "vae_decoder": sum(calls["vae_decoder"])})
+                     "unet_step": _median(calls["unet"]), "unet_calls": len(calls["unet"]),
+                     "vae_decoder": sum(calls["vae_decoder"])})
 
     # masking + projection alone, many times (one call is far below the noise of a whole generation)
     from maskst.masking import Method, condition_embeds
@@ -328,8 +342,7 @@ def _run_reference(job: dict) -> dict:
 
 def clear_request_caches(pipeline) -> None:
     """Forget maskst's per-text caches, so the next request runs every encoder (a cold request)."""
-    pipeline._prompt_cache.clear()
-    pipeline._content_cache.clear()
+    pipeline.clear_caches()
 
 
 def _run_maskst(job: dict) -> dict:
@@ -344,9 +357,14 @@ def _run_maskst(job: dict) -> dict:
     load_ms = (time.perf_counter() - t0) * 1e3
     config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
     runs, first_ms, result = [], None, None
+    # Per UNet call, as for the reference (the pipeline's own unet_step is the denoising loop over
+    # the scheduler's steps, which with PNDM makes one more UNet call than steps).
+    unet_calls: list[float] = []
+    pipeline.runners["unet"].infer = _timed(unet_calls, pipeline.runners["unet"].infer)
     with pipeline:
         for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
             clear_request_caches(pipeline)
+            unet_calls.clear()
             t0 = time.perf_counter()
             result = pipeline.generate(config, images, latents)
             elapsed = (time.perf_counter() - t0) * 1e3
@@ -354,7 +372,9 @@ def _run_maskst(job: dict) -> dict:
                 first_ms = elapsed  # includes OpenVINO's compile (or cache load) for these shapes
             if i < settings.warmup:
                 continue
-            runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES}})
+            runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES},
+                         "unet_step": _median(unet_calls), "unet_calls": len(unet_calls),
+                         "denoise_loop_per_step": result.timings_ms["unet_step"]})
         e_i = pipeline.encode_style(images)
         e_c = pipeline.encode_content(config.content)
         micro = []

@@ -91,6 +91,7 @@ def require_backend(backend: str, allow_fallback: bool = False) -> None:
     * ``ort-cpu``: always available.
     * ``ort-cuda`` / ``ort-trt``: the provider must be in ``onnxruntime.get_available_providers()``
       (with ``allow_fallback``: a warning instead, and the session runs on the CPU).
+    * ``openvino[-f32|-bf16][:GRAPH=CHOICE...]``: the openvino package importable.
     * ``trt``: tensorrt 10.1+ importable, a CUDA device visible, torch with CUDA. There is no
       fallback for the native TensorRT backend (its engines are plans, not ONNX graphs), so
       ``allow_fallback`` does not apply.
@@ -99,6 +100,15 @@ def require_backend(backend: str, allow_fallback: bool = False) -> None:
         return
     if backend in ORT_BACKENDS:
         _require_ort_provider(backend, allow_fallback)
+        return
+    if backend.split(":")[0].startswith("openvino"):
+        from maskst.runtime.openvino_runner import parse_backend
+
+        parse_backend(backend)  # InputError for a malformed per-graph choice
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise BackendError(f"--backend {backend} needs OpenVINO: pip install 'maskst[openvino]'") from None
         return
     if backend != "trt":
         raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")

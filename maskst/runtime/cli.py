@@ -116,7 +116,13 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @click.option("--batch", "batch", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="JSONL file: one job per line with the option names above (prompt, style, content, seed, ...).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
-@click.option("--backend", type=click.Choice(["ort-cpu", "ort-cuda", "ort-trt", "trt"]), default="ort-cpu", show_default=True)
+@click.option("--backend", default="ort-cpu", show_default=True,
+              help="ort-cpu, ort-cuda, ort-trt, trt (native TensorRT plans), openvino (bf16 on AMX/AVX512-bf16 CPUs, "
+                   "fp32 elsewhere; masking stays on ONNX Runtime), openvino-f32, openvino-bf16; per graph: "
+                   "openvino:vae_decoder=bf16.")
+@click.option("--compile-cache", type=click.Path(path_type=Path, file_okay=False),
+              help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino).")
+@click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (less memory, slower start).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads per session (default: all cores).")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")
@@ -126,7 +132,8 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @run_cli
 def main(engines, prompt, style, content, negative_prompt, method, mask_mode, theta, scale, content_scale,
          target_blocks, layer_scales, steps, guidance, scheduler, seed, height, width, num_images, init_latents,
-         out, batch, out_dir, backend, allow_fallback, threads, skip_verify, cache_dir, json_out, quiet):
+         out, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify, cache_dir,
+         json_out, quiet):
     """Generate PROMPT in the style of --style without copying its --content (MaskST).
 
     \b
@@ -171,7 +178,8 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
     from maskst.runtime.pipeline import MaskstPipeline
 
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
-                        allow_fallback=allow_fallback) as pipeline:
+                        allow_fallback=allow_fallback,
+                        compile_cache=False if no_compile_cache else compile_cache) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
         bar = tqdm(desc="denoise", unit="step", disable=quiet)

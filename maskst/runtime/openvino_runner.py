@@ -7,32 +7,37 @@ Backend names (what ``make_runner`` and the CLIs take):
   (pixels are what users look at, and it is one call per image); the image conditioner (masking +
   projection) stays on ONNX Runtime, whose float64 split arithmetic gives bit-for-bit the numpy
   mask decision: OpenVINO's CPU plugin runs float64 as float32, so a near-tie in the 2-means split
-  could flip an element. It costs well under a millisecond either way.
+  could flip an element. It costs about a millisecond either way (the projection's 12 MB of fp32
+  weights are most of it).
 - ``openvino-f32``: the same split with every OpenVINO graph in fp32, for parity checks.
 - ``openvino-bf16``: every OpenVINO graph in bf16 (the VAE too).
 - per graph: ``openvino:GRAPH=VALUE:GRAPH=VALUE...`` on top of ``openvino``, where VALUE is
   ``bf16``, ``f32``, ``auto`` or an ONNX Runtime backend name (``ort-cpu``) to keep that graph on
   ONNX Runtime, e.g. ``openvino:vae_decoder=bf16:text_encoder=f32``.
 
-Measured parity with random full-size weights is in docs/benchmarks.md: fp32 matches ONNX Runtime
-to ~1e-5 relative; bf16 is ~5% relative on the UNet output.
+Parity against ONNX Runtime fp32 (:func:`parity_vs_ort`, measured on the full-size random models,
+docs/benchmarks.md): fp32 agrees to < 1e-5 relative on every graph; bf16 is 1-3% max relative error
+(UNet 2.6%, encoders 0.9-1.7%, VAE 1.8%), within the 10% tolerance of :data:`PARITY_TOLERANCE`.
 
-Compiled models are cached (``CACHE_DIR``) under ``$MASKST_OPENVINO_CACHE`` or
-``~/.cache/maskst/openvino``: compiling the fp32 SD 1.5 UNet takes seconds, loading the cached blob
-much less, which is what cold start needs. OpenVINO keys its cache by the model and the device, so
-one folder serves every engines set, but not by the inference precision: each precision gets its
-own subfolder (``f32/``, ``bf16/``). Delete the folder to reclaim the space.
+Compiled models are cached (``CACHE_DIR``) under ``~/.cache/maskst/openvino`` or the folder given
+as ``compile_cache`` (maskst-run ``--compile-cache DIR``; ``--no-compile-cache`` disables it). Measured on 2 cores (full size, 256 px): cold start to the first UNet
+step 24 s with the cache, 31 s without, but 18 GB instead of 14 GB peak RSS, because for a cache
+hit OpenVINO still reads the ONNX graph (to reshape it and hash it) and then imports the blob.
+OpenVINO keys its cache by the model and the device but not by the inference precision (a bf16
+request loaded an fp32 blob and returned NaN), so each precision gets its own subfolder (``f32/``,
+``bf16/``). The cache takes ~3.4 GB per precision and input shape for the UNet: delete the folder
+to reclaim the space.
 
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
-static), and recompiled (and cached) for new shapes; static shapes let the CPU plugin pick its best
-kernels. Outputs are OpenVINO's own output tensors, shared: like the ONNX Runtime runner's buffers
-they stay valid until the next ``infer`` of the same runner.
+static), and recompiled (and cached) for new shapes; static shapes ran the UNet step at ~1.0 s
+against 1.2-2.4 s with dynamic shapes here. The fp32 graph is read for each compile and dropped
+afterwards. Outputs are OpenVINO's own output tensors, shared: like the ONNX Runtime runner's
+buffers they stay valid until the next ``infer`` of the same runner.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from pathlib import Path
 
@@ -81,8 +86,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("MASKST_OPENVINO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "maskst" / "openvino"
+    """Where compiled models are cached unless the caller names another folder (or disables it)."""
+    return Path.home() / ".cache" / "maskst" / "openvino"
 
 
 def parse_backend(backend: str) -> dict[str, str]:
@@ -106,8 +111,12 @@ def parse_backend(backend: str) -> dict[str, str]:
 
 
 def make_openvino_runner(backend: str, manifest, name: str, threads: int | None = None,
-                         allow_fallback: bool = False, profile_prefix: str | None = None) -> Runner:
-    """The runner of graph ``name`` for an OpenVINO backend name (see the module docstring)."""
+                         allow_fallback: bool = False, profile_prefix: str | None = None,
+                         compile_cache: Path | bool | None = None) -> Runner:
+    """The runner of graph ``name`` for an OpenVINO backend name (see the module docstring).
+
+    ``compile_cache``: compiled-model cache folder; None: :func:`default_cache_dir`; False: none.
+    """
     choice = parse_backend(backend)[name]
     spec, path = manifest.graph_spec(name), manifest.graph_path(name)
     if choice in ORT_BACKENDS:
@@ -115,7 +124,8 @@ def make_openvino_runner(backend: str, manifest, name: str, threads: int | None 
 
         return OrtRunner(spec, path, backend=choice, threads=threads, allow_fallback=allow_fallback,
                          profile_prefix=profile_prefix)
-    return OpenVinoRunner(spec, path, precision=choice, threads=threads, profile=profile_prefix is not None)
+    return OpenVinoRunner(spec, path, precision=choice, cache_dir=compile_cache, threads=threads,
+                          profile=profile_prefix is not None)
 
 
 class OpenVinoRunner(Runner):
@@ -136,7 +146,6 @@ class OpenVinoRunner(Runner):
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self.threads = threads
         self.profile = profile
-        self.model = None
         self._compiled: dict[tuple, tuple] = {}  # shape key -> (compiled model, infer request, output names)
         self.compile_ms: dict[tuple, float] = {}
 
@@ -155,30 +164,38 @@ class OpenVinoRunner(Runner):
         return config
 
     def _activate(self) -> None:
+        # Nothing is read here: the graph is read and compiled for the shapes of its first call
+        # (see _compiled_for); a missing file is still an error now, not at the first request.
         _import_openvino()
+        if not self.path.is_file():
+            raise EngineError(f"{self.path} is missing; rebuild the engines with maskst-export --force")
         if self.cache_dir:
             (Path(self.cache_dir) / self.precision).mkdir(parents=True, exist_ok=True)
-        try:
-            self.model = _core().read_model(str(self.path))
-        except RuntimeError as exc:  # OpenVINO reports every read/convert failure as RuntimeError
-            raise EngineError(f"{self.path} could not be read by OpenVINO ({exc}); rebuild it with maskst-export --force") from None
 
     def _deactivate(self) -> None:
         self._compiled.clear()
-        self.model = None
+
+    def _read_model(self):
+        try:
+            return _core().read_model(str(self.path))
+        except RuntimeError as exc:  # OpenVINO reports every read/convert failure as RuntimeError
+            raise EngineError(f"{self.path} could not be read by OpenVINO ({exc}); rebuild it with maskst-export --force") from None
 
     def _compiled_for(self, feed: dict[str, np.ndarray]):
         key = tuple((name, feed[name].shape) for name in sorted(feed))
         entry = self._compiled.get(key)
         if entry is None:
             started = time.perf_counter()
-            model = self.model.clone()
-            # Static shapes for this call: the CPU plugin picks better kernels than for dynamic ones.
+            # Read afresh and dropped after compiling: the compiled model holds its own (possibly
+            # bf16) weights, and keeping the fp32 graph too would add its whole size to the RSS.
+            model = self._read_model()
+            # Static shapes for this call: no per-shape kernel preparation on the first inference.
             model.reshape({name: list(array.shape) for name, array in feed.items()})
             try:
                 compiled = _core().compile_model(model, "CPU", self.config)
             except RuntimeError as exc:
                 raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
+            del model
             names = [output.get_any_name() for output in compiled.outputs]
             entry = (compiled, compiled.create_infer_request(), names)
             self._compiled[key] = entry
@@ -213,3 +230,42 @@ class OpenVinoRunner(Runner):
                 records.append({"name": info.node_name, "type": info.node_type, "exec_type": info.exec_type,
                                 "us": info.real_time.total_seconds() * 1e6})
         return records
+
+
+# Parity with ONNX Runtime fp32 (the engines' own parity reference), as relative error:
+# max |openvino - ort| / max |ort| over each output. fp32 is expected to agree to float rounding;
+# bf16 (8-bit mantissa) is expected to be a few percent off (docs/benchmarks.md has the numbers).
+PARITY_TOLERANCE = {"f32": 1e-4, "bf16": 0.1}
+
+
+def parity_vs_ort(manifest, name: str, precision: str = "f32", dims: dict[str, int] | None = None,
+                  seed: int = 0, cache_dir: Path | bool | None = False) -> dict:
+    """Run graph ``name`` on OpenVINO at ``precision`` and on ONNX Runtime (CPU, fp32) with the same
+    random inputs; return per-output errors and whether they are within :data:`PARITY_TOLERANCE`.
+
+    ``dims``: values of the graph's symbolic dimensions (default: each range's ``opt``).
+    """
+    from maskst.runtime.runners import OrtRunner
+
+    precision = resolve_precision(precision)
+    spec = manifest.graph_spec(name)
+    feed = spec.sample_inputs(dims or {d: r.opt for d, r in spec.dims.items()}, seed=seed)
+    with OrtRunner(spec, manifest.graph_path(name)) as ort_runner:
+        expected = {k: v.copy() for k, v in ort_runner.infer(feed).items()}
+    with OpenVinoRunner(spec, manifest.graph_path(name), precision=precision, cache_dir=cache_dir) as ov_runner:
+        got = {k: v.copy() for k, v in ov_runner.infer(feed).items()}
+    tolerance = PARITY_TOLERANCE[precision]
+    outputs = {}
+    for out_name, want in expected.items():
+        have = got[out_name]
+        if want.dtype == bool:
+            mismatched = int((want != have).sum())
+            outputs[out_name] = {"mismatched": mismatched, "ok": mismatched == 0}
+            continue
+        diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
+        scale = float(np.abs(want).max()) or 1.0
+        rel = float(diff.max()) / scale
+        outputs[out_name] = {"max_abs": float(diff.max()), "max_rel": rel,
+                             "mean_rel": float(diff.mean()) / scale, "ok": bool(np.isfinite(have).all()) and rel <= tolerance}
+    return {"graph": name, "precision": precision, "tolerance": tolerance, "outputs": outputs,
+            "ok": all(o["ok"] for o in outputs.values())}

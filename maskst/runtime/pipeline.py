@@ -53,7 +53,8 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
 
 
 def make_runner(backend: str, manifest: Manifest, name: str, threads: int | None = None,
-                allow_fallback: bool = False, profile_prefix: str | None = None) -> Runner:
+                allow_fallback: bool = False, profile_prefix: str | None = None,
+                compile_cache: Path | bool | None = None) -> Runner:
     """The runner of one graph for a backend name (ort-cpu, ort-cuda, ort-trt, trt, openvino[-f32|-bf16][:GRAPH=VALUE...])."""
     spec, path = manifest.graph_spec(name), manifest.graph_path(name)
     if backend == "trt":
@@ -65,7 +66,7 @@ def make_runner(backend: str, manifest: Manifest, name: str, threads: int | None
         from maskst.runtime.openvino_runner import make_openvino_runner
 
         return make_openvino_runner(backend, manifest, name, threads=threads, allow_fallback=allow_fallback,
-                                    profile_prefix=profile_prefix)
+                                    profile_prefix=profile_prefix, compile_cache=compile_cache)
     if backend not in ORT_BACKENDS:
         raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")
     return OrtRunner(spec, path, backend=backend, threads=threads, allow_fallback=allow_fallback,
@@ -76,7 +77,8 @@ class MaskstPipeline:
     """Style transfer on an engines folder. Use as a context manager or call close()."""
 
     def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
-                 threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None):
+                 threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None,
+                 compile_cache: Path | bool | None = None):
         self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
         self.backend = backend
         model = self.manifest.model
@@ -87,8 +89,8 @@ class MaskstPipeline:
         self.plus = model.get("adapter_kind") == "plus"  # Resampler: hidden states in, no masking
         self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
         self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
-        self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix)
-                        for name in GRAPHS}
+        self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix,
+                                          compile_cache) for name in GRAPHS}
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -100,6 +102,11 @@ class MaskstPipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+    def clear_caches(self) -> None:
+        """Forget cached prompt and content embeddings: the next request runs every encoder."""
+        self._prompt_cache.clear()
+        self._content_cache.clear()
 
     def close(self) -> None:
         for runner in self.runners.values():

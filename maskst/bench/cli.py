@@ -1,0 +1,235 @@
+"""maskst-bench and maskst-profile: click front ends of :mod:`maskst.bench.bench` and :mod:`maskst.bench.profile`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.errors import InputError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+PRESETS = ("tiny", "tiny-wide", "full")
+
+
+def _model_options(func):
+    """Where the models come from: checkpoints, a prebuilt engines folder, or random weights."""
+    options = [
+        click.option("--base", type=click.Path(path_type=Path), help="diffusers SD 1.5 folder (as for maskst-export)."),
+        click.option("--ip-adapter", type=click.Path(path_type=Path), help="IP-Adapter file (ip-adapter_sd15.safetensors)."),
+        click.option("--image-encoder", type=click.Path(path_type=Path),
+                     help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file."),
+        click.option("--content-encoder", type=click.Path(path_type=Path), help="CLIP ViT-H/14 folder for the content text."),
+        click.option("--engines", type=click.Path(path_type=Path, file_okay=False),
+                     help="Prebuilt engines folder. Without checkpoints, the reference uses the checkpoint paths "
+                          "its manifest records (if they exist here)."),
+        click.option("--random-full-size", is_flag=True,
+                     help="Real SD 1.5 / ViT-H architectures with random weights, built once into --cache-dir "
+                          "(first time: 7 min on a 2-core machine, 8 GB peak RSS, 17 GB on disk; compute cost does not depend on the weights)."),
+        click.option("--preset", type=click.Choice(PRESETS),
+                     help="Random-weight preset instead of --random-full-size: tiny is a smoke run of well under a minute."),
+        click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Where random models and exported engines are cached. Default: ~/.cache/maskst."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _request_options(func):
+    options = [
+        click.option("--height", type=int, default=256, show_default=True, help="Image height (px)."),
+        click.option("--width", type=int, default=256, show_default=True, help="Image width (px)."),
+        click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps."),
+        click.option("--batch", "num_images", type=int, default=1, show_default=True,
+                     help="Images per request (the UNet runs twice as many: guidance)."),
+        click.option("--prompt", default="a photo of a cat", show_default=True),
+        click.option("--content", default="a house", show_default=True, help="Content text that is masked out."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--scheduler", default=None, help="Scheduler name (default: the base model's)."),
+        click.option("--threads", type=int, default=None,
+                     help="Threads per contender (torch threads, ORT intra-op, OpenVINO). Default: each library's own."),
+        click.option("--quiet", is_flag=True, help="No progress output."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
+                   progress: bool):
+    """BenchModels from the model options (building random models or engines into the cache once)."""
+    from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
+    from maskst.runtime.default import default_cache_dir
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    given = [base, ip_adapter, content_encoder]
+    if random_full_size and preset not in (None, "full"):
+        raise InputError(f"--random-full-size and --preset {preset} contradict each other; pass one of them")
+    preset = "full" if random_full_size else preset
+    if preset:
+        if any(given) or engines:
+            raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
+                             "--content-encoder and --engines, or drop the preset")
+        return random_models(cache, preset, progress=progress)
+    if any(given) and not all(given):
+        raise InputError("checkpoints need all of --base, --ip-adapter and --content-encoder (as for maskst-export)")
+    if all(given):
+        if engines is None:
+            engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress)
+        return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
+    if engines is None:
+        raise InputError("no models given: pass --engines, the checkpoints (--base --ip-adapter --content-encoder), "
+                         "--random-full-size, or --preset tiny for a smoke run")
+    sources = engines_sources(Path(engines))
+    return BenchModels(Path(engines), sources["base"], sources["ip_adapter"], sources["image_encoder"],
+                       sources["content_encoder"], source="engines")
+
+
+def _command(program: str) -> str:
+    """The invocation, rebuilt from the options given on the command line (defaults left out)."""
+    ctx = click.get_current_context()
+    words = [program]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
+@click.command(context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
+@_model_options
+@_request_options
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed generations per contender (median).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed generations first (compiles, arenas).")
+@click.option("--backends", default=None,
+              help="Comma list of maskst backends: ort-cpu, openvino (bf16 UNet/encoders on AMX CPUs), openvino-f32, "
+                   "openvino-bf16, openvino:GRAPH=VALUE:..., ort-cuda, ort-trt, trt. "
+                   "Default: ort-cpu,openvino (ort-cpu alone if openvino is not installed).")
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch reference (no speedup column then).")
+@click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
+@run_cli
+def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
+               height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
+               backends, no_reference, no_cold_start, json_out):
+    """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
+
+    Every contender gets the same request (prompt, bundled style image, content text, seed and
+    initial noise) in its own process: warm-up excluded, medians over --repeats, per stage and end
+    to end, peak RSS, and the cold start (fresh process to first UNet step, engines built).
+    Prints a Markdown table; --json writes everything (machine, versions, the exact command).
+
+    \b
+    maskst-bench --preset tiny --steps 2 --repeats 1                 # smoke run
+    maskst-bench --random-full-size --height 256 --width 256 --steps 10 --json out.json
+    maskst-bench --engines eng/ --backends ort-cpu,openvino --repeats 5
+    maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
+                 --content-encoder CLIP-ViT-H-14/ --json real.json
+    """
+    from maskst.bench.bench import BenchSettings, format_table, run_bench
+
+    if backends is None:
+        backends = "ort-cpu,openvino" if _openvino_installed() else "ort-cpu"
+        if backends == "ort-cpu" and not quiet:
+            click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
+                       err=True)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    _check_backends(names)
+    if repeats < 1 or warmup < 0:
+        raise InputError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
+    if json_out is not None:
+        from maskst.runtime.output import check_writable
+
+        check_writable(json_out, "--json")
+    settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=repeats,
+                             warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
+                             scheduler=scheduler)
+    settings.config()  # every request value checked before any model loads
+    models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
+                            cache_dir, progress=not quiet)
+    report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
+                       progress=not quiet, command=_command("maskst-bench"))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2))
+    click.echo(format_table(report))
+    if json_out is not None:
+        click.echo(f"\nwrote {json_out}")
+    if report["errors"]:
+        sys.exit(1)
+
+
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _check_backends(names: list[str]) -> None:
+    from maskst.runtime.pipeline import BACKENDS
+
+    if not names:
+        raise InputError("--backends is empty; name at least one, e.g. ort-cpu")
+    for name in names:
+        if name.split(":")[0] not in BACKENDS:
+            raise InputError(f"--backends: {name!r} is not known; choose from {', '.join(BACKENDS)}")
+        if name.startswith("openvino"):
+            from maskst.errors import BackendError
+            from maskst.runtime.openvino_runner import parse_backend
+
+            parse_backend(name)  # per-graph syntax errors before any work
+            if not _openvino_installed():
+                raise BackendError(f"backend {name} needs the openvino package: pip install 'maskst[openvino]'")
+        elif name != "ort-cpu":
+            from maskst.runtime.backends import require_backend
+
+            require_backend(name)  # a missing GPU provider or TensorRT is named before any model loads
+
+
+@click.command(context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
+@_model_options
+@_request_options
+@click.option("--backend", default="ort-cpu", show_default=True,
+              help="Backend to profile: ort-cpu (per-operator ORT profile), openvino (per-node OpenVINO counters), ...")
+@click.option("--warmup", type=int, default=1, show_default=True,
+              help="Untimed generations before the profiled one (their operators are left out of the tables).")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op-type and per-node tables.")
+@click.option("--out-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for profile.txt, profile.json, trace.json (chrome://tracing / Perfetto) and profile.png.")
+@run_cli
+def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
+                 height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, backend, warmup,
+                 top, out_dir):
+    """Profile one generation: stage timeline, top operators, a trace file and a chart.
+
+    \b
+    maskst-profile --preset tiny --steps 2 --out-dir prof/
+    maskst-profile --engines eng/ --height 256 --width 256 --steps 10 --out-dir prof/
+    maskst-profile --engines eng/ --backend openvino --out-dir prof-ov/
+
+    Open trace.json in https://ui.perfetto.dev or chrome://tracing.
+    """
+    from maskst.bench.bench import BenchSettings
+    from maskst.bench.profile import format_profile, profile_generation
+
+    _check_backends([backend])
+    if top < 1 or warmup < 0:
+        raise InputError(f"--top {top} must be >= 1 and --warmup {warmup} >= 0")
+    settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=1,
+                             warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
+                             scheduler=scheduler)
+    settings.config()
+    models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
+                            cache_dir, progress=not quiet)
+    summary = profile_generation(models.engines, backend, settings, out_dir, top=top, progress=not quiet,
+                                 command=_command("maskst-profile"))
+    click.echo(format_profile(summary))
+    click.echo("\nwrote " + ", ".join(str(out_dir / name) for name in summary["files"].values()))

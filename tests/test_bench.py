@@ -1,0 +1,179 @@
+"""maskst-bench, maskst-profile and the OpenVINO runner, on the tiny engines (CPU only, no timing asserts).
+
+Speed is never asserted here: these tests check that the tools run, that their outputs have the
+documented structure and sane values, and that OpenVINO at fp32 matches ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from maskst.bench.bench import STAGES, _targets
+from maskst.bench.cli import bench_main, profile_main
+
+try:
+    import openvino  # noqa: F401
+
+    HAVE_OPENVINO = True
+except ImportError:
+    HAVE_OPENVINO = False
+
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (pip install 'maskst[openvino]')")
+
+
+def _checkpoint_args(tiny, tiny_engines) -> list[str]:
+    return ["--engines", str(tiny_engines), "--base", str(tiny.base), "--ip-adapter", str(tiny.ip_adapter),
+            "--image-encoder", str(tiny.image_encoder), "--content-encoder", str(tiny.content_encoder)]
+
+
+def _finite_nonneg(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
+    out = tmp_path / "bench.json"
+    args = _checkpoint_args(tiny, tiny_engines) + [
+        "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--backends", "ort-cpu", "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in ("end_to_end_ms", "speedup_vs_reference", "stages_ms", "peak_rss_mib", "cold_start_ms",
+                "machine", "versions", "command", "settings", "targets"):
+        assert key in report, key
+    assert set(report["end_to_end_ms"]) == {"reference", "ort-cpu"}
+    assert all(_finite_nonneg(v) and v > 0 for v in report["end_to_end_ms"].values())
+    assert report["speedup_vs_reference"]["ort-cpu"] > 0
+    for name in ("reference", "ort-cpu"):
+        assert set(report["stages_ms"][name]) == set(STAGES)
+        assert all(_finite_nonneg(v) for v in report["stages_ms"][name].values()), report["stages_ms"][name]
+        # the stages of one generation cannot add up to more than the generation
+        stage_sum = sum(report["stages_ms"][name].values()) - report["stages_ms"][name]["unet_step"]
+        assert stage_sum < report["end_to_end_ms"][name]
+        assert report["peak_rss_mib"][name] > 10
+    assert report["cold_start_ms"]["ort-cpu"] > 0
+    assert report["command"].startswith("maskst-bench ") and f"--json {out}" in report["command"]
+    assert report["settings"]["steps"] == 2 and report["settings"]["height"] == 64
+    assert report["versions"]["onnxruntime"]
+    # the fp32 ONNX Runtime path draws the reference's image (DESIGN section 7)
+    assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    assert "masking + projection" in result.output and "end to end" in result.output
+
+
+def test_bench_refuses_bad_options(tiny_engines):
+    runner = CliRunner()
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu,warp-drive", "--no-reference"])
+    assert result.exit_code == 2 and "warp-drive" in result.output
+    result = runner.invoke(bench_main, ["--steps", "2"])
+    assert result.exit_code == 2 and "--random-full-size" in result.output
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "openvino:unet=fp8"])
+    assert result.exit_code == 2 and "GRAPH=VALUE" in result.output
+
+
+def test_targets_are_reported_not_asserted():
+    report = {"speedup_vs_reference": {"ort-cpu": 3.0, "openvino": 7.5},
+              "stages_ms": {"reference": {"unet_step": 900.0}, "ort-cpu": {"unet_step": 300.0},
+                            "openvino": {"unet_step": 100.0}},
+              "masking_projection_ms": {"reference": 2.0, "ort-cpu": 0.2, "openvino": 0.3},
+              "cold_start_ms": {"ort-cpu": 2000.0}}
+    targets = _targets(report)
+    assert targets["end_to_end_speedup_at_least_6x"] == {"backend": "openvino", "speedup": 7.5, "met": True}
+    assert targets["unet_step_no_slower_than_openvino_bf16"]["met"]
+    assert targets["masking_projection_under_1ms"]["backend"] == "ort-cpu"
+    assert targets["cold_start_ms"] == {"ort-cpu": 2000.0}
+
+
+def test_profile_writes_table_trace_and_chart(tiny_engines, tmp_path):
+    out = tmp_path / "prof"
+    args = ["--engines", str(tiny_engines), "--height", "64", "--width", "64", "--steps", "2", "--threads", "1",
+            "--top", "5", "--out-dir", str(out), "--quiet"]
+    result = CliRunner().invoke(profile_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "op type" in result.output and "unet" in result.output
+
+    table = (out / "profile.txt").read_text()
+    assert "MatMul" in table or "Conv" in table
+
+    summary = json.loads((out / "profile.json").read_text())
+    assert len(summary["ops_by_type"]) == 5
+    stages = {row["stage"] for row in summary["stages"]}
+    assert {"text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet", "vae_decoder"} <= stages
+    assert abs(sum(r["share"] for r in summary["stages"]) - 1.0) < 1e-6
+
+    trace = json.loads((out / "trace.json").read_text())  # Chrome trace-event format (JSON object form)
+    events = trace["traceEvents"]
+    assert isinstance(events, list) and events
+    for event in events:
+        assert event["ph"] in ("X", "M") and isinstance(event["pid"], int) and isinstance(event["name"], str)
+        if event["ph"] == "X":
+            assert _finite_nonneg(event["ts"]) and _finite_nonneg(event["dur"])
+    names = {e["name"] for e in events if e["ph"] == "X"}
+    assert {"generate", "text_encoder", "unet step 1", "vae_decoder"} <= names
+    assert any(e["ph"] == "X" and e["pid"] == 2 for e in events), "no ONNX Runtime operator events"
+
+    assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_openvino_backend_names_parse():
+    from maskst.errors import InputError
+    from maskst.runtime.openvino_runner import parse_backend
+
+    default = parse_backend("openvino")
+    assert default["image_conditioner"] == "ort-cpu" and default["vae_decoder"] == "f32" and default["unet"] == "auto"
+    assert set(parse_backend("openvino-f32").values()) == {"f32", "ort-cpu"}
+    custom = parse_backend("openvino:vae_decoder=bf16:image_conditioner=f32:text_encoder=ort-cpu")
+    assert custom["vae_decoder"] == "bf16" and custom["image_conditioner"] == "f32" and custom["text_encoder"] == "ort-cpu"
+    for bad in ("openvino:unet", "openvino:vae=f32", "openvino:unet=int4", "openvino-fast"):
+        with pytest.raises(InputError):
+            parse_backend(bad)
+
+
+@needs_openvino
+def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, monkeypatch):
+    from maskst.engines.manifest import load_manifest
+    from maskst.generation import GenerationConfig
+    from maskst.runtime.openvino_runner import OpenVinoRunner, parity_vs_ort
+    from maskst.runtime.pipeline import GRAPHS, MaskstPipeline
+
+    manifest = load_manifest(tiny_engines)
+    for name in GRAPHS:
+        dims = {"unet": {"N": 1, "h": 4, "w": 8}, "vae_decoder": {"N": 1, "h": 4, "w": 8}}.get(name)
+        result = parity_vs_ort(manifest, name, "f32", dims=dims, cache_dir=tmp_path / "ov-cache")
+        assert result["ok"], result
+
+    config = GenerationConfig.create(prompt="a photo of a cat", style=(style_image,), content="a house", steps=2,
+                                     height=64, width=64, seed=3)
+    with MaskstPipeline(tiny_engines, backend="ort-cpu", threads=1) as ort_pipeline:
+        expected = ort_pipeline.generate(config)
+    with MaskstPipeline(tiny_engines, backend="openvino-f32", threads=1, compile_cache=tmp_path / "ov-cache") as ov_pipeline:
+        assert isinstance(ov_pipeline.runners["unet"], OpenVinoRunner)
+        assert ov_pipeline.runners["unet"].precision == "f32"
+        got = ov_pipeline.generate(config)
+        again = ov_pipeline.generate(config)  # compiled models reused for the same shapes
+        assert len(ov_pipeline.runners["unet"].compile_ms) == 1
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    assert np.abs(got.images.astype(int) - expected.images).max() <= 1
+    np.testing.assert_array_equal(again.images, got.images)
+    assert any((tmp_path / "ov-cache" / "f32").iterdir()), "compiled-model cache not written"
+
+
+@needs_openvino
+def test_openvino_runner_reports_a_broken_graph(tmp_path):
+    from maskst.errors import EngineError
+    from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+    from maskst.runtime.openvino_runner import OpenVinoRunner
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    spec = GraphSpec("broken", (TensorSpec("x", "float32", ("N", 2)),), (TensorSpec("y", "float32", ("N", 2)),),
+                     {"N": DimRange(1, 1, 2)})
+    with OpenVinoRunner(spec, broken, precision="f32", cache_dir=False) as runner:
+        with pytest.raises(EngineError, match="could not be read by OpenVINO"):
+            runner.infer({"x": np.zeros((1, 2), np.float32)})
+    with pytest.raises(EngineError, match="missing"):
+        OpenVinoRunner(spec, tmp_path / "absent.onnx", precision="f32", cache_dir=False).activate()
