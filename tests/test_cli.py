@@ -1,8 +1,6 @@
 """maskst-run and maskst-export through their click CLIs: outputs, metadata, exit codes, bad input."""
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest

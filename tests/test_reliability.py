@@ -1,6 +1,5 @@
 """Interrupted and concurrent builds, non-finite values, long prompts: nothing lost, clear errors."""
 
-import json
 import os
 import shutil
 import signal

@@ -492,7 +492,7 @@ def _image_diff(workdir: Path, name: str, reference: str = "reference") -> dict 
 def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str], reference: bool = True,
               cold_start: bool = True, progress: bool = True, command: str | None = None) -> dict:
     """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md)."""
-    from maskst.engines.manifest import library_versions, load_manifest
+    from maskst.engines.manifest import load_manifest
     from maskst.errors import InputError
 
     if reference and not models.has_checkpoints:

@@ -223,7 +223,7 @@ class OpenVinoRunner(Runner):
         if not self.profile:
             return []
         records = []
-        for compiled, request, _ in self._compiled.values():
+        for _compiled, request, _ in self._compiled.values():
             for info in request.profiling_info:
                 if info.status.name != "EXECUTED":
                     continue
