@@ -633,6 +633,13 @@ class _SigmaScheduler(Scheduler):
         self.sigmas = np.zeros(0, dtype=np.float32)
         self._step_index: int | None = None
 
+    def _set_integer_schedule(self, ts: np.ndarray) -> None:
+        """Timesteps ``ts`` (descending) and their interpolated sigmas plus the final one (DPM, UniPC)."""
+        sigmas = np.interp(ts, np.arange(0, len(self._train_sigmas)), self._train_sigmas)
+        self.sigmas = np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
+        self.timesteps = ts.astype(np.int64)
+        self._reset()
+
     def _final_sigma(self) -> float:
         if self.config["final_sigmas_type"] == "sigma_min":
             ac0 = self.alphas_cumprod[0]
@@ -828,10 +835,7 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         else:
             step_ratio = T / n
             ts = np.arange(last, 0, -step_ratio).round().copy().astype(np.int64) - 1
-        sigmas = np.interp(ts, np.arange(0, len(self._train_sigmas)), self._train_sigmas)
-        self.sigmas = np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
-        self.timesteps = ts.astype(np.int64)
-        self._reset()
+        self._set_integer_schedule(ts)
 
     def _step(self, model_output, timestep, sample):
         cfg = self.config
@@ -943,10 +947,7 @@ class UniPCMultistepScheduler(_SigmaScheduler):
             ts = _leading_desc(n, T, cfg["steps_offset"])
         else:
             ts = _trailing_int(n, T)
-        sigmas = np.interp(ts, np.arange(0, len(self._train_sigmas)), self._train_sigmas)
-        self.sigmas = np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
-        self.timesteps = ts.astype(np.int64)
-        self._reset()
+        self._set_integer_schedule(ts)
 
     def _step(self, model_output, timestep, sample):
         cfg = self.config
