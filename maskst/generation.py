@@ -58,6 +58,10 @@ class GenerationConfig:
             values["method"] = parse_enum(Method, values["method"], "method")
         if "mask_mode" in values:
             values["mask_mode"] = parse_enum(MaskMode, values["mask_mode"], "mask mode")
+        if values.get("scheduler"):
+            from maskst.runtime.schedulers import canonical_scheduler_name
+
+            values["scheduler"] = canonical_scheduler_name(values["scheduler"])
         if isinstance(values.get("style"), (str, Path)):
             values["style"] = (values["style"],)
         for key in ("style", "target_blocks"):

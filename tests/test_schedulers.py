@@ -284,3 +284,13 @@ def test_module_does_not_import_torch():
     code = "import sys, maskst.runtime.schedulers; sys.exit('torch' in sys.modules)"
     repo = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=repo, check=False).returncode == 0
+
+
+def test_scheduler_names_users_write_map_to_the_keys():
+    from maskst.runtime.schedulers import canonical_scheduler_name
+
+    assert canonical_scheduler_name("UniPCMultistepScheduler") == "unipc"
+    assert canonical_scheduler_name("DPMSolver++") == "dpm++2m"
+    assert canonical_scheduler_name("EULER") == "euler"
+    with pytest.raises(InputError, match="lms"):
+        canonical_scheduler_name("lms")

@@ -104,8 +104,8 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @click.option("--layer-scales", help="Explicit comma-separated scale per cross-attention layer (overrides --scale).")
 @click.option("--steps", type=int, default=30, show_default=True)
 @click.option("--guidance", type=float, default=7.5, show_default=True)
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default=None,
-              help="Default: the base model's scheduler.")
+@click.option("--scheduler", default=None,
+              help=f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name). Default: the base model's scheduler.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--height", type=int, default=None, help="Default 512 (128 with the embedded engines).")
 @click.option("--width", type=int, default=None, help="Default 512 (128 with the embedded engines).")

@@ -1033,6 +1033,24 @@ _CLASSES: dict[str, type[Scheduler]] = {
 }
 
 
+_ALIASES: dict[str, str] = {
+    "dpmsolver++": "dpm++2m", "dpm-solver++": "dpm++2m", "dpmpp2m": "dpm++2m", "dpmpp_2m": "dpm++2m",
+    "dpm++": "dpm++2m", "uni_pc": "unipc", "uni-pc": "unipc", "euler_discrete": "euler", "plms": "pndm",
+}
+
+
+def canonical_scheduler_name(name: str) -> str:
+    """A key of :data:`SCHEDULER_NAMES` for a name users write: the key itself (any case), a diffusers
+    class name (``"UniPCMultistepScheduler"``) or a common alias (``"dpmsolver++"``); InputError otherwise."""
+    key = str(name).strip().lower()
+    for canonical, class_name in _CLASS_NAMES.items():
+        if key == class_name.lower():
+            return canonical
+    key = _ALIASES.get(key, key)
+    _check_name(key)
+    return key
+
+
 def diffusers_class_name(name: str) -> str:
     """The diffusers class a scheduler key reproduces, e.g. ``"ddim"`` -> ``"DDIMScheduler"``."""
     _check_name(name)
