@@ -34,14 +34,13 @@ class ExportRequest:
     options: ExportOptions = ExportOptions()
 
 
-def _graph_inputs(name: str, ckpt: CheckpointSet, state: dict, options: ExportOptions):
-    module = {m.NAME: m for m in GRAPH_MODULES}[name]
-    spec = module.spec(ckpt, options)
-    if module is image_conditioner:
-        return module, spec, module.build_module(ckpt, state, options)
-    if module is unet:
-        return module, spec, module.build_module(ckpt, state)
-    return module, spec, module.build_module(ckpt)
+def _torch_module(graph_module, ckpt: CheckpointSet, state: dict, options: ExportOptions):
+    """The PyTorch module a graph is exported from (the conditioner and UNet need the adapter weights)."""
+    if graph_module is image_conditioner:
+        return graph_module.build_module(ckpt, state, options)
+    if graph_module is unet:
+        return graph_module.build_module(ckpt, state)
+    return graph_module.build_module(ckpt)
 
 
 def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
@@ -130,21 +129,22 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
     out = Path(request.out)
     check_destination(out, request.force)
     state = load_adapter_state_dict(ckpt.ip_adapter)
-    for name in GRAPH_MODULES:  # fail on an unsupported adapter before any export work
-        name.spec(ckpt, options)
+    specs = {m.NAME: m.spec(ckpt, options) for m in GRAPH_MODULES}  # every contract, before any export work
     started = time.time()
     with build_lock(out, request.lock_timeout), staging_folder(out) as staging:
         graphs, parity = {}, []
         bar = tqdm(GRAPH_MODULES, desc="export", unit="graph", disable=not progress)
         for graph_module in bar:
             bar.set_postfix_str(graph_module.NAME)
-            module, spec, torch_module = _graph_inputs(graph_module.NAME, ckpt, state, options)
+            spec = specs[graph_module.NAME]
+            torch_module = _torch_module(graph_module, ckpt, state, options)
             path = staging / f"{spec.name}.onnx"
             export_onnx(torch_module, spec, _dims(spec, export=True), path, options.opset)
             results = []
             if options.check_parity:
                 dims = _dims(spec, export=False)
-                feeds = module.parity_feeds(spec, dims) if hasattr(module, "parity_feeds") else [spec.sample_inputs(dims, seed=1)]
+                feeds = (graph_module.parity_feeds(spec, dims) if hasattr(graph_module, "parity_feeds")
+                         else [spec.sample_inputs(dims, seed=1)])
                 results = check_graph_parity(torch_module, spec, path, feeds)
                 parity += results
             graphs[spec.name] = {"file": path.name, "spec": spec.to_json(),
