@@ -111,3 +111,28 @@ def test_checkpoint_errors_through_the_export_cli(tiny, tmp_path):
     result = CliRunner().invoke(export_main, args)
     assert result.exit_code == 3 and "Git LFS pointer" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "e").exists()
+
+
+def test_style_embeddings_are_cached_by_file_identity(tiny_engines, style_image, tmp_path):
+    """A sweep encodes each reference image once; an edited file is encoded again."""
+    from PIL import Image
+
+    from maskst.generation import GenerationConfig
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    style = tmp_path / "style.png"
+    shutil.copy(style_image, style)
+    calls = []
+    with MaskstPipeline(tiny_engines) as pipe:
+        runner = pipe.runners["image_encoder"]
+        original = runner._infer
+        runner._infer = lambda feed: calls.append(1) or original(feed)
+        for content in ("a house", "a dog"):
+            pipe.generate(GenerationConfig.create(prompt="a cat", style=(style,), content=content, steps=1,
+                                                  height=64, width=64))
+        assert len(calls) == 1
+        Image.open(style_image).rotate(90).save(style)  # same path, new content
+        os.utime(style, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        pipe.generate(GenerationConfig.create(prompt="a cat", style=(style,), content="a dog", steps=1,
+                                              height=64, width=64))
+        assert len(calls) == 2
