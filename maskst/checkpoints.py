@@ -274,6 +274,12 @@ def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=No
     _check_tokenizer(base / "tokenizer", "base tokenizer")
     for name in ("unet", "vae", "text_encoder"):
         find_weights(base / name, f"base {name}")
+    if unet_config.get("addition_embed_type") or unet_config.get("class_embed_type"):
+        raise CheckpointError(
+            f"{base / 'unet' / 'config.json'}: this UNet needs extra conditioning "
+            f"(addition_embed_type={unet_config.get('addition_embed_type')!r}, class_embed_type="
+            f"{unet_config.get('class_embed_type')!r}), as Stable Diffusion XL does; maskst exports SD 1.x/2.x UNets"
+        )
     cross = int(unet_config["cross_attention_dim"])
     if int(text_config["hidden_size"]) != cross:
         raise CheckpointError(

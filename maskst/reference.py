@@ -94,7 +94,8 @@ class ReferencePipeline:
 
     def encode_content(self, text: str) -> np.ndarray:
         """float32 [D]: ``text_embeds`` of the content text from the same CLIP's text tower."""
-        ids = tokenize(self.content_tokenizer, [text], "content text")
+        ids = tokenize(self.content_tokenizer, [text], "content text",
+                       self.content_encoder.config.max_position_embeddings)
         with self.torch.no_grad():
             return self.content_encoder(input_ids=self.torch.from_numpy(ids)).text_embeds[0].numpy()
 

@@ -29,9 +29,13 @@ def load_tokenizer(folder: Path):
         raise CheckpointError(f"tokenizer in {folder} could not be loaded ({exc}); check its vocab.json and merges.txt") from None
 
 
-def tokenize(tokenizer, texts: list[str], what: str) -> np.ndarray:
-    """int64 [len(texts), model_max_length] token ids, padded; warns naming the dropped words."""
-    length = int(tokenizer.model_max_length)
+def tokenize(tokenizer, texts: list[str], what: str, length: int | None = None) -> np.ndarray:
+    """int64 [len(texts), length] token ids, padded; warns naming the dropped words.
+
+    ``length``: the text encoder's sequence length (the exported graph's fixed input width);
+    default the tokenizer's ``model_max_length`` (77 for CLIP).
+    """
+    length = int(length or tokenizer.model_max_length)
     for text in texts:
         full = tokenizer(text, truncation=False).input_ids  # with start and end tokens
         if len(full) > length:

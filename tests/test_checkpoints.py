@@ -130,3 +130,13 @@ def test_fixtures_are_deterministic(tiny, tmp_path):
     np.testing.assert_array_equal(a["image_proj"][key].numpy(), b["image_proj"][key].numpy())
     assert not np.array_equal(a["image_proj"][key].numpy(), c["image_proj"][key].numpy())
     assert isinstance(PRESETS["full"], FixtureSpec) and PRESETS["full"].unet_channels == (320, 640, 1280, 1280)
+
+
+def test_sdxl_like_base_is_refused_before_any_work(tiny, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny.base, base)
+    config = json.loads((base / "unet" / "config.json").read_text())
+    config["addition_embed_type"] = "text_time"
+    (base / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="Stable Diffusion XL"):
+        _resolve(tiny, base=base)

@@ -162,7 +162,8 @@ class MaskstPipeline:
     def encode_content(self, text: str) -> np.ndarray:
         """float32 [1, D] content embedding, cached per text."""
         if text not in self._content_cache:
-            ids = tokenize(self.content_tokenizer, [text], "content text")
+            ids = tokenize(self.content_tokenizer, [text], "content text",
+                           self.runners["content_encoder"].spec.inputs[0].shape[1])
             embeds = self.runners["content_encoder"].infer({"input_ids": ids})["content_embeds"].copy()
             _check_finite("content_encoder", embeds)
             self._content_cache[text] = embeds
@@ -172,8 +173,9 @@ class MaskstPipeline:
         """float32 [2, 77, C]: (negative, prompt) text embeddings, cached for recent pairs."""
         key = (prompt, negative)
         if key not in self._prompt_cache:
-            ids = np.concatenate([tokenize(self.tokenizer, [negative], "negative prompt"),
-                                  tokenize(self.tokenizer, [prompt], "prompt")])
+            length = self.runners["text_encoder"].spec.inputs[0].shape[1]
+            ids = np.concatenate([tokenize(self.tokenizer, [negative], "negative prompt", length),
+                                  tokenize(self.tokenizer, [prompt], "prompt", length)])
             embeds = self.runners["text_encoder"].infer({"input_ids": ids})["text_embeddings"].copy()
             _check_finite("text_encoder", embeds)
             self._prompt_cache[key] = embeds
