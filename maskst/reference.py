@@ -65,7 +65,9 @@ class ReferencePipeline:
         self.image_encoder = torch_models.image_encoder(checkpoints.image_encoder)
         self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
         self.content_tokenizer = load_tokenizer(checkpoints.content_encoder)
-        self.image_processor = CLIPImageProcessor()  # bicubic shortest edge 224, centre crop, CLIP mean/std
+        size = int(checkpoints.image_encoder_config.get("image_size", 224))
+        # bicubic shortest edge, centre crop, CLIP mean/std, at the encoder's own resolution
+        self.image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         self.ip_processors = [
             proc for name, proc in self.pipe.unet.attn_processors.items() if name.endswith("attn2.processor")
         ]

@@ -152,7 +152,8 @@ class MaskstPipeline:
 
     def encode_style(self, images) -> np.ndarray:
         """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL)."""
-        return self._encode_pixels(clip_preprocess(list(images)))
+        size = int(self.runners["image_encoder"].spec.inputs[0].shape[-1])  # the encoder's image_size
+        return self._encode_pixels(clip_preprocess(list(images), size=size, crop_size=size))
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
