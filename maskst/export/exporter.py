@@ -49,7 +49,7 @@ def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
     Latent sizes are traced at an odd value (opt + 1): diffusers' UNet then takes its
     explicit-upsample-size path, so the graph serves every multiple of the VAE factor (as diffusers
     does), not only multiples of the UNet's total downsampling. Parity runs at other values than
-    the trace: two images, the smallest latent height and an odd width.
+    the trace: another batch, the smallest latent height and an odd width.
     """
     dims = {}
     for name, r in spec.dims.items():
@@ -58,8 +58,8 @@ def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
                 dims[name] = r.opt + 1 if r.opt < r.max else max(r.min, r.opt - 1)
             else:
                 dims[name] = r.min if name == "h" else min(r.max, r.min + 1)
-        else:
-            dims[name] = r.opt if export else min(2, r.max)
+        else:  # batch-like: trace at opt, check at another count (the largest, else the smallest)
+            dims[name] = r.opt if export else (r.max if r.max != r.opt else r.min)
     return dims
 
 
