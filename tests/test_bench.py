@@ -56,7 +56,7 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
         stage_sum = sum(report["stages_ms"][name].values()) - report["stages_ms"][name]["unet_step"]
         assert stage_sum < report["end_to_end_ms"][name]
         assert report["peak_rss_mib"][name] > 10
-    assert report["cold_start_ms"]["ort-cpu"] > 0
+    assert _finite_nonneg(report["cold_start_ms"]["ort-cpu"])  # measured and recorded (no speed bound)
     assert report["command"].startswith("maskst-bench ") and f"--json {out}" in report["command"]
     assert report["settings"]["steps"] == 2 and report["settings"]["height"] == 64
     assert report["versions"]["onnxruntime"]
