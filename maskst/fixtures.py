@@ -415,10 +415,13 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePa
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    from maskst.torch_models import quiet_transformers
+
     try:
-        write_base(staging / "base", spec, seed)
-        write_ip_adapter(staging / "ip_adapter", spec, seed)
-        write_content_encoder(staging / "content_encoder", spec, seed)
+        with quiet_transformers():
+            write_base(staging / "base", spec, seed)
+            write_ip_adapter(staging / "ip_adapter", spec, seed)
+            write_content_encoder(staging / "content_encoder", spec, seed)
         (staging / "fixture.json").write_text(json.dumps({"preset": preset, "seed": seed}))
         if root.exists():
             shutil.rmtree(root)

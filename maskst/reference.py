@@ -65,9 +65,11 @@ class ReferencePipeline:
         self.image_encoder = torch_models.image_encoder(checkpoints.image_encoder)
         self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
         self.content_tokenizer = load_tokenizer(checkpoints.content_encoder)
+        # what diffusers' IP-Adapter path uses: the pipeline's feature extractor (bicubic shortest
+        # edge, centre crop, CLIP mean/std); CLIP's defaults at the encoder's resolution without one
         size = int(checkpoints.image_encoder_config.get("image_size", 224))
-        # bicubic shortest edge, centre crop, CLIP mean/std, at the encoder's own resolution
-        self.image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        self.image_processor = self.pipe.feature_extractor or CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         self.ip_processors = [
             proc for name, proc in self.pipe.unet.attn_processors.items() if name.endswith("attn2.processor")
         ]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """A full CLIPModel folder lists every vision weight as unused when only the text tower loads."""
+def quiet_transformers():
+    """Silence transformers' load/save chatter: a full CLIPModel folder lists every vision weight as
+    unused when only the text tower loads, and transformers 5 draws a bar per checkpoint shard."""
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
@@ -31,7 +32,7 @@ def _quiet_transformers():
 def _transformers(cls, folder: Path):
     import torch
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return cls.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
 
 

@@ -20,7 +20,7 @@ from maskst.errors import EngineError
 from maskst.export.spec import GraphSpec
 
 FORMAT = "maskst-engines"
-SCHEMA = 1
+SCHEMA = 2  # 2: preprocessor_config.json (style image preprocessing) in every folder
 REBUILD_HINT = "rebuild it with maskst-export --force"
 
 

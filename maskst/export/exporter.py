@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ from tqdm.auto import tqdm
 
 from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, file_sha256, load_adapter_state_dict, resolve_checkpoints
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
-from maskst.engines.onnx_files import save_graph
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
+from maskst.engines.onnx_files import save_graph
+from maskst.errors import CheckpointError
 from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.export.parity import ParityResult, compare, raise_failures
@@ -76,7 +78,12 @@ def export_onnx(module, spec: GraphSpec, dims: dict[str, int], path: Path, opset
     scratch.mkdir()
     feed = spec.sample_inputs(dims)
     args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter warns about every Python-level shape check it freezes; the
+        # parity check right after export is what tells whether the trace generalises
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # indices are >= 0 here
         torch.onnx.export(
             module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
             do_constant_folding=True, input_names=[t.name for t in spec.inputs],
@@ -108,6 +115,26 @@ def check_graph_parity(module, spec: GraphSpec, path: Path, feeds: list[dict]) -
     return results
 
 
+def style_preprocessor_config(ckpt: CheckpointSet) -> dict:
+    """How style images are preprocessed: the base model's feature_extractor config, as diffusers'
+    IP-Adapter path uses it, else CLIP's defaults at the image encoder's resolution. Checked here,
+    at export, against the encoder's input size."""
+    import json
+
+    from maskst.images import preprocessor_params_from_config
+
+    size = int(ckpt.image_encoder_config.get("image_size", 224))
+    path = ckpt.base / "feature_extractor" / "preprocessor_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {"size": size, "crop_size": size}
+    crop = preprocessor_params_from_config(config)["crop_size"]
+    if tuple(crop) != (size, size):
+        raise CheckpointError(
+            f"{path}: crop_size {list(crop)} but the image encoder {ckpt.image_encoder} takes {size}x{size} images; "
+            "use the feature extractor that belongs to this image encoder"
+        )
+    return config
+
+
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     dst.mkdir()
     for name in TOKENIZER_FILES + ("tokenizer.json",):
@@ -130,6 +157,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
     check_destination(out, request.force)
     state = load_adapter_state_dict(ckpt.ip_adapter)
     specs = {m.NAME: m.spec(ckpt, options) for m in GRAPH_MODULES}  # every contract, before any export work
+    preprocessor = style_preprocessor_config(ckpt)
     started = time.time()
     with build_lock(out, request.lock_timeout), staging_folder(out) as staging:
         graphs, parity = {}, []
@@ -160,6 +188,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             from maskst.engines.tensorrt import build_plans
 
             extra["tensorrt"] = build_plans(staging, graphs, options, previous=out, progress=progress)
+        (staging / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
         _copy_tokenizer(ckpt.base / "tokenizer", staging / "tokenizer")
         _copy_tokenizer(ckpt.content_encoder, staging / "content_tokenizer")
         scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())

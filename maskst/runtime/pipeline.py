@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from maskst.generation import (
     load_init_latents,
     plus_method_error,
 )
-from maskst.images import clip_preprocess, load_image
+from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
 from maskst.masking import MaskMode, Method
 from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
 from maskst.runtime.schedulers import make_scheduler, scheduler_name_from_config
@@ -88,6 +89,8 @@ class MaskstPipeline:
         self.latent_channels = int(model["latent_channels"])
         self.scheduler_config = dict(model["scheduler_config"])
         self.plus = model.get("adapter_kind") == "plus"  # Resampler: hidden states in, no masking
+        self.preprocess = preprocessor_params_from_config(
+            json.loads((self.manifest.folder / "preprocessor_config.json").read_text()))
         self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
         self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
         self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix,
@@ -152,8 +155,7 @@ class MaskstPipeline:
 
     def encode_style(self, images) -> np.ndarray:
         """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL)."""
-        size = int(self.runners["image_encoder"].spec.inputs[0].shape[-1])  # the encoder's image_size
-        return self._encode_pixels(clip_preprocess(list(images), size=size, crop_size=size))
+        return self._encode_pixels(clip_preprocess(list(images), **self.preprocess))
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
