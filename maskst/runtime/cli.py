@@ -52,7 +52,6 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
         lines = [line for line in jobs_file.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"--batch {jobs_file} could not be read ({exc})") from None
-    check_writable_dir(out_dir)
     failures = 0
     results_path = out_dir / "results.jsonl"
     with open(results_path, "w") as results:
@@ -146,6 +145,8 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
     embedded = engines is None
     if batch is not None and out_dir is None:
         raise InputError("--batch needs --out-dir (one PNG per job and results.jsonl go there)")
+    if batch is not None:
+        check_writable_dir(out_dir)  # before any engine loads
     if batch is None:
         if out is None:
             raise InputError("--out is required (the PNG to write)")
