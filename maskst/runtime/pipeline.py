@@ -28,7 +28,7 @@ from maskst.generation import (
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
 from maskst.masking import MaskMode, Method
 from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
-from maskst.runtime.schedulers import make_scheduler, scheduler_name_from_config
+from maskst.runtime.schedulers import Scheduler, make_scheduler, scheduler_name_from_config
 from maskst.tokenization import load_tokenizer, tokenize
 
 STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)
@@ -122,8 +122,9 @@ class MaskstPipeline:
 
     # ---------------------------------------------------------------- checks before any compute
 
-    def check_request(self, config: GenerationConfig) -> None:
-        """Validate a request against these engines (sizes, batch, profile ranges) before any work."""
+    def check_request(self, config: GenerationConfig) -> Scheduler:
+        """Validate a request against these engines (sizes, batch, profile ranges) before any work;
+        returns the request's scheduler (built from the base config, which validates its options)."""
         config.validate(self.vae_scale_factor)
         f = self.vae_scale_factor
         unet = self.runners["unet"].spec
@@ -136,7 +137,7 @@ class MaskstPipeline:
             raise InputError(plus_method_error(config.method))
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
-        make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
+        return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
 
@@ -156,6 +157,18 @@ class MaskstPipeline:
     def encode_style(self, images) -> np.ndarray:
         """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL)."""
         return self._encode_pixels(clip_preprocess(list(images), **self.preprocess))
+
+    def encode_style_files(self, paths) -> np.ndarray:
+        """:meth:`encode_style` of image files, cached by file identity (path, size, mtime)."""
+        key = self._style_key(paths)
+        if key is not None and key in self._style_cache:
+            return self._style_cache[key]
+        embeds = self.encode_style([load_image(p) for p in paths])
+        if key is not None:
+            self._style_cache[key] = embeds
+            if len(self._style_cache) > STYLE_CACHE_SIZE:
+                self._style_cache.popitem(last=False)
+        return embeds
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
@@ -224,7 +237,7 @@ class MaskstPipeline:
         ``latents``: diffusers' initial noise [N, C, h, w] before the init sigma; default from
         ``config.init_latents`` or the seed. ``progress``: optional callable(step, total).
         """
-        self.check_request(config)
+        scheduler = self.check_request(config)
         timings: dict[str, float] = {}
         clock = time.perf_counter
         f = self.vae_scale_factor
@@ -234,29 +247,15 @@ class MaskstPipeline:
             latents = load_init_latents(config.init_latents, shape) if config.init_latents else initial_noise(config.seed, shape)
         elif latents.shape != shape:
             raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
-        style_key = None
-        if style_images is None:
-            if not config.style:
-                raise InputError("no style image given; pass --style IMAGE")
-            style_key = self._style_key(config.style)
-            if style_key is None or style_key not in self._style_cache:
-                style_images = [load_image(p) for p in config.style]
+        if style_images is None and not config.style:
+            raise InputError("no style image given; pass --style IMAGE")
         method = effective_method(config)
-        scheduler_name = config.scheduler or scheduler_name_from_config(self.scheduler_config)
-        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
 
         t0 = clock()
         text = self.encode_prompts(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
-        if style_key is not None and style_key in self._style_cache:
-            e_i = self._style_cache[style_key]
-        else:
-            e_i = self.encode_style(style_images)
-            if style_key is not None:
-                self._style_cache[style_key] = e_i
-                if len(self._style_cache) > STYLE_CACHE_SIZE:
-                    self._style_cache.popitem(last=False)
+        e_i = self.encode_style(style_images) if style_images is not None else self.encode_style_files(config.style)
         timings["image_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
         e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
@@ -297,4 +296,4 @@ class MaskstPipeline:
         timings["vae_decoder"] = (clock() - t0) * 1e3
         _check_finite("vae_decoder", decoded, hint=" (fp16 VAEs overflow: rebuild with the VAE in fp32)")
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
-        return GenerationResult(images, mask[0], method, scheduler_name, timings)
+        return GenerationResult(images, mask[0], method, scheduler.name, timings)
