@@ -10,12 +10,11 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from maskst import __version__
 from maskst.cli_common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError, MaskstError
 from maskst.generation import GenerationConfig
 from maskst.masking import MaskMode, Method
-from maskst.runtime.output import check_writable, check_writable_dir, image_paths, save_png
+from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
 from maskst.runtime.schedulers import SCHEDULER_NAMES
 
 # Options a batch-job line may carry, with the GenerationConfig field each one sets.
@@ -24,23 +23,9 @@ JOB_FIELDS = ("prompt", "style", "content", "negative_prompt", "method", "mask_m
               "height", "width", "num_images", "init_latents")
 
 
-def _metadata(config: GenerationConfig, result, pipeline) -> dict:
-    return {
-        "prompt": config.prompt, "negative_prompt": config.negative_prompt, "content": config.content,
-        "method": result.method.value, "mask_mode": config.mask_mode.value, "theta": config.theta,
-        "masked_elements": result.masked_elements, "scale": config.scale, "content_scale": config.content_scale,
-        "target_blocks": list(config.target_blocks), "seed": config.seed, "steps": config.steps,
-        "guidance": config.guidance, "scheduler": result.scheduler, "height": config.height, "width": config.width,
-        "init_latents": str(config.init_latents) if config.init_latents else None,
-        "style": [str(p) for p in config.style], "engines": str(pipeline.manifest.folder),
-        "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
-        "backend": pipeline.backend, "maskst_version": __version__,
-    }
-
-
 def _write_images(out: Path, config, result, pipeline) -> list[str]:
     paths = image_paths(out, len(result.images))
-    meta = _metadata(config, result, pipeline)
+    meta = generation_metadata(config, result, pipeline)
     for index, (path, image) in enumerate(zip(paths, result.images)):
         save_png(path, image, {**meta, "image_index": index})
     return [str(p) for p in paths]

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from maskst import __version__
 from maskst.errors import InputError
 
 
@@ -58,3 +59,18 @@ def save_png(path: Path, image: np.ndarray, metadata: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def generation_metadata(config, result, pipeline) -> dict:
+    """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, engines."""
+    return {
+        "prompt": config.prompt, "negative_prompt": config.negative_prompt, "content": config.content,
+        "method": result.method.value, "mask_mode": config.mask_mode.value, "theta": config.theta,
+        "masked_elements": result.masked_elements, "scale": config.scale, "content_scale": config.content_scale,
+        "target_blocks": list(config.target_blocks), "seed": config.seed, "steps": config.steps,
+        "guidance": config.guidance, "scheduler": result.scheduler, "height": config.height, "width": config.width,
+        "init_latents": str(config.init_latents) if config.init_latents else None,
+        "style": [str(p) for p in config.style], "engines": str(pipeline.manifest.folder),
+        "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
+        "backend": pipeline.backend, "maskst_version": __version__,
+    }
