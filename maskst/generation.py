@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.errors import InputError
-from maskst.masking import MaskMode, Method, parse_enum
+from maskst.contract.wire import MaskMode, Method, canonical_scheduler_name, parse_enum
 
 DEFAULT_NEGATIVE_PROMPT = ""
 
@@ -59,8 +59,6 @@ class GenerationConfig:
         if "mask_mode" in values:
             values["mask_mode"] = parse_enum(MaskMode, values["mask_mode"], "mask mode")
         if values.get("scheduler"):
-            from maskst.runtime.schedulers import canonical_scheduler_name
-
             values["scheduler"] = canonical_scheduler_name(values["scheduler"])
         if isinstance(values.get("style"), (str, Path)):
             values["style"] = (values["style"],)

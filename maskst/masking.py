@@ -16,51 +16,16 @@ same rules; ``tests/test_masking.py`` and the export parity check hold the two t
 
 from __future__ import annotations
 
-import enum
 import warnings
 
 import numpy as np
 
+from maskst.contract.wire import MaskMode, Method, parse_enum  # noqa: F401 (re-exported: the method's vocabulary)
 from maskst.errors import InputError
-
-
-class Method(str, enum.Enum):
-    """How the image embedding is conditioned before the IP-Adapter projection."""
-
-    IP_ADAPTER = "ip-adapter"  # e_hat = e_i
-    INSTANTSTYLE = "instantstyle"  # e_hat = e_i - s * e_c
-    MASKST = "maskst"  # e_hat = e_i * (1 - M)
-
-    @property
-    def index(self) -> int:
-        """Integer id fed to the exported conditioner graph."""
-        return list(Method).index(self)
-
-
-class MaskMode(str, enum.Enum):
-    """How MaskST selects the content elements."""
-
-    KMEANS = "kmeans"  # exact 1-D 2-means; M = the cluster with the larger centre
-    QUANTILE = "quantile"  # M = p > quantile(p, theta)
-
-    @property
-    def index(self) -> int:
-        return list(MaskMode).index(self)
 
 
 class DegenerateMaskWarning(UserWarning):
     """The product vector has no structure to split (zero or constant): nothing was masked."""
-
-
-def parse_enum(enum_cls, value, name: str):
-    """Return ``enum_cls(value)`` or an InputError naming the option, the value and the choices."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_cls)
-        raise InputError(f"{name}={value!r} is not supported; choose one of: {choices}") from None
 
 
 def _as_batch(x, name: str) -> tuple[np.ndarray, bool]:

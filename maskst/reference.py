@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
+from maskst.contract.wire import diffusers_class_name
 from maskst.errors import InputError
 from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error
 from maskst.masking import Method, condition_embeds
@@ -33,8 +34,6 @@ class ReferenceResult:
 def diffusers_scheduler(name: str, base_config):
     """A diffusers scheduler of maskst's name built from the base model's scheduler config."""
     import diffusers
-
-    from maskst.runtime.schedulers import diffusers_class_name
 
     return getattr(diffusers, diffusers_class_name(name)).from_config(base_config)
 

@@ -165,7 +165,7 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
 @needs_openvino
 def test_openvino_runner_reports_a_broken_graph(tmp_path):
     from maskst.errors import EngineError
-    from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+    from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
     from maskst.runtime.openvino_runner import OpenVinoRunner
 
     broken = tmp_path / "broken.onnx"

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from maskst.runtime.cli import main as run_main
+from maskst.cli.run import main as run_main
 
 
 def _run(args):
@@ -105,7 +105,7 @@ def test_batch_mode_reports_bad_jobs_and_runs_the_others(tiny_engines, style_ima
 
 
 def test_export_cli_refuses_existing_folder_and_bad_sizes(tiny, tiny_engines, tmp_path):
-    from maskst.export.cli import main as export_main
+    from maskst.cli.export import main as export_main
 
     args = ["--base", tiny.base, "--ip-adapter", tiny.ip_adapter, "--content-encoder", tiny.content_encoder, "--quiet"]
     result = CliRunner().invoke(export_main, [str(a) for a in args + ["--out", tiny_engines]])

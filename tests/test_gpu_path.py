@@ -27,7 +27,7 @@ from maskst.engines import fp16
 from maskst.engines import tensorrt as trt_engines
 from maskst.errors import BackendError, EngineError, InputError, ParityError
 from maskst.export.options import ExportOptions, Precision
-from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
 
 SIZES = dict(min_size=64, opt_size=64, max_size=128, max_batch=2)
 
@@ -147,30 +147,75 @@ def test_fp32_ops_option_adds_op_types(engines32):
 
 
 def test_repair_fixes_the_converters_duplicate_casts():
-    """One fp16 tensor read by two blocked nodes: the raw converter emits two Cast nodes with one
-    name and one output (invalid); convert_model repairs it and keeps the result sorted."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """The three converter defects repair_graph claims to fix, built by hand (so this does not
+    depend on which onnxruntime converter is installed): one fp32 tensor read by two blocked nodes
+    behind two identical Cast nodes (one name, one output) plus a duplicate value_info; fp32 ->
+    fp16 -> fp32 cast round trips between fp32 nodes; casts appended after their readers. The
+    repaired graph is valid, has unique names and computes what the defect-free graph computes."""
+    import onnxruntime as ort
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    x = helper.make_tensor_value_info("x", f32, [4])
+    y = helper.make_tensor_value_info("y", f32, [4])
+
+    def cast(src, dst, to):
+        return helper.make_node("Cast", [src], [dst], name=f"cast_{dst}", to=to)
+
+    def build(defective: bool):
+        # y = sqrt(relu(x)) + sqrt(relu(x)) + |x|; Relu in fp16, Sqrt / Add / Abs blocked (fp32)
+        body = [helper.make_node("Relu", ["x16"], ["r16"], name="relu"),
+                helper.make_node("Sqrt", ["r32"], ["s1"], name="sqrt1"),
+                helper.make_node("Sqrt", ["r32"], ["s2"], name="sqrt2"),
+                helper.make_node("Abs", ["x32" if defective else "x"], ["a"], name="abs"),
+                helper.make_node("Add", ["s1_32" if defective else "s1", "s2"], ["t"], name="add"),
+                helper.make_node("Add", ["t", "a"], ["y"], name="add2")]
+        casts = [cast("x", "x16", f16), cast("r16", "r32", f32)]
+        # value_info as shape inference leaves it (the round-trip fold reads dtypes from it)
+        infos = [helper.make_tensor_value_info(name, f32, [4]) for name in ("r32", "s1", "s2", "a", "t")]
+        if defective:
+            casts += [cast("r16", "r32", f32),  # the duplicate: same name, same output
+                      cast("x16", "x32", f32),  # round trip x -> fp16 -> fp32 (x16 has an fp16 reader)
+                      cast("s1", "s1_16", f16), cast("s1_16", "s1_32", f32)]  # round trip, no other reader
+            infos.append(helper.make_tensor_value_info("r32", f32, [4]))
+            nodes = body + casts  # casts last: not topologically sorted
+        else:
+            nodes = casts[:1] + body[:1] + casts[1:] + body[1:]
+        graph = helper.make_graph(nodes, "g", [x], [y], value_info=infos)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    clean, broken = build(False), build(True)
+    onnx.checker.check_model(clean)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(broken)  # the defect is real: not SSA, not sorted
+
+    duplicates, folded = fp16.repair_graph(broken)
+    assert (duplicates, folded) == (1, 3)  # cast_x32, cast_s1_32 and the now unread cast_s1_16
+    onnx.checker.check_model(broken)
+    names = [n.name for n in broken.graph.node]
+    outputs = [o for n in broken.graph.node for o in n.output]
+    assert len(names) == len(set(names)) and len(outputs) == len(set(outputs))
+    assert len({vi.name for vi in broken.graph.value_info}) == len(broken.graph.value_info)
+    assert {n.name for n in broken.graph.node} == {n.name for n in clean.graph.node}
+
+    # 1 + 2**-20 is not an fp16 number: a surviving round trip would change |x| and sqrt1
+    feed = {"x": np.array([0.5, 1 + 2**-20, 4.0, -1 - 2**-20], np.float32)}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    want, got = run(clean), run(broken)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, 2 * np.sqrt(np.maximum(feed["x"], 0)) + np.abs(feed["x"]), rtol=1e-3)
+
+    # and whatever the installed converter emits, convert_model's result is valid with unique names
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
              helper.make_node("Sqrt", ["r"], ["s1"], name="sqrt1"),
              helper.make_node("Sqrt", ["r"], ["s2"], name="sqrt2"),
              helper.make_node("Add", ["s1", "s2"], ["y"], name="add")]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)],
                               ir_version=8)
-    model = onnx.shape_inference.infer_shapes(model)
-    raw = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, op_block_list=["Sqrt"])
-    raw_names = [n.name for n in raw.graph.node]
-    assert len(raw_names) != len(set(raw_names))  # the converter defect this module repairs
-    fixed, stats = fp16.convert_model(copy.deepcopy(model))
+    fixed, _ = fp16.convert_model(onnx.shape_inference.infer_shapes(model))
     onnx.checker.check_model(fixed)
-    assert stats.duplicates_removed == 1
-    import onnxruntime as ort
-
-    feed = {"x": np.array([0.5, 1.0, 4.0, -1.0], np.float32)}
-    got = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    np.testing.assert_allclose(got, 2 * np.sqrt(np.maximum(feed["x"], 0)), rtol=1e-3)
+    names = [n.name for n in fixed.graph.node]
+    assert len(names) == len(set(names))
+    np.testing.assert_allclose(run(fixed), 2 * np.sqrt(np.maximum(feed["x"], 0)), rtol=1e-3)
 
 
 def test_fp16_export_manifest_and_graph_parity(engines16):
@@ -210,7 +255,7 @@ def test_fp16_parity_failure_raises(engines32, tmp_path, monkeypatch):
 def test_fp16_image_close_to_fp32(engines32, engines16):
     """End to end on ONNX Runtime CPU: same seed, fp16 engines vs fp32 engines (docs/gpu.md)."""
     from maskst.generation import GenerationConfig
-    from maskst.runtime.default import DEFAULT_STYLE
+    from maskst.cli.embedded import DEFAULT_STYLE
     from maskst.runtime.pipeline import MaskstPipeline
 
     config = GenerationConfig.create(prompt="a cat", style=(DEFAULT_STYLE,), content="a house", steps=4,
@@ -443,7 +488,7 @@ def test_require_backend_on_this_machine(monkeypatch):
 
 
 def test_export_target_trt_fails_fast_and_writes_nothing(fixture_paths, tmp_path):
-    from maskst.export.cli import main
+    from maskst.cli.export import main
 
     out = tmp_path / "engines"
     result = CliRunner().invoke(main, ["--base", str(fixture_paths.base), "--ip-adapter", str(fixture_paths.ip_adapter),
@@ -455,7 +500,7 @@ def test_export_target_trt_fails_fast_and_writes_nothing(fixture_paths, tmp_path
 
 
 def test_run_backend_trt_fails_fast(engines32, tmp_path):
-    from maskst.runtime.cli import main
+    from maskst.cli.run import main
 
     out = tmp_path / "x.png"
     result = CliRunner().invoke(main, ["--engines", str(engines32.folder), "--prompt", "a cat", "--content", "a house",
@@ -465,8 +510,8 @@ def test_run_backend_trt_fails_fast(engines32, tmp_path):
 
 
 def test_run_ort_cuda_needs_provider_unless_fallback(engines32, tmp_path):
-    from maskst.runtime.cli import main
-    from maskst.runtime.default import DEFAULT_STYLE
+    from maskst.cli.run import main
+    from maskst.cli.embedded import DEFAULT_STYLE
 
     out = tmp_path / "x.png"
     args = ["--engines", str(engines32.folder), "--prompt", "a cat", "--content", "a house", "--style",
@@ -722,7 +767,7 @@ def _install_fake_gpu(monkeypatch, trt):
 def test_trt_path_end_to_end_on_a_fake_tensorrt(engines16, tmp_path, monkeypatch, version):
     from maskst.engines.manifest import load_manifest, write_manifest
     from maskst.generation import GenerationConfig
-    from maskst.runtime.default import DEFAULT_STYLE
+    from maskst.cli.embedded import DEFAULT_STYLE
     from maskst.runtime.pipeline import MaskstPipeline
 
     trt = _fake_tensorrt(version)

@@ -26,7 +26,7 @@ def test_killed_export_leaves_the_previous_folder_exactly_as_it_was(tiny, tiny_e
     out = tmp_path / "engines"
     shutil.copytree(tiny_engines, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    proc = subprocess.Popen([sys.executable, "-m", "maskst.export.cli", *_export_args(tiny, out), "--force"],
+    proc = subprocess.Popen([sys.executable, "-m", "maskst.cli.export", *_export_args(tiny, out), "--force"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".staging-engines-*/*.onnx")):
@@ -46,7 +46,7 @@ def test_killed_export_leaves_the_previous_folder_exactly_as_it_was(tiny, tiny_e
 
 def test_second_export_into_a_locked_folder_names_the_holder(tiny, tmp_path):
     from maskst.engines.folder import build_lock
-    from maskst.export.cli import main as export_main
+    from maskst.cli.export import main as export_main
 
     out = tmp_path / "engines"
     with build_lock(out, timeout=0):
@@ -101,7 +101,7 @@ def test_long_prompt_is_truncated_with_a_warning_naming_the_dropped_words(tiny):
 
 
 def test_checkpoint_errors_through_the_export_cli(tiny, tmp_path):
-    from maskst.export.cli import main as export_main
+    from maskst.cli.export import main as export_main
 
     models = tmp_path / "models"
     shutil.copytree(tiny.ip_adapter.parent, models)

@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from maskst.errors import InputError
-from maskst.runtime.schedulers import (
-    SCHEDULER_NAMES,
-    Scheduler,
-    diffusers_class_name,
-    make_scheduler,
-    scheduler_name_from_config,
-)
+from maskst.contract.wire import SCHEDULER_NAMES, diffusers_class_name, scheduler_name_from_config
+from maskst.runtime.schedulers import Scheduler, make_scheduler
 
 # runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json (also /work/shared/configs/sd15):
 # PNDM, scaled_linear, steps_offset 1, no prediction_type / timestep_spacing.
@@ -287,7 +282,7 @@ def test_module_does_not_import_torch():
 
 
 def test_scheduler_names_users_write_map_to_the_keys():
-    from maskst.runtime.schedulers import canonical_scheduler_name
+    from maskst.contract.wire import canonical_scheduler_name
 
     assert canonical_scheduler_name("UniPCMultistepScheduler") == "unipc"
     assert canonical_scheduler_name("DPMSolver++") == "dpm++2m"

@@ -222,7 +222,7 @@ class BenchSettings:
 
     def config(self, **override):
         from maskst.generation import GenerationConfig
-        from maskst.runtime.default import DEFAULT_STYLE
+        from maskst.cli.embedded import DEFAULT_STYLE
 
         values = dict(prompt=self.prompt, style=(DEFAULT_STYLE,), content=self.content, steps=self.steps,
                       height=self.height, width=self.width, num_images=self.num_images, seed=self.seed,

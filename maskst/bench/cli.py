@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -64,7 +64,7 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
                    progress: bool):
     """BenchModels from the model options (building random models or engines into the cache once)."""
     from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
-    from maskst.runtime.default import default_cache_dir
+    from maskst.cli.embedded import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     given = [base, ip_adapter, content_encoder]

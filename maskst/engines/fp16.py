@@ -53,8 +53,8 @@ import numpy as np
 
 from maskst.engines.onnx_files import save_graph
 from maskst.errors import EngineError, ParityError
-from maskst.export.parity import ParityResult, compare
-from maskst.export.spec import GraphSpec
+from maskst.contract.compare import ParityResult, compare
+from maskst.contract.spec import GraphSpec
 
 FP32_GRAPHS = ("image_conditioner", "vae_decoder")
 DEFAULT_FP32_OPS = (

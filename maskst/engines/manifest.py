@@ -17,7 +17,7 @@ from pathlib import Path
 from maskst import __version__
 from maskst.engines.folder import MANIFEST_NAME
 from maskst.errors import EngineError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 
 FORMAT = "maskst-engines"
 SCHEMA = 2  # 2: preprocessor_config.json (style image preprocessing) in every folder

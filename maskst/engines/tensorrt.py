@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.errors import BackendError, EngineError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 
 MIN_TENSORRT = (10, 1)  # ICudaEngine.device_memory_size_v2 and IExecutionContext.set_device_memory
 TIMING_CACHE = "timing.cache"
@@ -506,7 +506,7 @@ def _torch_cuda_version() -> str | None:
 def check_plans(staging: Path, graphs: dict[str, dict], section: dict) -> dict:
     """Run every plan (TrtRunner) and its ONNX graph (ONNX Runtime CPU) on the same random feed."""
     from maskst.errors import ParityError
-    from maskst.export.parity import compare
+    from maskst.contract.compare import compare
     from maskst.runtime.trt_runner import TrtRunner, torch_cuda_or_none
 
     if torch_cuda_or_none() is None:

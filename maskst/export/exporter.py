@@ -18,8 +18,8 @@ from maskst.engines.onnx_files import save_graph
 from maskst.errors import CheckpointError
 from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
 from maskst.export.options import ExportOptions, Precision, Target
-from maskst.export.parity import ParityResult, compare, raise_failures
-from maskst.export.spec import GraphSpec
+from maskst.contract.compare import ParityResult, compare, raise_failures
+from maskst.contract.spec import GraphSpec
 
 GRAPH_MODULES = (text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder)
 

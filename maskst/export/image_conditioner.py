@@ -23,7 +23,7 @@ from __future__ import annotations
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.export.options import ExportOptions, Target
 from maskst.export.image_encoder import image_encoder_tokens
-from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
 from maskst.masking import MaskMode, Method
 
 NAME = "image_conditioner"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.export.options import ExportOptions
-from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
 
 NAME = "image_encoder"
 

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 
 from maskst.errors import InputError
-from maskst.export.spec import DimRange
+from maskst.contract.spec import DimRange
 
 
 class Precision(str, enum.Enum):

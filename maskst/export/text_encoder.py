@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from maskst.checkpoints import CheckpointSet
 from maskst.export.options import ExportOptions
-from maskst.export.spec import DimRange, GraphSpec, TensorSpec
+from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
 
 NAME = "text_encoder"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from maskst.checkpoints import CheckpointSet
 from maskst.export.options import ExportOptions
-from maskst.export.spec import GraphSpec, TensorSpec
+from maskst.contract.spec import GraphSpec, TensorSpec
 
 NAME = "vae_decoder"
 

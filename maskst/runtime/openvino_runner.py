@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.errors import BackendError, EngineError, InputError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 from maskst.runtime.runners import ORT_BACKENDS, Runner
 
 OPENVINO_BACKENDS = ("openvino", "openvino-f32", "openvino-bf16")

@@ -26,9 +26,9 @@ from maskst.generation import (
     plus_method_error,
 )
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
-from maskst.masking import MaskMode, Method
 from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
-from maskst.runtime.schedulers import Scheduler, make_scheduler, scheduler_name_from_config
+from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
+from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
 
 STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.errors import BackendError, EngineError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 
 
 class Runner(abc.ABC):

@@ -39,30 +39,18 @@ from typing import Any
 
 import numpy as np
 
+from maskst.contract.wire import SCHEDULER_CLASSES, check_scheduler_name
 from maskst.errors import InputError
 
 __all__ = [
-    "SCHEDULER_NAMES",
     "Scheduler",
     "PNDMScheduler",
     "DDIMScheduler",
     "EulerDiscreteScheduler",
     "DPMSolverMultistepScheduler",
     "UniPCMultistepScheduler",
-    "scheduler_name_from_config",
-    "diffusers_class_name",
     "make_scheduler",
 ]
-
-SCHEDULER_NAMES: tuple[str, ...] = ("pndm", "ddim", "euler", "dpm++2m", "unipc")
-
-_CLASS_NAMES: dict[str, str] = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpm++2m": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
 
 # ``__init__`` defaults of each diffusers 0.42 class (scheduling_*.py). from_config semantics: only
 # these keys are read from a base config; a key absent there takes the value below. E.g. DDIM's
@@ -192,7 +180,7 @@ def _resolve_config(name: str, config: dict) -> dict:
 
 def _refuse(name: str, key: str, value: Any, supported: str) -> InputError:
     return InputError(
-        f"scheduler {name!r} ({_CLASS_NAMES[name]}): config {key}={value!r} is not supported by the "
+        f"scheduler {name!r} ({SCHEDULER_CLASSES[name]}): config {key}={value!r} is not supported by the "
         f"numpy runtime; supported: {supported}. Edit scheduler_config.json or choose another scheduler."
     )
 
@@ -1033,54 +1021,6 @@ _CLASSES: dict[str, type[Scheduler]] = {
 }
 
 
-_ALIASES: dict[str, str] = {
-    "dpmsolver++": "dpm++2m", "dpm-solver++": "dpm++2m", "dpmpp2m": "dpm++2m", "dpmpp_2m": "dpm++2m",
-    "dpm++": "dpm++2m", "uni_pc": "unipc", "uni-pc": "unipc", "euler_discrete": "euler", "plms": "pndm",
-}
-
-
-def canonical_scheduler_name(name: str) -> str:
-    """A key of :data:`SCHEDULER_NAMES` for a name users write: the key itself (any case), a diffusers
-    class name (``"UniPCMultistepScheduler"``) or a common alias (``"dpmsolver++"``); InputError otherwise."""
-    key = str(name).strip().lower()
-    for canonical, class_name in _CLASS_NAMES.items():
-        if key == class_name.lower():
-            return canonical
-    key = _ALIASES.get(key, key)
-    _check_name(key)
-    return key
-
-
-def diffusers_class_name(name: str) -> str:
-    """The diffusers class a scheduler key reproduces, e.g. ``"ddim"`` -> ``"DDIMScheduler"``."""
-    _check_name(name)
-    return _CLASS_NAMES[name]
-
-
-def scheduler_name_from_config(config: dict) -> str:
-    """Key in :data:`SCHEDULER_NAMES` for a diffusers scheduler config's ``_class_name``.
-
-    Only the class is mapped; :func:`make_scheduler` checks the options (e.g. a
-    DPMSolverMultistepScheduler config with solver_order=3 maps to "dpm++2m" and is then refused).
-    Raises InputError if the class is missing or not one of the five supported classes.
-    """
-    if not isinstance(config, dict):
-        raise InputError(f"scheduler config must be a dict (scheduler_config.json), got {type(config).__name__}")
-    cls = config.get("_class_name")
-    for key, class_name in _CLASS_NAMES.items():
-        if cls == class_name:
-            return key
-    raise InputError(
-        f"scheduler config _class_name={cls!r} is not supported; supported classes: "
-        f"{', '.join(_CLASS_NAMES.values())}; choose a scheduler explicitly: {', '.join(SCHEDULER_NAMES)}."
-    )
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or name not in _CLASSES:
-        raise InputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}")
-
-
 def make_scheduler(name: str, config: dict) -> Scheduler:
     """Build scheduler ``name`` as ``DiffusersClass.from_config(config)`` would.
 
@@ -1092,5 +1032,5 @@ def make_scheduler(name: str, config: dict) -> Scheduler:
     Raises:
         InputError: unknown ``name``, or a config option this runtime does not reproduce.
     """
-    _check_name(name)
+    check_scheduler_name(name)
     return _CLASSES[name](config)

@@ -47,7 +47,7 @@ from maskst.engines.manifest import Manifest
 from maskst.engines.tensorrt import (compatibility_error, plan_io_buffers, rebuild_command, shape_violations,
                                      verify_plan_file)
 from maskst.errors import BackendError, EngineError, InputError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 from maskst.runtime.runners import Runner
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.export.options import ExportOptions, Precision, Target
 
 

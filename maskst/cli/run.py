@@ -10,12 +10,11 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from maskst.cli_common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError, MaskstError
 from maskst.generation import GenerationConfig
-from maskst.masking import MaskMode, Method
+from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method
 from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
-from maskst.runtime.schedulers import SCHEDULER_NAMES
 
 # Options a batch-job line may carry, with the GenerationConfig field each one sets.
 JOB_FIELDS = ("prompt", "style", "content", "negative_prompt", "method", "mask_mode", "theta", "scale",
@@ -125,7 +124,7 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
     maskst-run --engines eng/ --prompt "a cat" --style wave.png --content "a wave" --out cat.png
     maskst-run --engines eng/ --batch jobs.jsonl --out-dir results/
     """
-    from maskst.runtime.default import DEFAULT_CONTENT, DEFAULT_PROMPT, DEFAULT_SIZE, DEFAULT_STYLE
+    from maskst.cli.embedded import DEFAULT_CONTENT, DEFAULT_PROMPT, DEFAULT_SIZE, DEFAULT_STYLE
 
     embedded = engines is None
     if batch is not None and out_dir is None:
@@ -158,7 +157,7 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
 
         require_backend(backend, allow_fallback)
     if embedded:
-        from maskst.runtime.default import default_engines
+        from maskst.cli.embedded import default_engines
 
         engines = default_engines(cache_dir, progress=not quiet)
     from maskst.runtime.pipeline import MaskstPipeline

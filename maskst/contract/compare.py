@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from maskst.errors import ParityError
-from maskst.export.spec import GraphSpec
+from maskst.contract.spec import GraphSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Command-line programs (the top layer): maskst-run, maskst-export and their shared plumbing."""
