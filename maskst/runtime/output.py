@@ -15,12 +15,24 @@ from maskst import __version__
 from maskst.errors import InputError
 
 
+def _refuse_file_ancestor(folder: Path, path: Path, what: str) -> None:
+    """InputError if ``folder`` or one of its ancestors is an existing non-folder (a regular file):
+    writing or creating anything under it would fail with NotADirectoryError."""
+    for ancestor in (folder, *folder.parents):
+        if os.path.exists(ancestor):  # (os.path: never raises)
+            if not os.path.isdir(ancestor):
+                raise InputError(f"{what} {path}: {ancestor} is a file, not a folder; "
+                                 f"choose a path inside a folder (or move {ancestor} away)")
+            return
+
+
 def check_writable(path: Path, what: str = "--out") -> None:
     """Refuse an output path that cannot be written, before any compute."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder; give a file name such as {path / 'out.png'}")
     parent = path.parent if str(path.parent) else Path(".")
+    _refuse_file_ancestor(parent, path, what)
     if not parent.exists():
         raise InputError(f"{what} {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -31,7 +43,11 @@ def check_writable_dir(folder: Path, what: str = "--out-dir") -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{what} {folder} is a file; give a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    _refuse_file_ancestor(folder, folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{what} {folder} could not be created ({exc.strerror or exc}); choose another folder") from None
     if not os.access(folder, os.W_OK):
         raise InputError(f"{what} {folder} cannot be written (permission denied)")
 
