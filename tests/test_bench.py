@@ -83,7 +83,7 @@ def test_targets_are_reported_not_asserted():
               "cold_start_ms": {"ort-cpu": 2000.0}}
     targets = _targets(report)
     assert targets["end_to_end_speedup_at_least_6x"] == {"backend": "openvino", "speedup": 7.5, "met": True}
-    assert targets["unet_step_no_slower_than_openvino_bf16"]["met"]
+    assert "unet_step_no_slower_than_openvino_bf16" not in targets  # could not fail: removed
     assert targets["masking_projection_under_1ms"]["backend"] == "ort-cpu"
     assert targets["cold_start_ms"] == {"ort-cpu": 2000.0}
 

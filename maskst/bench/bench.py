@@ -572,18 +572,13 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command)
 def _targets(report: dict) -> dict:
     """The issue's targets, as measured in this run (informational: nothing here fails the run)."""
     speed = report["speedup_vs_reference"]
-    stages = report["stages_ms"]
     targets = {}
     if speed:
         best = max(speed, key=speed.get)
         targets["end_to_end_speedup_at_least_6x"] = {"backend": best, "speedup": speed[best], "met": speed[best] >= 6.0}
-    unet = {n: s["unet_step"] for n, s in stages.items() if n != "reference"}
-    ov_bf16 = [n for n in unet if n.split(":")[0] in ("openvino", "openvino-bf16")]
-    if unet and ov_bf16:
-        best = min(unet, key=unet.get)
-        targets["unet_step_no_slower_than_openvino_bf16"] = {
-            "backend": best, "unet_step_ms": unet[best], "openvino_bf16_ms": unet[ov_bf16[0]],
-            "met": unet[best] <= unet[ov_bf16[0]] * 1.02}  # 2%: run-to-run noise of a median
+    # No "UNet step no slower than OpenVINO bf16" target: the backends measured here include OpenVINO,
+    # so a minimum over them compared with OpenVINO cannot fail. A real check needs a direct OpenVINO
+    # compile of the same unet.onnx outside the pipeline, which this bench does not measure.
     masking = {n: v for n, v in report["masking_projection_ms"].items() if n != "reference"}
     if masking:
         best = min(masking, key=masking.get)
