@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import json
 from pathlib import Path
 
@@ -88,11 +87,6 @@ def find_weights(folder: Path, what: str) -> Path:
         f"{what}: no weights in {folder} (looked for {', '.join(_WEIGHT_NAMES)}); "
         "download the component's weights into that folder"
     )
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------- adapter files

@@ -121,16 +121,26 @@ def test_profile_writes_table_trace_and_chart(tiny_engines, tmp_path):
 
 def test_openvino_backend_names_parse():
     from maskst.errors import InputError
-    from maskst.runtime.openvino_runner import parse_backend
+    from maskst.runtime.backends import parse_backend
 
-    default = parse_backend("openvino")
+    default = parse_backend("openvino").choices
     assert default["image_conditioner"] == "ort-cpu" and default["vae_decoder"] == "f32" and default["unet"] == "auto"
-    assert set(parse_backend("openvino-f32").values()) == {"f32", "ort-cpu"}
-    custom = parse_backend("openvino:vae_decoder=bf16:image_conditioner=f32:text_encoder=ort-cpu")
+    assert set(parse_backend("openvino-f32").choices.values()) == {"f32", "ort-cpu"}
+    custom = parse_backend("openvino:vae_decoder=bf16:image_conditioner=f32:text_encoder=ort-cpu").choices
     assert custom["vae_decoder"] == "bf16" and custom["image_conditioner"] == "f32" and custom["text_encoder"] == "ort-cpu"
-    for bad in ("openvino:unet", "openvino:vae=f32", "openvino:unet=int4", "openvino-fast"):
+    for bad in ("openvino:unet", "openvino:vae=f32", "openvino:unet=int4", "openvino-fast", "ort-cpu:x=1"):
         with pytest.raises(InputError):
             parse_backend(bad)
+
+
+def test_backend_registry_is_the_one_list_of_names():
+    from maskst.runtime.backends import BACKENDS, Backend, parse_backend
+
+    assert set(BACKENDS) == {"ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino", "openvino-f32", "openvino-bf16"}
+    for name, cls in BACKENDS.items():
+        assert issubclass(cls, Backend) and cls.name == name and cls.device in ("cpu", "cuda")
+        assert parse_backend(name).spec == name
+    assert [n for n, c in BACKENDS.items() if c.fallback] == ["ort-cuda", "ort-trt"]
 
 
 @needs_openvino
@@ -143,8 +153,8 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
     manifest = load_manifest(tiny_engines)
     for name in GRAPHS:
         dims = {"unet": {"N": 1, "h": 4, "w": 8}, "vae_decoder": {"N": 1, "h": 4, "w": 8}}.get(name)
-        result = parity_vs_ort(manifest, name, "f32", dims=dims, cache_dir=tmp_path / "ov-cache")
-        assert result["ok"], result
+        records = parity_vs_ort(manifest, name, "f32", dims=dims, cache_dir=tmp_path / "ov-cache")
+        assert records and all(r.passed for r in records), [r.describe() for r in records]
 
     config = GenerationConfig.create(prompt="a photo of a cat", style=(style_image,), content="a house", steps=2,
                                      height=64, width=64, seed=3)

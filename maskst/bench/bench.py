@@ -48,6 +48,7 @@ import warnings
 from pathlib import Path
 
 from maskst import __version__
+from maskst.runtime.pipeline import PipelineCallback
 
 CACHE_MARKER = "bench-cache.json"
 STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet_step", "vae_decoder")
@@ -258,6 +259,21 @@ def _inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8):
 # ---------------------------------------------------------------------------- workers (child processes)
 
 
+class GraphCallTimer(PipelineCallback):
+    """Pipeline callback: the duration (ms) of every call of one graph, appended to ``record``."""
+
+    def __init__(self, graph: str, record: list):
+        self.graph, self.record, self._start = graph, record, None
+
+    def on_infer_start(self, graph: str) -> None:
+        if graph == self.graph:
+            self._start = time.perf_counter()
+
+    def on_infer_end(self, graph: str) -> None:
+        if graph == self.graph:
+            self.record.append((time.perf_counter() - self._start) * 1e3)
+
+
 def _timed(record: list, func):
     """Wrap ``func`` so that each call appends its duration (ms) to ``record``."""
     clock = time.perf_counter
@@ -360,7 +376,7 @@ def _run_maskst(job: dict) -> dict:
     # Per UNet call, as for the reference (the pipeline's own unet_step is the denoising loop over
     # the scheduler's steps, which with PNDM makes one more UNet call than steps).
     unet_calls: list[float] = []
-    pipeline.runners["unet"].infer = _timed(unet_calls, pipeline.runners["unet"].infer)
+    pipeline.add_callback(GraphCallTimer("unet", unet_calls))
     with pipeline:
         for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
             clear_request_caches(pipeline)

@@ -138,7 +138,9 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     from maskst.bench.bench import BenchSettings, format_table, run_bench
 
     if backends is None:
-        backends = "ort-cpu,openvino" if _openvino_installed() else "ort-cpu"
+        import importlib.util
+
+        backends = "ort-cpu,openvino" if importlib.util.find_spec("openvino") is not None else "ort-cpu"
         if backends == "ort-cpu" and not quiet:
             click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
                        err=True)
@@ -167,31 +169,14 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         sys.exit(1)
 
 
-def _openvino_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 def _check_backends(names: list[str]) -> None:
-    from maskst.runtime.pipeline import BACKENDS
+    """Every named backend known and runnable here, before any work (the registry's checks)."""
+    from maskst.runtime.backends import require_backend
 
     if not names:
         raise InputError("--backends is empty; name at least one, e.g. ort-cpu")
     for name in names:
-        if name.split(":")[0] not in BACKENDS:
-            raise InputError(f"--backends: {name!r} is not known; choose from {', '.join(BACKENDS)}")
-        if name.startswith("openvino"):
-            from maskst.errors import BackendError
-            from maskst.runtime.openvino_runner import parse_backend
-
-            parse_backend(name)  # per-graph syntax errors before any work
-            if not _openvino_installed():
-                raise BackendError(f"backend {name} needs the openvino package: pip install 'maskst[openvino]'")
-        elif name != "ort-cpu":
-            from maskst.runtime.backends import require_backend
-
-            require_backend(name)  # a missing GPU provider or TensorRT is named before any model loads
+        require_backend(name)
 
 
 @click.command(context_settings=CONTEXT, epilog=EXIT_CODES_HELP)

@@ -27,9 +27,10 @@ import json
 import time
 from pathlib import Path
 
+from maskst.runtime.backends import parse_backend
+from maskst.runtime.pipeline import PipelineCallback
 from maskst.bench.bench import BenchSettings, _inputs, _say, clear_request_caches
 
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "trt")
 STAGE_OF_GRAPH = {"text_encoder": "text_encoder", "image_encoder": "image_encoder", "content_encoder": "content_encoder",
                   "image_conditioner": "image_conditioner", "unet": "unet", "vae_decoder": "vae_decoder"}
 
@@ -63,20 +64,20 @@ class _CudaTimer:
         return begin.elapsed_time(end)
 
 
-def _instrument(pipeline, spans: list, cuda: _CudaTimer) -> None:
-    """Wrap every runner's infer so each call appends (graph, start_ns, end_ns, device_ms) to spans."""
-    for name, runner in pipeline.runners.items():
-        inner = runner.infer
+class _SpanRecorder(PipelineCallback):
+    """Pipeline callback: every graph call appends {graph, start_ns, end_ns, device_ms} to ``spans``."""
 
-        def timed(feed, check_inputs=True, _inner=inner, _name=name):
-            events = cuda.start()
-            start = time.time_ns()
-            out = _inner(feed, check_inputs=check_inputs)
-            end = time.time_ns()
-            spans.append({"graph": _name, "start_ns": start, "end_ns": end, "device_ms": cuda.stop(events)})
-            return out
+    def __init__(self, spans: list, cuda: _CudaTimer):
+        self.spans, self.cuda = spans, cuda
+        self._open: tuple | None = None
 
-        runner.infer = timed
+    def on_infer_start(self, graph: str) -> None:
+        self._open = (self.cuda.start(), time.time_ns())
+
+    def on_infer_end(self, graph: str) -> None:
+        events, start = self._open
+        end = time.time_ns()
+        self.spans.append({"graph": graph, "start_ns": start, "end_ns": end, "device_ms": self.cuda.stop(events)})
 
 
 def _ort_events(pipeline, window: tuple[int, int]) -> tuple[list[dict], dict[str, str]]:
@@ -222,7 +223,7 @@ def profile_generation(engines: Path, backend: str, settings: BenchSettings, out
             clear_request_caches(pipeline)
             pipeline.generate(config, images, latents)
         spans: list[dict] = []
-        _instrument(pipeline, spans, _CudaTimer(backend.split(":")[0] in GPU_BACKENDS))
+        pipeline.add_callback(_SpanRecorder(spans, _CudaTimer(parse_backend(backend).device == "cuda")))
         clear_request_caches(pipeline)
         _say(progress, "profiled generation")
         start = time.time_ns()

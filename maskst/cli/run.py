@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError, MaskstError
+from maskst.runtime.backends import backends_help, require_backend
 from maskst.generation import GenerationConfig
 from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method
 from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
@@ -99,10 +100,7 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @click.option("--batch", "batch", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="JSONL file: one job per line with the option names above (prompt, style, content, seed, ...).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
-@click.option("--backend", default="ort-cpu", show_default=True,
-              help="ort-cpu, ort-cuda, ort-trt, trt (native TensorRT plans), openvino (bf16 on AMX/AVX512-bf16 CPUs, "
-                   "fp32 elsewhere; masking stays on ONNX Runtime), openvino-f32, openvino-bf16; per graph: "
-                   "openvino:vae_decoder=bf16.")
+@click.option("--backend", default="ort-cpu", show_default=True, help=backends_help())
 @click.option("--compile-cache", type=click.Path(path_type=Path, file_okay=False),
               help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino).")
 @click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (less memory, slower start).")
@@ -152,10 +150,7 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
         config = GenerationConfig.create(**defaults)  # every value checked before any engine loads
     else:
         defaults = {k: v for k, v in defaults.items() if v is not None}
-    if backend != "ort-cpu":
-        from maskst.runtime.backends import require_backend
-
-        require_backend(backend, allow_fallback)
+    require_backend(backend, allow_fallback)  # unknown names and missing GPUs / packages: before any work
     if embedded:
         from maskst.cli.embedded import default_engines
 

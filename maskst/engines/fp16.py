@@ -37,7 +37,7 @@ fp32 chain such as the timestep projection really is fp32); and the inserted cas
 at the end of the node list (not topologically sorted, which TensorRT's ONNX parser requires).
 
 Parity: each converted graph is run next to its fp32 graph on ONNX Runtime CPU on the same random
-feeds (export dims and a second set of dims); ``|fp16 - fp32| <= FP16_ATOL + FP16_RTOL * |fp32|``
+feeds (export dims and a second set of dims), through the one comparator (:mod:`maskst.contract.compare`):
 element-wise. Failures are collected and raised as one :class:`maskst.errors.ParityError`; all
 results are recorded in the manifest.
 """
@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from maskst.engines.onnx_files import save_graph
-from maskst.errors import EngineError, ParityError
-from maskst.contract.compare import ParityResult, compare
+from maskst.errors import EngineError
+from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
 
 FP32_GRAPHS = ("image_conditioner", "vae_decoder")
@@ -352,29 +352,16 @@ def parity_dims(spec: GraphSpec) -> list[dict[str, int]]:
 
 
 def compare_fp16(spec: GraphSpec, fp32_path: Path, fp16_path: Path, feeds: list[dict[str, np.ndarray]],
-                 atol: float | None = None, rtol: float | None = None, threads: int | None = None) -> list[ParityResult]:
+                 atol: float | None = None, rtol: float | None = None) -> list[Comparison]:
     """Run the fp32 and fp16 graphs on ONNX Runtime CPU on the same feeds; compare every output
     (default tolerance: FP16_ATOL / FP16_RTOL)."""
-    import onnxruntime as ort
-
-    atol = FP16_ATOL if atol is None else atol
-    rtol = FP16_RTOL if rtol is None else rtol
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    ref = ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
-    low = ort.InferenceSession(str(fp16_path), options, providers=["CPUExecutionProvider"])
-    names = [t.name for t in spec.outputs]
-    results = []
-    for case, feed in enumerate(feeds):
-        want = dict(zip(names, ref.run(names, feed)))
-        got = dict(zip(names, low.run(names, feed)))
-        results += compare(spec, case, want, got, atol=atol, rtol=rtol)
-    return results
+    tolerance = Tolerance(FP16_ATOL if atol is None else atol, FP16_RTOL if rtol is None else rtol)
+    return compare_outputs(spec.name, [t.name for t in spec.outputs], run_onnx_cpu(fp32_path, feeds),
+                           run_onnx_cpu(fp16_path, feeds), tolerance, reference="onnxruntime-cpu fp32",
+                           candidate="onnxruntime-cpu fp16")
 
 
-def convert_staged_graphs(staging: Path, graphs: dict[str, dict], options, threads: int | None = None) -> dict:
+def convert_staged_graphs(staging: Path, graphs: dict[str, dict], options) -> dict:
     """The exporter hook for ``--precision fp16``: convert the staged fp32 graphs in place.
 
     ``graphs``: the manifest's ``graphs`` section (``{name: {"file", "spec", "parity"}}``); each
@@ -387,7 +374,7 @@ def convert_staged_graphs(staging: Path, graphs: dict[str, dict], options, threa
 
     staging = Path(staging)
     blocked = op_block_list(options.fp32_ops)
-    results: list[ParityResult] = []
+    results: list[Comparison] = []
     for name, entry in graphs.items():
         if name in FP32_GRAPHS:
             entry["precision"] = "fp32"
@@ -399,21 +386,15 @@ def convert_staged_graphs(staging: Path, graphs: dict[str, dict], options, threa
         graph_results = []
         if options.check_parity:
             feeds = [spec.sample_inputs(dims, seed=11 + i) for i, dims in enumerate(parity_dims(spec))]
-            graph_results = compare_fp16(spec, src, dst, feeds, threads=threads)
+            graph_results = compare_fp16(spec, src, dst, feeds)
             results += graph_results
         for stale in (src, src.with_name(src.name + ".data")):
             stale.unlink(missing_ok=True)
         entry.update(file=dst.name, precision="fp16", fp16_conversion=dataclasses.asdict(stats),
-                     fp16_parity=[dataclasses.asdict(r) for r in graph_results])
+                     fp16_parity=records_json(graph_results))
         log.info("fp16 %s: %s", name, stats)
-    failures = [r for r in results if not r.passed]
-    if failures:
-        lines = "\n  ".join(r.describe() for r in failures)
-        raise ParityError(
-            f"{len(failures)} fp16 graph output(s) differ from the fp32 graph beyond the fp16 tolerance:\n  {lines}\n"
-            "keep more op types in fp32 (maskst-export --fp32-op Softmax --fp32-op Erf ...) or build with --precision fp32",
-            failures,
-        )
+    raise_failures(results, "fp16 graph output(s) differ from the fp32 graph beyond the fp16 tolerance",
+                   "keep more op types in fp32 (maskst-export --fp32-op Softmax --fp32-op Erf ...) or build with --precision fp32")
     return {
         "converter": f"onnxruntime.transformers.float16 (onnxruntime {onnxruntime.__version__}), keep_io_types=True",
         "fp32_graphs": list(FP32_GRAPHS),

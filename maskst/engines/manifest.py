@@ -8,13 +8,13 @@ SHA-256. Anything off is an :class:`maskst.errors.EngineError` naming the file a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 
 from maskst import __version__
+from maskst.contract.files import sha256
 from maskst.engines.folder import MANIFEST_NAME
 from maskst.errors import EngineError
 from maskst.contract.spec import GraphSpec
@@ -33,11 +33,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +59,7 @@ class Manifest:
     @property
     def digest(self) -> str:
         """Short hash of the manifest itself: identifies the engines set in PNG metadata."""
-        return hashlib.sha256((self.folder / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+        return sha256(self.folder / MANIFEST_NAME)[:16]
 
 
 def file_records(folder: Path) -> dict[str, dict]:

@@ -25,28 +25,28 @@ Build (one plan per graph, :func:`build_plans`):
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import hashlib
 import logging
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from maskst.errors import BackendError, EngineError
+from maskst.contract.compare import Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
+from maskst.contract.files import sha256
 from maskst.contract.spec import GraphSpec
+from maskst.errors import EngineError
+from maskst.hardware import (driver_versions, require_trt_build_support, tensorrt_wheel, torch_cuda_version,
+                             version_tuple)
 
-MIN_TENSORRT = (10, 1)  # ICudaEngine.device_memory_size_v2 and IExecutionContext.set_device_memory
 TIMING_CACHE = "timing.cache"
-TRT_INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU and driver: pip install 'maskst[gpu]' "
-                    "(after pip uninstall onnxruntime), plus a CUDA build of torch for the runtime's device buffers "
-                    "(pip install torch --index-url https://download.pytorch.org/whl/cu128)")
-# Plans vs the ONNX graph on ONNX Runtime CPU: TF32 (TensorRT's fp32 default) and fp16 both keep 10
-# mantissa bits, so the fp16 tolerance of maskst/engines/fp16.py applies to either precision.
+# Plans vs the ONNX graph on ONNX Runtime CPU: fp16 keeps 10 mantissa bits, so the fp16 tolerance of
+# maskst/engines/fp16.py applies (fp32 plans, TF32 off, are far inside it).
 PLAN_ATOL = 2e-2
 PLAN_RTOL = 2e-2
+# Builder flags, requested explicitly and recorded as built: plans tied to this TensorRT version and GPU
+# model (no version or hardware compatibility); TF32 off so fp32 plans compute fp32 (Polygraphy's default).
+BUILD_FLAGS = {"hardware_compatibility": "none", "version_compatible": False, "tf32": False}
 
 log = logging.getLogger(__name__)
 
@@ -56,153 +56,11 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1, "u
 # --------------------------------------------------------------------------- versions, names, probes
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """'10.8.0.43' -> (10, 8, 0, 43); non-numeric tails ('10.8.0.post1') are dropped."""
-    out = []
-    for part in str(version).split("."):
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)
-
-
 def plan_file_name(graph: str, trt_version: str) -> str:
     """``unet.trt10.8.plan``: the TensorRT major.minor that built it is part of the name."""
     v = version_tuple(trt_version)
     return f"{graph}.trt{v[0]}.{v[1] if len(v) > 1 else 0}.plan"
 
-
-@dataclasses.dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    compute_capability: tuple[int, int]
-    total_memory: int | None = None
-
-    def describe(self) -> str:
-        return f"{self.name} (compute capability {self.compute_capability[0]}.{self.compute_capability[1]})"
-
-
-def _load_library(names: tuple[str, ...]):
-    for name in names:
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
-
-
-def cuda_devices() -> tuple[list[GpuInfo], str]:
-    """GPUs the CUDA driver sees (honours CUDA_VISIBLE_DEVICES) and a reason if there are none.
-
-    Uses the driver API through ctypes (``cuInit``, ``cuDeviceGetCount``, ``cuDeviceGet``,
-    ``cuDeviceGetName``, ``cuDeviceGetAttribute``, ``cuDeviceTotalMem_v2``): no torch and no
-    cuda-python needed, and it answers on a machine without any CUDA library (no devices).
-    """
-    lib = _load_library(("libcuda.so.1", "libcuda.so", "nvcuda.dll"))
-    if lib is None:
-        return [], "no NVIDIA driver library (libcuda) on this machine"
-    rc = lib.cuInit(0)
-    if rc != 0:
-        return [], f"the CUDA driver failed to initialise (cuInit error {rc}: no usable GPU, or driver/GPU mismatch)"
-    count = ctypes.c_int(0)
-    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return [], "the CUDA driver sees no GPU (check CUDA_VISIBLE_DEVICES and nvidia-smi)"
-    gpus = []
-    for index in range(count.value):
-        dev = ctypes.c_int(0)
-        lib.cuDeviceGet(ctypes.byref(dev), index)
-        name = ctypes.create_string_buffer(256)
-        lib.cuDeviceGetName(name, 256, dev)
-        major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-        lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR
-        total = ctypes.c_size_t(0)
-        has_total = hasattr(lib, "cuDeviceTotalMem_v2") and lib.cuDeviceTotalMem_v2(ctypes.byref(total), dev) == 0
-        gpus.append(GpuInfo(index, name.value.decode(errors="replace"), (major.value, minor.value),
-                            total.value if has_total else None))
-    return gpus, ""
-
-
-def driver_versions() -> dict[str, str | None]:
-    """{'driver': '570.86.15' (NVML), 'driver_cuda': '12.8' (newest CUDA the driver supports)}."""
-    out: dict[str, str | None] = {"driver": None, "driver_cuda": None}
-    cuda = _load_library(("libcuda.so.1", "libcuda.so", "nvcuda.dll"))
-    if cuda is not None:
-        v = ctypes.c_int(0)
-        if cuda.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value:
-            out["driver_cuda"] = f"{v.value // 1000}.{v.value % 1000 // 10}"
-    nvml = _load_library(("libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll"))
-    if nvml is not None and nvml.nvmlInit_v2() == 0:
-        buf = ctypes.create_string_buffer(96)
-        if nvml.nvmlSystemGetDriverVersion(buf, 96) == 0:
-            out["driver"] = buf.value.decode(errors="replace")
-        nvml.nvmlShutdown()
-    return out
-
-
-def tensorrt_or_problem():
-    """(tensorrt module, None) or (None, what is wrong with the TensorRT install)."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        return None, f"TensorRT is not installed (import tensorrt failed: {exc})"
-    if version_tuple(trt.__version__)[:2] < MIN_TENSORRT:
-        return None, (f"TensorRT {trt.__version__} is installed; maskst needs TensorRT "
-                      f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} or newer (10.x or 11.x): pip install -U tensorrt")
-    return trt, None
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module (10.1+), or BackendError naming what is missing and how to install it."""
-    trt, problem = tensorrt_or_problem()
-    if trt is None:
-        raise BackendError(f"{problem}; {TRT_INSTALL_HINT}")
-    return trt
-
-
-def require_gpu() -> GpuInfo:
-    gpus, reason = cuda_devices()
-    if not gpus:
-        raise BackendError(f"TensorRT needs an NVIDIA GPU: {reason}; {TRT_INSTALL_HINT}")
-    return gpus[0]
-
-
-def require_trt_build_support():
-    """Check, before any export work, that this machine can build TensorRT plans.
-
-    Returns (tensorrt module, GpuInfo of device 0). Raises one BackendError (exit code 6) naming
-    every missing piece: tensorrt not importable or older than 10.1, no GPU visible. Plans are
-    built for the GPU they will run on, so there is no CPU-only build path.
-    """
-    problems = trt_gpu_problems()
-    if problems:
-        raise BackendError("--target trt cannot build TensorRT plans on this machine: " + "; ".join(problems)
-                           + f". Nothing was written. Fix: {TRT_INSTALL_HINT}; or build ONNX graphs only with --target onnx")
-    return tensorrt_or_problem()[0], cuda_devices()[0][0]
-
-
-def trt_gpu_problems() -> list[str]:
-    """What keeps TensorRT from running here: no visible NVIDIA GPU, tensorrt missing or too old."""
-    problems = []
-    gpus, reason = cuda_devices()
-    if not gpus:
-        problems.append(f"no NVIDIA GPU: {reason}")
-    _trt, problem = tensorrt_or_problem()
-    if problem:
-        problems.append(problem)
-    return problems
-
-
-def tensorrt_wheel() -> str | None:
-    """The installed TensorRT distribution (names the CUDA major it was built for)."""
-    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt"):
-        try:
-            return f"{dist}=={metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 # --------------------------------------------------------------------------- profiles and buffers
@@ -359,17 +217,10 @@ def verify_plan_file(path: Path, record: dict) -> None:
     if size != record["bytes"]:
         raise EngineError(f"TensorRT plan {path} has {size} bytes; the manifest records {record['bytes']} "
                           "(truncated or replaced); rebuild with maskst-export --target trt --force")
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256(path)
     if digest != record["sha256"]:
         raise EngineError(f"TensorRT plan {path} differs from the one the manifest records (SHA-256 "
                           f"{digest[:12]}... != {record['sha256'][:12]}...); rebuild with maskst-export --target trt --force")
-
-
-def local_environment(trt, gpu: GpuInfo) -> dict:
-    """This machine's side of :func:`check_plan_compatibility`."""
-    return {"version": trt.__version__,
-            "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)}}
 
 
 # --------------------------------------------------------------------------- build
@@ -381,156 +232,102 @@ def network_mode(trt_version: str, precision: str) -> dict[str, bool]:
     return {"strongly_typed": strongly_typed, "builder_fp16": precision == "fp16" and not strongly_typed}
 
 
-class _Builder:
-    """One tensorrt.Builder, one timing cache; builds one plan per ONNX graph."""
+def build_plan(onnx_path: Path, spec: GraphSpec, precision: str, trt_version: str,
+               timing_cache: Path) -> tuple[bytes, int]:
+    """(serialised plan, activation bytes) of one graph, built with Polygraphy's TensorRT loaders (as NVIDIA's
+    diffusion demo does): ``NetworkFromOnnxPath`` (strongly typed on TensorRT 11), one profile from
+    the spec, ``CreateConfig`` reading and ``EngineBytesFromNetwork`` extending the shared timing cache."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, EngineFromBytes, NetworkFromOnnxPath, Profile
 
-    def __init__(self, trt, precision: str, timing_cache: bytes):
-        self.trt = trt
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.builder = trt.Builder(self.logger)
-        self.mode = network_mode(trt.__version__, precision)
-        self.cache = None
-        self.cache_reused = False
-        self._seed = timing_cache
-
-    def _config(self):
-        trt = self.trt
-        config = self.builder.create_builder_config()
-        if self.mode["builder_fp16"]:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if self.cache is None:
-            self.cache = config.create_timing_cache(self._seed)
-            self.cache_reused = bool(self._seed)
-            if not config.set_timing_cache(self.cache, False):  # a cache from another GPU/TensorRT
-                log.warning("previous timing cache does not fit this GPU/TensorRT; starting a new one")
-                self.cache = config.create_timing_cache(b"")
-                self.cache_reused = False
-                config.set_timing_cache(self.cache, False)
-        else:
-            config.set_timing_cache(self.cache, False)
-        return config
-
-    def build(self, onnx_path: Path, spec: GraphSpec):
-        """Serialised plan (tensorrt.IHostMemory) and the config facts to record."""
-        trt = self.trt
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if self.mode["strongly_typed"] else 0
-        network = self.builder.create_network(flags)
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-            raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            if tensor.is_shape_tensor:  # would need set_shape_input values in the profile
-                raise EngineError(f"{spec.name}: input {tensor.name!r} is a TensorRT shape tensor; maskst graphs must "
-                                  "feed sizes through tensor shapes, not values")
-        config = self._config()
-        profile = self.builder.create_optimization_profile()
-        for name, (low, opt, high) in spec.profile().items():
-            profile.set_shape(name, low, opt, high)
-        config.add_optimization_profile(profile)
-        plan = self.builder.build_serialized_network(network, config)
-        if plan is None:
-            raise EngineError(f"TensorRT failed to build {spec.name} (see the TensorRT log above); "
-                              "out of GPU memory, or an unsupported layer")
-        facts = {"hardware_compatibility": str(config.hardware_compatibility_level).rsplit(".", 1)[-1].lower(),
-                 "version_compatible": bool(config.get_flag(trt.BuilderFlag.VERSION_COMPATIBLE)),
-                 "tf32": bool(config.get_flag(trt.BuilderFlag.TF32))}
-        return plan, facts
-
-    def activation_bytes(self, plan) -> int:
-        """Device (activation) memory the engine needs: ICudaEngine.device_memory_size_v2."""
-        runtime = self.trt.Runtime(self.logger)
-        engine = runtime.deserialize_cuda_engine(plan)
-        if engine is None:
-            raise EngineError("TensorRT could not deserialise the plan it just built")
-        return int(engine.device_memory_size_v2)
+    mode = network_mode(trt_version, precision)
+    profile = Profile()
+    for name, (low, opt, high) in spec.profile().items():
+        profile.add(name, low, opt, high)
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=mode["strongly_typed"])
+    config = CreateConfig(profiles=[profile], fp16=mode["builder_fp16"], tf32=BUILD_FLAGS["tf32"],
+                          load_timing_cache=str(timing_cache) if timing_cache.is_file() else None)
+    plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
+    if plan is None:
+        raise EngineError(f"TensorRT failed to build {spec.name} (see the TensorRT log above); "
+                          "out of GPU memory, or an unsupported layer")
+    engine = EngineFromBytes(plan)()  # its activation memory: ICudaEngine.device_memory_size_v2
+    if engine is None:
+        raise EngineError("TensorRT could not deserialise the plan it just built")
+    return bytes(plan), int(engine.device_memory_size_v2)
 
 
 def build_plans(staging: Path, graphs: dict[str, dict], options, previous: Path | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, plan_builder=None, plan_checker=None) -> dict:
     """The exporter hook for ``--target trt``: one plan per staged graph; returns the manifest's
     ``tensorrt`` section. ``previous``: the engines folder being replaced (its timing cache seeds
-    this build). Plans are checked against the ONNX graph on ONNX Runtime CPU when a CUDA build of
-    torch is available (recorded as ``parity``; failures raise ParityError)."""
+    this build). Every plan is then checked against its ONNX graph on ONNX Runtime CPU
+    (:func:`check_plans`, recorded as ``parity``; failures raise ParityError).
+    ``plan_builder`` / ``plan_checker``: :func:`build_plan` / :func:`check_plans` unless given (test doubles)."""
+    plan_builder = plan_builder or build_plan
+    plan_checker = plan_checker or check_plans
+    import shutil
+
     from tqdm.auto import tqdm
 
     trt, gpu = require_trt_build_support()
     staging = Path(staging)
+    cache = staging / TIMING_CACHE
     seed_file = Path(previous) / TIMING_CACHE if previous is not None else None
-    seed = seed_file.read_bytes() if seed_file is not None and seed_file.is_file() else b""
-    builder = _Builder(trt, options.precision.value, seed)
-    plans, facts = {}, {}
+    cache_reused = seed_file is not None and seed_file.is_file()
+    if cache_reused:
+        shutil.copyfile(seed_file, cache)
+    plans, specs = {}, {}
     bar = tqdm(list(graphs.items()), desc="tensorrt", unit="plan", disable=not progress)
     for name, entry in bar:
         bar.set_postfix_str(name)
-        spec = GraphSpec.from_json(entry["spec"])
+        specs[name] = spec = GraphSpec.from_json(entry["spec"])
         started = time.time()
-        plan, facts = builder.build(staging / entry["file"], spec)
+        plan, activation_bytes = plan_builder(staging / entry["file"], spec, options.precision.value, trt.__version__,
+                                              cache)
         path = staging / plan_file_name(name, trt.__version__)
-        with open(path, "wb") as f:
-            f.write(plan)
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        plans[name] = {"file": path.name, "onnx": entry["file"], "bytes": path.stat().st_size, "sha256": digest,
-                       "profile": profile_shapes(spec), "activation_bytes": builder.activation_bytes(plan),
+        path.write_bytes(plan)
+        plans[name] = {"file": path.name, "onnx": entry["file"], "bytes": path.stat().st_size, "sha256": sha256(path),
+                       "profile": profile_shapes(spec), "activation_bytes": activation_bytes,
                        "build_seconds": round(time.time() - started, 1)}
         del plan
-    (staging / TIMING_CACHE).write_bytes(memoryview(builder.cache.serialize()).tobytes())
+    memory = plan_memory(specs, {name: p["activation_bytes"] for name, p in plans.items()})
     section = {
         "version": trt.__version__,
         "wheel": tensorrt_wheel(),
         "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability), "total_memory": gpu.total_memory},
         **driver_versions(),
-        "cuda_runtime_torch": _torch_cuda_version(),
-        **facts,
-        **{k: v for k, v in builder.mode.items()},
+        "cuda_runtime_torch": torch_cuda_version(),
+        **BUILD_FLAGS,
+        **network_mode(trt.__version__, options.precision.value),
         "timing_cache": TIMING_CACHE,
-        "timing_cache_reused": builder.cache_reused,
+        "timing_cache_reused": cache_reused,
         "plans": plans,
+        "memory": {"shared_activation_bytes": memory.shared_activation_bytes,
+                   "separate_activation_bytes": memory.separate_activation_bytes, "io_bytes": memory.io_bytes},
     }
-    section["memory"] = {"shared_activation_bytes": max(p["activation_bytes"] for p in plans.values()),
-                         "separate_activation_bytes": sum(p["activation_bytes"] for p in plans.values())}
-    section["parity"] = check_plans(staging, graphs, section)
+    section["parity"] = plan_checker(staging, graphs, section)
     return section
 
 
-def _torch_cuda_version() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.version.cuda
-
-
 def check_plans(staging: Path, graphs: dict[str, dict], section: dict) -> dict:
-    """Run every plan (TrtRunner) and its ONNX graph (ONNX Runtime CPU) on the same random feed."""
-    from maskst.errors import ParityError
-    from maskst.contract.compare import compare
-    from maskst.runtime.trt_runner import TrtRunner, torch_cuda_or_none
+    """Run every plan (Polygraphy's ``TrtRunner``) and its ONNX graph (ONNX Runtime CPU) on the same
+    random feed at the profile's opt shapes; compare with the one comparator; raise on any failure."""
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
 
-    if torch_cuda_or_none() is None:
-        return {"checked": False, "reason": "no CUDA build of torch (the TensorRT runner's device buffers)"}
-    import onnxruntime as ort
-
-    results, failures = [], []
+    records = []
     for name, entry in graphs.items():
         spec = GraphSpec.from_json(entry["spec"])
         feed = spec.sample_inputs({k: r.opt for k, r in spec.dims.items()}, seed=21)
-        session = ort.InferenceSession(str(staging / entry["file"]), providers=["CPUExecutionProvider"])
-        names = [t.name for t in spec.outputs]
-        want = dict(zip(names, session.run(names, feed)))
-        plan = section["plans"][name]
-        with TrtRunner(spec, staging / plan["file"], plan, arena_key=f"build:{staging}",
-                       activation_bytes=section["memory"]["shared_activation_bytes"]) as runner:
-            got = {k: v.copy() for k, v in runner.infer(feed).items()}
-        for r in compare(spec, 0, want, got, atol=PLAN_ATOL, rtol=PLAN_RTOL):
-            results.append(dataclasses.asdict(r))
-            if not r.passed:
-                failures.append(r)
-    if failures:
-        lines = "\n  ".join(r.describe() for r in failures)
-        raise ParityError(f"{len(failures)} TensorRT plan output(s) differ from the ONNX graph on ONNX Runtime CPU:\n  "
-                          f"{lines}\nbuild with --precision fp32, or keep more ops fp32 (--fp32-op)", failures)
+        plan = (staging / section["plans"][name]["file"]).read_bytes()
+        with G_LOGGER.verbosity(G_LOGGER.WARNING):
+            run = Comparator.run([TrtRunner(EngineFromBytes(plan), name="tensorrt-plan")], data_loader=[feed])
+        got = [{k: np.asarray(v) for k, v in run[0][1][0].items()}]
+        records += compare_outputs(spec.name, [t.name for t in spec.outputs], run_onnx_cpu(staging / entry["file"], [feed]),
+                                   got, Tolerance(PLAN_ATOL, PLAN_RTOL), reference="onnxruntime-cpu",
+                                   candidate="tensorrt plan")
+    raise_failures(records, "TensorRT plan output(s) differ from the ONNX graph on ONNX Runtime CPU",
+                   "build with --precision fp32, or keep more ops fp32 (--fp32-op)")
     return {"checked": True, "reference": "ONNX graph on ONNX Runtime CPU", "atol": PLAN_ATOL, "rtol": PLAN_RTOL,
-            "results": results}
+            "results": records_json(records)}

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, file_sha256, load_adapter_state_dict, resolve_checkpoints
+from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, load_adapter_state_dict, resolve_checkpoints
+from maskst.contract.files import sha256
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.engines.onnx_files import save_graph
 from maskst.errors import CheckpointError
 from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
 from maskst.export.options import ExportOptions, Precision, Target
-from maskst.contract.compare import ParityResult, compare, raise_failures
+from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
 
 GRAPH_MODULES = (text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder)
@@ -102,17 +103,11 @@ def torch_outputs(module, spec: GraphSpec, feed: dict[str, np.ndarray]) -> dict[
     return {t.name: o.numpy() for t, o in zip(spec.outputs, out)}
 
 
-def check_graph_parity(module, spec: GraphSpec, path: Path, feeds: list[dict]) -> list[ParityResult]:
-    """Run the graph in ONNX Runtime (CPU) and the torch module on the same feeds; compare per output."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [t.name for t in spec.outputs]
-    results = []
-    for case, feed in enumerate(feeds):
-        got = dict(zip(names, session.run(names, feed)))
-        results += compare(spec, case, torch_outputs(module, spec, feed), got)
-    return results
+def check_graph_parity(module, spec: GraphSpec, path: Path, feeds: list[dict]) -> list[Comparison]:
+    """Run the graph on ONNX Runtime (CPU) and the torch module on the same feeds; compare per output."""
+    return compare_outputs(spec.name, [t.name for t in spec.outputs], [torch_outputs(module, spec, f) for f in feeds],
+                           run_onnx_cpu(path, feeds), Tolerance(spec.atol, spec.rtol), reference="torch",
+                           candidate="onnxruntime-cpu")
 
 
 def style_preprocessor_config(ckpt: CheckpointSet) -> dict:
@@ -176,9 +171,9 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 results = check_graph_parity(torch_module, spec, path, feeds)
                 parity += results
             graphs[spec.name] = {"file": path.name, "spec": spec.to_json(),
-                                 "parity": [dataclasses.asdict(r) for r in results]}
+                                 "parity": records_json(results)}
             del torch_module
-        raise_failures(parity)
+        raise_failures(parity, "graph output(s) differ from the PyTorch reference")
         extra = {}  # --precision fp16 / --target trt: staged graphs converted, plans built, both checked
         if options.precision is Precision.FP16:
             from maskst.engines.fp16 import convert_staged_graphs
@@ -198,7 +193,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             "precision": options.precision.value,
             "target": options.target.value,
             "options": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()},
-            "sources": {name: {"path": str(path.resolve()), "sha256": file_sha256(path)}
+            "sources": {name: {"path": str(path.resolve()), "sha256": sha256(path)}
                         for name, path in ckpt.weight_files().items()},
             "model": {
                 "vae_scale_factor": ckpt.vae_scale_factor,

@@ -1,178 +1,252 @@
-"""Backend checks done before any work, and ONNX Runtime IO binding with device-resident tensors.
+"""The backend registry: every backend is one class registered under its name (``@register``).
 
-:func:`require_backend` is what ``maskst-run`` calls first for any backend but ``ort-cpu``: it
-answers from what is installed and visible (no engines folder is read, nothing is written) and
-raises :class:`maskst.errors.BackendError` (exit code 6) with the fix.
+A backend declares what it is (device, precisions, profiling, whether ``--allow-fallback``
+applies), checks before any engine loads that it can run here (:meth:`Backend.require`, from what
+is installed and visible; nothing is read or written), and makes the runner of one graph with one
+constructor signature (:meth:`Backend.runner`). Backend names are parsed and validated here and
+nowhere else (:func:`parse_backend`); the CLIs, the pipeline and the benchmarks all ask this module.
 
-Packaging trap (DESIGN section 6): ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` install the
-same ``onnxruntime`` module. Installed together, whichever was installed last silently wins, so
-the CUDA provider may or may not be there. maskst's extras are exclusive: ``maskst[cpu]`` or
-``maskst[gpu]``, never both.
+Adding a backend: one class below (or in its runner's module) plus its ``@register`` line.
+
+Packaging trap (DESIGN section 6): ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` install the same
+``onnxruntime`` module; installed together, whichever was installed last silently wins. maskst's
+extras are exclusive: ``maskst[cpu]`` or ``maskst[gpu]``, never both.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import warnings
-from importlib import metadata
+from pathlib import Path
+from typing import ClassVar
 
-import numpy as np
-
+from maskst.engines.manifest import Manifest
 from maskst.errors import BackendError, InputError
-from maskst.runtime.runners import ORT_BACKENDS, OrtRunner
-
-ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
-BACKENDS = tuple(ORT_BACKENDS) + ("trt",)
+from maskst.hardware import TRT_INSTALL_HINT, installed_ort_distributions, ort_providers, trt_runtime_problems
+from maskst.runtime.runners import ORT_PROVIDERS, OrtRunner, Runner
 
 
-def installed_ort_distributions() -> list[str]:
-    """Which of ``onnxruntime`` / ``onnxruntime-gpu`` are installed (both: the packaging trap)."""
-    found = []
-    for dist in ORT_DISTRIBUTIONS:
-        try:
-            metadata.version(dist)
-            found.append(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+@dataclasses.dataclass(frozen=True)
+class RunnerOptions:
+    """What every backend's runners are made with (one signature for all)."""
+
+    threads: int | None = None  # intra-op threads per session (None: the library's default)
+    allow_fallback: bool = False  # accept a GPU provider silently falling back to the CPU
+    profile_prefix: str | None = None  # per-operator profiling (ONNX Runtime file prefix / OpenVINO counters)
+    compile_cache: Path | bool | None = None  # OpenVINO compiled-model cache: folder, None = default, False = off
 
 
-def _require_ort_provider(backend: str, allow_fallback: bool) -> None:
-    import onnxruntime as ort
+class Backend(abc.ABC):
+    """One way of running the exported graphs. Subclasses set the class attributes and :meth:`runner`."""
 
-    wanted = ORT_BACKENDS[backend][0]
-    dists = installed_ort_distributions()
-    if len(dists) > 1:
-        raise BackendError(
-            f"backend {backend}: both onnxruntime and onnxruntime-gpu are installed; they install the same module and "
-            "the last one installed wins, so the GPU providers may be missing at random. Fix: pip uninstall -y "
-            "onnxruntime onnxruntime-gpu && pip install 'maskst[gpu]' (or 'maskst[cpu]' for CPU only)"
-        )
-    available = ort.get_available_providers()
-    if wanted in available:
-        return
-    build = dists[0] if dists else "an unknown onnxruntime build"
-    explanation = (
-        f"backend {backend} needs ONNX Runtime's {wanted}, but this onnxruntime {ort.__version__} ({build}) offers "
-        f"only {available}. onnxruntime is the CPU build and onnxruntime-gpu the CUDA/TensorRT build; they install "
-        "the same module, so have exactly one: pip uninstall -y onnxruntime && pip install 'maskst[gpu]'"
-    )
-    if wanted == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
-        explanation = (f"backend {backend} needs ONNX Runtime's TensorrtExecutionProvider, which this onnxruntime-gpu "
-                       f"{ort.__version__} does not offer (TensorRT libraries not found); install tensorrt "
-                       "(pip install 'maskst[gpu]') or use --backend ort-cuda")
-    if not allow_fallback:
-        raise BackendError(explanation + "; or pass --allow-fallback to run on the CPU")
-    warnings.warn(explanation + "; --allow-fallback given: running on the CPU", stacklevel=3)
+    name: ClassVar[str]
+    device: ClassVar[str]  # "cpu" or "cuda"
+    precisions: ClassVar[tuple[str, ...]]  # what its kernels compute in
+    profiling: ClassVar[str | None]  # what per-operator profiling it offers (None: none)
+    fallback: ClassVar[bool]  # whether --allow-fallback applies (a GPU provider that may fall back)
+    summary: ClassVar[str]  # one line for --help
 
+    def __init__(self, variant: str = ""):
+        """``variant``: what follows ``NAME:`` in a backend name (per-graph choices); most take none."""
+        if variant:
+            raise InputError(f"backend {self.name!r} takes no ':' options (got {variant!r})")
+        self.variant = variant
 
-def trt_runtime_problems() -> list[str]:
-    """What keeps the native TensorRT backend from running here (empty: nothing)."""
-    from maskst.engines.tensorrt import cuda_devices, trt_gpu_problems
+    @property
+    def spec(self) -> str:
+        """The backend name as written by the user (with its variant)."""
+        return f"{self.name}:{self.variant}" if self.variant else self.name
 
-    problems = trt_gpu_problems()
-    gpus, _reason = cuda_devices()
-    try:
-        import torch
-    except ImportError:
-        problems.append("torch is not installed (the TensorRT runner keeps its device buffers in CUDA torch tensors)")
-    else:
-        if torch.version.cuda is None:
-            problems.append(f"torch {torch.__version__} is a CPU build (the TensorRT runner keeps its device buffers "
-                            "in CUDA torch tensors)")
-        elif gpus and not torch.cuda.is_available():
-            problems.append(f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU "
-                            "(driver too old for this torch build?)")
-    return problems
+    def require(self, allow_fallback: bool = False) -> None:
+        """BackendError (exit 6) naming what is missing and the fix, unless this backend can run here."""
+        if allow_fallback and not self.fallback:
+            warnings.warn(f"--allow-fallback has no effect with backend {self.spec} (it has no fallback)", stacklevel=3)
+
+    @abc.abstractmethod
+    def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        """The (inactive) runner of ``graph`` of an engines folder."""
 
 
-def require_backend(backend: str, allow_fallback: bool = False) -> None:
-    """Raise BackendError unless ``backend`` can run here; called before any engine is loaded.
-
-    * ``ort-cpu``: always available.
-    * ``ort-cuda`` / ``ort-trt``: the provider must be in ``onnxruntime.get_available_providers()``
-      (with ``allow_fallback``: a warning instead, and the session runs on the CPU).
-    * ``openvino[-f32|-bf16][:GRAPH=CHOICE...]``: the openvino package importable.
-    * ``trt``: tensorrt 10.1+ importable, a CUDA device visible, torch with CUDA. There is no
-      fallback for the native TensorRT backend (its engines are plans, not ONNX graphs), so
-      ``allow_fallback`` does not apply.
-    """
-    if backend == "ort-cpu":
-        return
-    if backend in ORT_BACKENDS:
-        _require_ort_provider(backend, allow_fallback)
-        return
-    if backend.split(":")[0].startswith("openvino"):
-        from maskst.runtime.openvino_runner import parse_backend
-
-        parse_backend(backend)  # InputError for a malformed per-graph choice
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            raise BackendError(f"--backend {backend} needs OpenVINO: pip install 'maskst[openvino]'") from None
-        return
-    if backend != "trt":
-        raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")
-    from maskst.engines.tensorrt import TRT_INSTALL_HINT
-
-    problems = trt_runtime_problems()
-    if problems:
-        hint = "; --allow-fallback does not apply to --backend trt (use --backend ort-cpu for the CPU)" if allow_fallback else ""
-        raise BackendError("--backend trt cannot run on this machine: " + "; ".join(problems)
-                           + f". Fix: {TRT_INSTALL_HINT}{hint}")
+BACKENDS: dict[str, type[Backend]] = {}
 
 
-# --------------------------------------------------------------------------- device-resident ORT IO binding
+def register(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make a backend known under ``cls.name``."""
+    if cls.name in BACKENDS:
+        raise ValueError(f"backend {cls.name!r} registered twice")
+    BACKENDS[cls.name] = cls
+    return cls
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-              "tensor(int32)": "int32", "tensor(bool)": "bool"}
+def backend_names() -> tuple[str, ...]:
+    return tuple(BACKENDS)
 
 
-class OrtDeviceRunner(OrtRunner):
-    """OrtRunner whose inputs and outputs can stay on the session's device (ONNX Runtime OrtValues).
+def backends_help() -> str:
+    return "; ".join(f"{name}: {cls.summary}" for name, cls in BACKENDS.items())
 
-    ``infer_ortvalues`` binds OrtValue inputs as they are (``IOBinding.bind_ortvalue_input``) and
-    lets ONNX Runtime allocate the outputs on the device of the session's first provider
-    (``bind_output(name, "cuda", device_id)`` for CUDA/TensorRT EP, ``"cpu"`` on CPU), so the
-    image conditioner's ``ip_tokens`` or the text encoder's embeddings go into the UNet without a
-    host round trip. ``infer`` (numpy in/out) still works as in OrtRunner. Bring results to the
-    host with ``OrtValue.numpy()``.
-    """
 
-    def __init__(self, *args, device_id: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.device_id = device_id
-        self.device_type = "cpu"
+def parse_backend(text: str) -> Backend:
+    """The backend of a name such as ``ort-cpu`` or ``openvino:vae_decoder=bf16``; InputError otherwise."""
+    base, _, variant = str(text).partition(":")
+    if base not in BACKENDS:
+        raise InputError(f"backend={text!r} is not known; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[base](variant)
 
-    def _activate(self) -> None:
-        super()._activate()
-        active = self.session.get_providers()[0]
-        self.device_type = "cuda" if active in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
-    def to_device(self, array: np.ndarray):
-        """numpy -> OrtValue on this runner's device (one host-to-device copy)."""
+def require_backend(text: str, allow_fallback: bool = False) -> Backend:
+    """Parse and check a backend before any engine is loaded (what every CLI calls first)."""
+    backend = parse_backend(text)
+    backend.require(allow_fallback)
+    return backend
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+class _OrtBackend(Backend):
+    device = "cpu"
+    precisions = ("fp32", "fp16")  # whatever the ONNX graphs hold
+    profiling = "onnxruntime per-operator JSON trace"
+
+    def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        return OrtRunner(manifest.graph_spec(graph), manifest.graph_path(graph), backend=self.name,
+                         threads=options.threads, allow_fallback=options.allow_fallback,
+                         profile_prefix=options.profile_prefix)
+
+    def require(self, allow_fallback: bool = False) -> None:
+        super().require(allow_fallback)
+        wanted = ORT_PROVIDERS[self.name][0]
+        dists = installed_ort_distributions()
+        if len(dists) > 1:
+            raise BackendError(
+                f"backend {self.name}: both onnxruntime and onnxruntime-gpu are installed; they install the same module "
+                "and the last one installed wins, so the GPU providers may be missing at random. Fix: pip uninstall -y "
+                "onnxruntime onnxruntime-gpu && pip install 'maskst[gpu]' (or 'maskst[cpu]' for CPU only)"
+            )
+        available = ort_providers()
+        if wanted in available:
+            return
         import onnxruntime as ort
 
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
+        build = dists[0] if dists else "an unknown onnxruntime build"
+        explanation = (
+            f"backend {self.name} needs ONNX Runtime's {wanted}, but this onnxruntime {ort.__version__} ({build}) offers "
+            f"only {available}. onnxruntime is the CPU build and onnxruntime-gpu the CUDA/TensorRT build; they install "
+            "the same module, so have exactly one: pip uninstall -y onnxruntime && pip install 'maskst[gpu]'"
+        )
+        if wanted == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
+            explanation = (f"backend {self.name} needs ONNX Runtime's TensorrtExecutionProvider, which this "
+                           f"onnxruntime-gpu {ort.__version__} does not offer (TensorRT libraries not found); install "
+                           "tensorrt (pip install 'maskst[gpu]') or use --backend ort-cuda")
+        if not allow_fallback:
+            raise BackendError(explanation + "; or pass --allow-fallback to run on the CPU")
+        warnings.warn(explanation + "; --allow-fallback given: running on the CPU", stacklevel=3)
 
-    def infer_ortvalues(self, feed: dict, check_inputs: bool = True) -> dict:
-        """feed: {input: OrtValue or numpy array}; returns {output: OrtValue on this runner's device}.
 
-        The returned OrtValues are new allocations owned by the caller (not reused buffers).
-        """
-        if not self.is_active:
-            raise BackendError(f"{self.spec.name}: runner used before activate()")
-        values = {name: (v if not isinstance(v, np.ndarray) else self.to_device(v)) for name, v in feed.items()}
-        if check_inputs:
-            # zero-byte stand-ins with the right shape and dtype, for GraphSpec.check_feed
-            self.spec.check_feed({name: np.broadcast_to(np.zeros((), _ORT_TYPES.get(v.data_type(), "float64")),
-                                                        tuple(v.shape())) for name, v in values.items()})
-        binding = self._binding
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
-        for name, value in values.items():
-            binding.bind_ortvalue_input(name, value)
-        for t in self.spec.outputs:
-            binding.bind_output(t.name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(binding)
-        return dict(zip((t.name for t in self.spec.outputs), binding.get_outputs()))
+@register
+class OrtCpuBackend(_OrtBackend):
+    name = "ort-cpu"
+    fallback = False
+    summary = "ONNX Runtime on the CPU (the exact default)"
+
+    def require(self, allow_fallback: bool = False) -> None:
+        Backend.require(self, allow_fallback)  # the CPU provider is always there
+
+
+@register
+class OrtCudaBackend(_OrtBackend):
+    name = "ort-cuda"
+    device = "cuda"
+    fallback = True
+    summary = "ONNX Runtime's CUDA provider (onnxruntime-gpu)"
+
+
+@register
+class OrtTensorrtBackend(_OrtBackend):
+    name = "ort-trt"
+    device = "cuda"
+    fallback = True
+    summary = "ONNX Runtime's TensorRT provider (onnxruntime-gpu + tensorrt)"
+
+
+# --------------------------------------------------------------------------- native TensorRT
+
+
+@register
+class TensorrtBackend(Backend):
+    name = "trt"
+    device = "cuda"
+    precisions = ("fp32", "fp16")
+    profiling = None
+    fallback = False  # its engines are plans, not ONNX graphs: there is nothing to fall back to
+    summary = "native TensorRT plans (maskst-export --target trt)"
+
+    def require(self, allow_fallback: bool = False) -> None:
+        super().require(allow_fallback)
+        problems = trt_runtime_problems()
+        if problems:
+            raise BackendError("--backend trt cannot run on this machine: " + "; ".join(problems)
+                               + f". Fix: {TRT_INSTALL_HINT}; or use --backend ort-cpu for the CPU")
+
+    def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        from maskst.runtime.trt_runner import TrtRunner
+
+        return TrtRunner.from_manifest(manifest, graph)
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+
+class _OpenVinoBackend(Backend):
+    device = "cpu"
+    precisions = ("f32", "bf16")
+    profiling = "OpenVINO per-node counters (PERF_COUNT)"
+    fallback = False  # runs on the CPU already
+    precision: ClassVar[str]  # what "auto" graphs run in: auto (bf16 where the CPU has it), f32, bf16
+
+    def __init__(self, variant: str = ""):
+        from maskst.runtime.openvino_runner import graph_choices
+
+        self.variant = variant
+        self.choices = graph_choices(self.precision, variant, self.spec)  # InputError for a malformed choice
+
+    def require(self, allow_fallback: bool = False) -> None:
+        super().require(allow_fallback)
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            raise BackendError(f"backend {self.spec} needs the openvino package: pip install 'maskst[openvino]'")
+
+    def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        from maskst.runtime.openvino_runner import OpenVinoRunner
+
+        choice = self.choices[graph]
+        if choice in ORT_PROVIDERS:  # a graph kept on ONNX Runtime (the exact masking)
+            return BACKENDS[choice]().runner(manifest, graph, options)
+        return OpenVinoRunner(manifest.graph_spec(graph), manifest.graph_path(graph), precision=choice,
+                              cache_dir=options.compile_cache, threads=options.threads,
+                              profile=options.profile_prefix is not None)
+
+
+@register
+class OpenVinoBackend(_OpenVinoBackend):
+    name = "openvino"
+    precision = "auto"
+    summary = ("OpenVINO on the CPU: bf16 where the CPU has it natively, VAE f32, masking on ONNX Runtime; "
+               "per graph: openvino:vae_decoder=bf16")
+
+
+@register
+class OpenVinoF32Backend(_OpenVinoBackend):
+    name = "openvino-f32"
+    precision = "f32"
+    summary = "OpenVINO, every graph f32 (masking on ONNX Runtime)"
+
+
+@register
+class OpenVinoBf16Backend(_OpenVinoBackend):
+    name = "openvino-bf16"
+    precision = "bf16"
+    summary = "OpenVINO, every graph bf16 (masking on ONNX Runtime)"

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
-from maskst.runtime.runners import ORT_BACKENDS, Runner
+from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
-OPENVINO_BACKENDS = ("openvino", "openvino-f32", "openvino-bf16")
 PRECISIONS = ("auto", "bf16", "f32")
 # The default split of the ``openvino`` backend (see the module docstring for why).
 DEFAULT_GRAPH_CHOICES = {
@@ -90,42 +90,20 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "maskst" / "openvino"
 
 
-def parse_backend(backend: str) -> dict[str, str]:
-    """{graph: choice} of an OpenVINO backend name; a choice is a precision or an ORT backend name."""
-    base, _, rest = backend.partition(":")
-    if base not in OPENVINO_BACKENDS:
-        raise InputError(f"backend={backend!r} is not an OpenVINO backend; choose one of {', '.join(OPENVINO_BACKENDS)}")
-    choices = dict(DEFAULT_GRAPH_CHOICES)
-    if base != "openvino":
-        fixed = base.split("-", 1)[1]
-        choices = {g: (c if c in ORT_BACKENDS else fixed) for g, c in choices.items()}
-    for item in filter(None, rest.split(":")):
+def graph_choices(precision: str, variant: str, backend: str) -> dict[str, str]:
+    """{graph: choice} of an OpenVINO backend: ``precision`` ("auto", "f32", "bf16") for the graphs
+    that follow the backend's precision, then the ``GRAPH=VALUE`` items of ``variant``
+    (``vae_decoder=bf16:unet=f32``); a choice is an OpenVINO precision or an ONNX Runtime backend name."""
+    choices = {g: (c if c in ORT_PROVIDERS or precision == "auto" else precision) for g, c in DEFAULT_GRAPH_CHOICES.items()}
+    for item in filter(None, variant.split(":")):
         graph, eq, value = item.partition("=")
-        if not eq or graph not in DEFAULT_GRAPH_CHOICES or value not in PRECISIONS + tuple(ORT_BACKENDS):
+        if not eq or graph not in DEFAULT_GRAPH_CHOICES or value not in PRECISIONS + tuple(ORT_PROVIDERS):
             raise InputError(
                 f"backend={backend!r}: {item!r} must be GRAPH=VALUE with GRAPH one of {', '.join(DEFAULT_GRAPH_CHOICES)} "
-                f"and VALUE one of {', '.join(PRECISIONS + tuple(ORT_BACKENDS))}"
+                f"and VALUE one of {', '.join(PRECISIONS + tuple(ORT_PROVIDERS))}"
             )
         choices[graph] = value
     return choices
-
-
-def make_openvino_runner(backend: str, manifest, name: str, threads: int | None = None,
-                         allow_fallback: bool = False, profile_prefix: str | None = None,
-                         compile_cache: Path | bool | None = None) -> Runner:
-    """The runner of graph ``name`` for an OpenVINO backend name (see the module docstring).
-
-    ``compile_cache``: compiled-model cache folder; None: :func:`default_cache_dir`; False: none.
-    """
-    choice = parse_backend(backend)[name]
-    spec, path = manifest.graph_spec(name), manifest.graph_path(name)
-    if choice in ORT_BACKENDS:
-        from maskst.runtime.runners import OrtRunner
-
-        return OrtRunner(spec, path, backend=choice, threads=threads, allow_fallback=allow_fallback,
-                         profile_prefix=profile_prefix)
-    return OpenVinoRunner(spec, path, precision=choice, cache_dir=compile_cache, threads=threads,
-                          profile=profile_prefix is not None)
 
 
 class OpenVinoRunner(Runner):
@@ -232,16 +210,16 @@ class OpenVinoRunner(Runner):
         return records
 
 
-# Parity with ONNX Runtime fp32 (the engines' own parity reference), as relative error:
-# max |openvino - ort| / max |ort| over each output. fp32 is expected to agree to float rounding;
-# bf16 (8-bit mantissa) is expected to be a few percent off (docs/benchmarks.md has the numbers).
+# Parity with ONNX Runtime fp32 (the engines' own parity reference), relative to each output's scale:
+# |openvino - ort| <= PARITY_TOLERANCE * max |ort| element-wise (Tolerance.atol_of_peak). fp32 is expected
+# to agree to float rounding; bf16 (8-bit mantissa) a few percent off (docs/benchmarks.md has the numbers).
 PARITY_TOLERANCE = {"f32": 1e-4, "bf16": 0.1}
 
 
 def parity_vs_ort(manifest, name: str, precision: str = "f32", dims: dict[str, int] | None = None,
-                  seed: int = 0, cache_dir: Path | bool | None = False) -> dict:
+                  seed: int = 0, cache_dir: Path | bool | None = False) -> list[Comparison]:
     """Run graph ``name`` on OpenVINO at ``precision`` and on ONNX Runtime (CPU, fp32) with the same
-    random inputs; return per-output errors and whether they are within :data:`PARITY_TOLERANCE`.
+    random inputs; one comparison record per output (the one comparator, :mod:`maskst.contract.compare`).
 
     ``dims``: values of the graph's symbolic dimensions (default: each range's ``opt``).
     """
@@ -254,18 +232,6 @@ def parity_vs_ort(manifest, name: str, precision: str = "f32", dims: dict[str, i
         expected = {k: v.copy() for k, v in ort_runner.infer(feed).items()}
     with OpenVinoRunner(spec, manifest.graph_path(name), precision=precision, cache_dir=cache_dir) as ov_runner:
         got = {k: v.copy() for k, v in ov_runner.infer(feed).items()}
-    tolerance = PARITY_TOLERANCE[precision]
-    outputs = {}
-    for out_name, want in expected.items():
-        have = got[out_name]
-        if want.dtype == bool:
-            mismatched = int((want != have).sum())
-            outputs[out_name] = {"mismatched": mismatched, "ok": mismatched == 0}
-            continue
-        diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
-        scale = float(np.abs(want).max()) or 1.0
-        rel = float(diff.max()) / scale
-        outputs[out_name] = {"max_abs": float(diff.max()), "max_rel": rel,
-                             "mean_rel": float(diff.mean()) / scale, "ok": bool(np.isfinite(have).all()) and rel <= tolerance}
-    return {"graph": name, "precision": precision, "tolerance": tolerance, "outputs": outputs,
-            "ok": all(o["ok"] for o in outputs.values())}
+    return compare_outputs(spec.name, [t.name for t in spec.outputs], [expected], [got],
+                           Tolerance(0.0, 0.0, atol_of_peak=PARITY_TOLERANCE[precision]),
+                           reference="onnxruntime-cpu fp32", candidate=f"openvino {precision}")

@@ -26,14 +26,13 @@ from maskst.generation import (
     plus_method_error,
 )
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
-from maskst.runtime.runners import ORT_BACKENDS, OrtRunner, Runner
+from maskst.runtime.backends import RunnerOptions, parse_backend
 from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
 from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
 
 STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)
 GRAPHS = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet", "vae_decoder")
-BACKENDS = tuple(ORT_BACKENDS) + ("trt", "openvino", "openvino-f32", "openvino-bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +53,30 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
         raise NonFiniteError(f"stage {stage} produced NaN or infinity{hint}; nothing was written")
 
 
-def make_runner(backend: str, manifest: Manifest, name: str, threads: int | None = None,
-                allow_fallback: bool = False, profile_prefix: str | None = None,
-                compile_cache: Path | bool | None = None) -> Runner:
-    """The runner of one graph for a backend name (ort-cpu, ort-cuda, ort-trt, trt, openvino[-f32|-bf16][:GRAPH=VALUE...])."""
-    spec, path = manifest.graph_spec(name), manifest.graph_path(name)
-    if backend == "trt":
-        from maskst.runtime.trt_runner import TrtRunner
+class PipelineCallback:
+    """Observer of one pipeline (diffusers' ``callback_on_step_end``, widened to every graph call).
 
-        return TrtRunner.from_manifest(manifest, name)
-    if backend.split(":")[0] in ("openvino", "openvino-f32", "openvino-bf16"):
-        # OpenVINO on the CPU; per-graph choices ("openvino:vae_decoder=bf16") are parsed there
-        from maskst.runtime.openvino_runner import make_openvino_runner
+    Subclass and override what you need; register with ``MaskstPipeline(callbacks=[...])`` or
+    :meth:`MaskstPipeline.add_callback`. Benchmarks, the profiler and progress bars use these instead
+    of wrapping runners. Every method is called on the pipeline's thread, synchronously.
+    """
 
-        return make_openvino_runner(backend, manifest, name, threads=threads, allow_fallback=allow_fallback,
-                                    profile_prefix=profile_prefix, compile_cache=compile_cache)
-    if backend not in ORT_BACKENDS:
-        raise InputError(f"backend={backend!r} is not known; choose one of {', '.join(BACKENDS)}")
-    return OrtRunner(spec, path, backend=backend, threads=threads, allow_fallback=allow_fallback,
-                     profile_prefix=profile_prefix)
+    def on_infer_start(self, graph: str) -> None:
+        """Right before one call of graph ``graph`` (a name of the engines' manifest)."""
+
+    def on_infer_end(self, graph: str) -> None:
+        """Right after that call returned (host outputs ready)."""
+
+    def on_step_end(self, step: int, total: int, timestep: float, latents: np.ndarray) -> None:
+        """After denoising step ``step`` (1-based) of ``total``; ``latents`` float32 [N, C, h, w] (read only)."""
+
+
+class _Progress(PipelineCallback):
+    def __init__(self, progress):
+        self.progress = progress
+
+    def on_step_end(self, step, total, timestep, latents):
+        self.progress(step, total)
 
 
 class MaskstPipeline:
@@ -80,9 +84,12 @@ class MaskstPipeline:
 
     def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
                  threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None,
-                 compile_cache: Path | bool | None = None):
+                 compile_cache: Path | bool | None = None, callbacks=()):
         self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
         self.backend = backend
+        self.callbacks: list[PipelineCallback] = list(callbacks)
+        options = RunnerOptions(threads=threads, allow_fallback=allow_fallback, profile_prefix=profile_prefix,
+                                compile_cache=compile_cache)
         model = self.manifest.model
         self.layer_names = tuple(model["cross_attention_layers"])
         self.vae_scale_factor = int(model["vae_scale_factor"])
@@ -93,8 +100,8 @@ class MaskstPipeline:
             json.loads((self.manifest.folder / "preprocessor_config.json").read_text()))
         self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
         self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
-        self.runners = {name: make_runner(backend, self.manifest, name, threads, allow_fallback, profile_prefix,
-                                          compile_cache) for name in GRAPHS}
+        runtime_backend = parse_backend(backend)
+        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in GRAPHS}
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -109,6 +116,19 @@ class MaskstPipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+    def add_callback(self, callback: PipelineCallback) -> None:
+        self.callbacks.append(callback)
+
+    def run_graph(self, graph: str, feed: dict[str, np.ndarray], check_inputs: bool = True) -> dict[str, np.ndarray]:
+        """One call of one graph's runner, announced to the callbacks. Outputs are the runner's
+        reused buffers: copy what must outlive the next call of the same graph."""
+        for callback in self.callbacks:
+            callback.on_infer_start(graph)
+        out = self.runners[graph].infer(feed, check_inputs=check_inputs)
+        for callback in self.callbacks:
+            callback.on_infer_end(graph)
+        return out
 
     def clear_caches(self) -> None:
         """Forget cached prompt, content and style embeddings: the next request runs every encoder."""
@@ -171,7 +191,7 @@ class MaskstPipeline:
         return embeds
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        embeds = self.runners["image_encoder"].infer({"pixel_values": pixels})["image_embeds"]
+        embeds = self.run_graph("image_encoder", {"pixel_values": pixels})["image_embeds"]
         _check_finite("image_encoder", embeds)
         return embeds.mean(axis=0, keepdims=True, dtype=np.float32)
 
@@ -180,7 +200,7 @@ class MaskstPipeline:
         if text not in self._content_cache:
             ids = tokenize(self.content_tokenizer, [text], "content text",
                            self.runners["content_encoder"].spec.inputs[0].shape[1])
-            embeds = self.runners["content_encoder"].infer({"input_ids": ids})["content_embeds"].copy()
+            embeds = self.run_graph("content_encoder", {"input_ids": ids})["content_embeds"].copy()
             _check_finite("content_encoder", embeds)
             self._content_cache[text] = embeds
         return self._content_cache[text]
@@ -192,7 +212,7 @@ class MaskstPipeline:
             length = self.runners["text_encoder"].spec.inputs[0].shape[1]
             ids = np.concatenate([tokenize(self.tokenizer, [negative], "negative prompt", length),
                                   tokenize(self.tokenizer, [prompt], "prompt", length)])
-            embeds = self.runners["text_encoder"].infer({"input_ids": ids})["text_embeddings"].copy()
+            embeds = self.run_graph("text_encoder", {"input_ids": ids})["text_embeddings"].copy()
             _check_finite("text_encoder", embeds)
             self._prompt_cache[key] = embeds
             if len(self._prompt_cache) > 32:
@@ -203,9 +223,9 @@ class MaskstPipeline:
                   mode: MaskMode, theta: float, content_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """(ip_tokens float32 [1, k, C], mask bool [1, D]) from the fused conditioner graph."""
         if self.plus:  # the Resampler projection alone
-            tokens = self.runners["image_conditioner"].infer({"image_embeds": image_embeds})["ip_tokens"]
+            tokens = self.run_graph("image_conditioner", {"image_embeds": image_embeds})["ip_tokens"]
             return tokens.copy(), np.zeros(image_embeds.shape[:1] + image_embeds.shape[-1:], dtype=bool)
-        out = self.runners["image_conditioner"].infer({
+        out = self.run_graph("image_conditioner", {
             "image_embeds": image_embeds, "content_embeds": content_embeds,
             "method": np.array([method.index], np.int64), "mask_mode": np.array([mode.index], np.int64),
             "theta": np.array([theta], np.float32), "content_scale": np.array([content_scale], np.float32),
@@ -250,6 +270,7 @@ class MaskstPipeline:
         if style_images is None and not config.style:
             raise InputError("no style image given; pass --style IMAGE")
         method = effective_method(config)
+        callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
         text = self.encode_prompts(config.prompt, config.negative_prompt)
@@ -281,18 +302,18 @@ class MaskstPipeline:
             sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
             feed["sample"] = sample.astype(np.float32, copy=False)
             feed["timestep"] = np.array([t], dtype=np.float32)
-            noise = unet.infer(feed, check_inputs=False)["noise_pred"]
+            noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
             latents = scheduler.step(guided, t, latents)
-            if progress is not None:
-                progress(i + 1, len(scheduler.timesteps))
+            for callback in callbacks:
+                callback.on_step_end(i + 1, len(scheduler.timesteps), float(t), latents)
         timings["denoise"] = (clock() - t0) * 1e3
         timings["unet_step"] = timings["denoise"] / max(1, len(scheduler.timesteps))
         _check_finite("unet (denoising loop)", latents)
 
         t0 = clock()
-        decoded = self.runners["vae_decoder"].infer({"latents": latents.astype(np.float32)})["images"]
+        decoded = self.run_graph("vae_decoder", {"latents": latents.astype(np.float32)})["images"]
         timings["vae_decoder"] = (clock() - t0) * 1e3
         _check_finite("vae_decoder", decoded, hint=" (fp16 VAEs overflow: rebuild with the VAE in fp32)")
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)

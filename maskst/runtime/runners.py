@@ -64,7 +64,7 @@ class Runner(abc.ABC):
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-ORT_BACKENDS = {
+ORT_PROVIDERS = {
     "ort-cpu": ["CPUExecutionProvider"],
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -82,10 +82,10 @@ class OrtRunner(Runner):
     def __init__(self, spec: GraphSpec, path: Path, backend: str = "ort-cpu", threads: int | None = None,
                  allow_fallback: bool = False, profile_prefix: str | None = None):
         super().__init__(spec, path)
-        if backend not in ORT_BACKENDS:
-            raise BackendError(f"backend={backend!r} is not an ONNX Runtime backend; choose one of {', '.join(ORT_BACKENDS)}")
+        if backend not in ORT_PROVIDERS:
+            raise BackendError(f"backend={backend!r} is not an ONNX Runtime backend; choose one of {', '.join(ORT_PROVIDERS)}")
         self.backend = backend
-        self.providers = ORT_BACKENDS[backend]
+        self.providers = ORT_PROVIDERS[backend]
         self.threads = threads
         self.allow_fallback = allow_fallback
         self.profile_prefix = profile_prefix

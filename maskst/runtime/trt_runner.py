@@ -10,8 +10,7 @@ Load (:meth:`TrtRunner.from_manifest`), before a byte of the plan is deserialise
    rebuilds the folder here;
 4. the plan's size and SHA-256 match the manifest.
 
-Run (:meth:`TrtRunner.infer`, numpy in and out like every runner; :meth:`TrtRunner.infer_device`
-for CUDA torch tensors that stay on the GPU):
+Run (:meth:`TrtRunner.infer`, numpy in and out like every runner):
 
 * Every IO tensor has one preallocated device buffer sized for the profile max
   (``GraphSpec.max_shapes()``); a request uses a contiguous prefix of it, so tensor addresses are
@@ -47,6 +46,7 @@ from maskst.engines.manifest import Manifest
 from maskst.engines.tensorrt import (compatibility_error, plan_io_buffers, rebuild_command, shape_violations,
                                      verify_plan_file)
 from maskst.errors import BackendError, EngineError, InputError
+from maskst.hardware import TRT_INSTALL_HINT, import_tensorrt, trt_runtime_problems
 from maskst.contract.spec import GraphSpec
 from maskst.runtime.runners import Runner
 
@@ -55,20 +55,8 @@ log = logging.getLogger(__name__)
 CUDA_GRAPH_GRAPHS = ("unet",)  # the graph run once per denoising step; the others run once per request
 
 
-def torch_cuda_or_none():
-    """The torch module if it can use a CUDA device, else None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch if torch.version.cuda is not None and torch.cuda.is_available() else None
-
-
 def require_trt_runtime():
     """(tensorrt, torch) for the native TensorRT backend, or BackendError naming what is missing."""
-    from maskst.engines.tensorrt import TRT_INSTALL_HINT, import_tensorrt
-    from maskst.runtime.backends import trt_runtime_problems
-
     problems = trt_runtime_problems()
     if problems:
         raise BackendError("the TensorRT backend cannot run on this machine: " + "; ".join(problems)
@@ -337,38 +325,3 @@ class TrtRunner(Runner):
                 result[t.name] = host.numpy()
         stream.synchronize()
         return result
-
-    def infer_device(self, feed: dict, check_inputs: bool = True) -> dict:
-        """Run on CUDA torch tensors; returns {output: CUDA tensor view of this runner's buffer}.
-
-        Nothing crosses to the host. Inputs already living in this runner's buffers (see
-        :meth:`input_view`) are not copied; others are copied device-to-device after the arena
-        stream waits for the caller's current stream. The returned views are valid until this
-        runner's next launch and are ordered on :attr:`stream`: use them on that stream (e.g. feed
-        them to the next TrtRunner of the folder, which shares it) or synchronise it first.
-        """
-        if not self.is_active:
-            raise BackendError(f"{self.spec.name}: runner used before activate()")
-        torch = self._torch
-        shapes = {t.name: tuple(feed[t.name].shape) for t in self.spec.inputs}
-        if check_inputs:
-            self.spec.check_feed({name: np.broadcast_to(np.zeros((), self._np_dtype(feed[name])), shape)
-                                  for name, shape in shapes.items()})
-        self._check_shapes(shapes)
-        dims = self.spec.dims_of({name: np.broadcast_to(np.zeros((), np.uint8), shape) for name, shape in shapes.items()})
-        out_shapes = self.spec.shapes(dims)
-        stream = self.arena.stream
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for t in self.spec.inputs:
-                dst = self.input_view(t.name, shapes[t.name])
-                src = feed[t.name]
-                if src.data_ptr() != dst.data_ptr():
-                    dst.copy_(src, non_blocking=True)
-            self._launch(shapes)
-        return {t.name: self._device[t.name][:int(np.prod(out_shapes[t.name], dtype=np.int64))].view(out_shapes[t.name])
-                for t in self.spec.outputs}
-
-    @staticmethod
-    def _np_dtype(tensor) -> str:
-        return str(tensor.dtype).replace("torch.", "")
