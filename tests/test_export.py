@@ -132,3 +132,27 @@ def test_corrupted_engine_files_are_refused(tiny_engines, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match="written by maskst 0.0.1"):
         load_manifest(copy)
+
+
+def test_conditioner_wire_format_is_recorded_and_checked_on_load(tiny_engines, tmp_path):
+    """Reordering or renumbering Method / MaskMode must never silently change what built engines compute."""
+    import shutil
+
+    from maskst.contract.wire import MASK_MODE_CODES, METHOD_CODES
+    from maskst.engines.manifest import load_manifest
+
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    assert manifest["wire_format"]["image_conditioner"] == {"method": METHOD_CODES, "mask_mode": MASK_MODE_CODES}
+    assert [m.index for m in Method] == [METHOD_CODES[m.value] for m in Method]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_engines, copy)
+    swapped = dict(manifest)
+    swapped["wire_format"] = {"image_conditioner": {"method": {**METHOD_CODES, "maskst": 1, "instantstyle": 2},
+                                                    "mask_mode": MASK_MODE_CODES}}
+    (copy / "manifest.json").write_text(json.dumps(swapped))
+    with pytest.raises(EngineError, match=r"method 'instantstyle': engines use code 2, this maskst 1[\s\S]*rebuild"):
+        load_manifest(copy)
+    del swapped["wire_format"]
+    (copy / "manifest.json").write_text(json.dumps(swapped))
+    with pytest.raises(EngineError, match="records no conditioner wire format"):
+        load_manifest(copy)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from maskst import __version__
 from maskst.contract.files import sha256
+from maskst.contract.wire import wire_format_differences
 from maskst.engines.folder import MANIFEST_NAME
 from maskst.errors import EngineError
 from maskst.contract.spec import GraphSpec
 
 FORMAT = "maskst-engines"
-SCHEMA = 2  # 2: preprocessor_config.json (style image preprocessing) in every folder
+SCHEMA = 3  # 2: preprocessor_config.json in every folder; 3: the conditioner's wire format recorded
 REBUILD_HINT = "rebuild it with maskst-export --force"
 
 
@@ -102,6 +103,10 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
         raise EngineError(
             f"{path} was written by maskst {written_by}; this is maskst {__version__}: {REBUILD_HINT}"
         )
+    differences = wire_format_differences(data.get("wire_format", {}).get("image_conditioner"))
+    if differences:  # the graph compares method / mask-mode codes: other codes would compute another method
+        raise EngineError(f"{path}: the image conditioner was built with other method / mask-mode codes than this "
+                          f"maskst uses ({'; '.join(differences)}); {REBUILD_HINT}")
     for name, graph in data.get("graphs", {}).items():
         if graph["file"] not in data.get("files", {}):
             raise EngineError(f"{path}: graph {name} file {graph['file']} is not recorded; {REBUILD_HINT}")

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, load_adapter_state_dict, resolve_checkpoints
 from maskst.contract.files import sha256
+from maskst.contract.wire import conditioner_wire_format
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.engines.onnx_files import save_graph
@@ -206,6 +207,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 "scheduler_config": scheduler_config,
             },
             "graphs": graphs,
+            "wire_format": {"image_conditioner": conditioner_wire_format()},
             **extra,
             "versions": library_versions(),
         })
