@@ -26,6 +26,7 @@ def plot_report(report: dict, path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         raise BackendError('--plot needs matplotlib: pip install "maskst[bench]"') from None
     summary = report["summary"]
@@ -52,12 +53,16 @@ def plot_report(report: dict, path: Path) -> None:
             means.append(mean)
             errs.append(half)
         right.bar([i + offset for i in range(len(methods))], means, width, yerr=errs, capsize=4, hatch=hatch,
-                  color=[colors[m] for m in methods], edgecolor="black", label=score.replace("_", " "))
+                  color=[colors[m] for m in methods], edgecolor="black")
     right.set_xticks(range(len(methods)), methods)
     right.axhline(1.0, color="gray", lw=0.8, ls="--")
     right.set_ylabel("cos(gen, content) / cos(style, content)")
     right.set_title("content leakage (lower is better)")
-    right.legend(fontsize=8)
+    low, high = right.get_ylim()
+    right.set_ylim(low, high + 0.15 * (high - low))  # room for the legend
+    right.legend(handles=[Patch(facecolor="white", edgecolor="black", label="leakage"),
+                          Patch(facecolor="white", edgecolor="black", hatch="//", label="gated leakage (unfaithful = 1)")],
+                 fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

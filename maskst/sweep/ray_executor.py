@@ -95,7 +95,11 @@ class RayExecutor:
         ray = import_ray()
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=self.options.address, include_dashboard=False, configure_logging=False)
+            local = {} if self.options.address else {"include_dashboard": False}
+            try:
+                ray.init(address=self.options.address, configure_logging=False, **local)
+            except (ConnectionError, ValueError) as exc:
+                raise BackendError(f"--ray {self.options.address or ''}: could not start or reach Ray ({exc})") from None
         try:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # the sweep draws its own bar
