@@ -15,9 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from maskst.errors import InputError
-from maskst.contract.wire import MaskMode, Method, canonical_scheduler_name, parse_enum
+from maskst.tokenization import check_text
+from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method, canonical_scheduler_name, parse_enum
 
 DEFAULT_NEGATIVE_PROMPT = ""
+# The demo request (the embedded engines, benchmarks): one place.
+DEMO_PROMPT = "a photo of a cat"
+DEMO_CONTENT = "a house"
+DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
+
+
+def _field(default, help: str, flag: str | None = None):
+    """A GenerationConfig field with its user-facing help: CLI options and job fields derive from it.
+    ``...`` as default: required."""
+    metadata = {"help": help, "flag": flag}
+    if default is ...:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +44,32 @@ class GenerationConfig:
     ``scale`` and ``target_blocks``).
     """
 
-    prompt: str
-    style: tuple[Path, ...] = ()
-    content: str = ""
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    method: Method = Method.MASKST
-    mask_mode: MaskMode = MaskMode.KMEANS
-    theta: float = 0.7
-    scale: float = 1.0
-    content_scale: float = 1.0
-    target_blocks: tuple[str, ...] = ()
-    layer_scales: tuple[float, ...] | None = None
-    steps: int = 30
-    guidance: float = 7.5
-    scheduler: str | None = None  # None: the base model's scheduler
-    seed: int = 0
-    height: int = 512
-    width: int = 512
-    num_images: int = 1
-    init_latents: Path | None = None
+    prompt: str = _field(..., "What to draw.")
+    style: tuple[Path, ...] = _field((), "Style reference image (repeat for several; their CLIP embeddings are averaged).",
+                                     flag="--style")
+    content: str = _field("", "What the style image shows that must NOT leak (e.g. 'a ship').")
+    negative_prompt: str = _field(DEFAULT_NEGATIVE_PROMPT, "Negative prompt (the unconditional half of guidance).")
+    method: Method = _field(Method.MASKST, "maskst (mask content elements), instantstyle (subtract the content "
+                                           "embedding) or ip-adapter (plain).")
+    mask_mode: MaskMode = _field(MaskMode.KMEANS, "kmeans: exact 2-means split (the paper's default); quantile: "
+                                                  "p > quantile(p, theta).")
+    theta: float = _field(0.7, "Quantile level for --mask-mode quantile.")
+    scale: float = _field(1.0, "IP-Adapter scale.")
+    content_scale: float = _field(1.0, "InstantStyle subtraction scale.")
+    target_blocks: tuple[str, ...] = _field((), "Only these cross-attention blocks get the adapter (InstantStyle), "
+                                                "e.g. up_blocks.1 (repeatable).", flag="--target-block")
+    layer_scales: tuple[float, ...] | None = _field(None, "Explicit comma-separated scale per cross-attention layer "
+                                                          "(overrides --scale and --target-block).")
+    steps: int = _field(30, "Denoising steps.")
+    guidance: float = _field(7.5, "Classifier-free guidance scale (>= 1).")
+    scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
+                                         "default: the base model's scheduler.")
+    seed: int = _field(0, "Seed of the initial noise (numpy PCG64).")
+    height: int = _field(512, "Image height in pixels (a multiple of 8).")
+    width: int = _field(512, "Image width in pixels (a multiple of 8).")
+    num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
+    init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
+                                             "(diffusers' `latents`); overrides --seed.")
 
     @classmethod
     def create(cls, **values) -> "GenerationConfig":
@@ -80,8 +101,8 @@ class GenerationConfig:
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         """Raise InputError naming the field, the value and the fix, for the first bad value."""
-        if not isinstance(self.prompt, str):
-            raise InputError(f"prompt must be text; got {self.prompt!r}")
+        for name, what in (("prompt", "prompt"), ("negative_prompt", "negative prompt"), ("content", "content text")):
+            check_text(getattr(self, name), what)  # str, and UTF-8 (a shell passes other bytes as surrogates)
         for name in ("height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0 or value % vae_scale_factor:

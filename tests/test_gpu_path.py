@@ -256,7 +256,7 @@ def test_fp16_parity_failure_raises(engines32, tmp_path, monkeypatch):
 def test_fp16_image_close_to_fp32(engines32, engines16):
     """End to end on ONNX Runtime CPU: same seed, fp16 engines vs fp32 engines (docs/gpu.md)."""
     from maskst.generation import GenerationConfig
-    from maskst.cli.embedded import DEFAULT_STYLE
+    from maskst.generation import DEMO_STYLE as DEFAULT_STYLE
     from maskst.runtime.pipeline import MaskstPipeline
 
     config = GenerationConfig.create(prompt="a cat", style=(DEFAULT_STYLE,), content="a house", steps=4,
@@ -521,7 +521,7 @@ def test_run_backend_trt_fails_fast(engines32, tmp_path, no_gpu):
 
 def test_run_ort_cuda_needs_provider_unless_fallback(engines32, tmp_path, no_gpu):
     from maskst.cli.run import main
-    from maskst.cli.embedded import DEFAULT_STYLE
+    from maskst.generation import DEMO_STYLE as DEFAULT_STYLE
 
     out = tmp_path / "x.png"
     args = ["--engines", str(engines32.folder), "--prompt", "a cat", "--content", "a house", "--style",
@@ -784,7 +784,7 @@ def _check_fake_plans(staging, graphs, section):
 def test_trt_path_end_to_end_on_a_fake_tensorrt(engines16, tmp_path, monkeypatch, version):
     from maskst.engines.manifest import load_manifest, write_manifest
     from maskst.generation import GenerationConfig
-    from maskst.cli.embedded import DEFAULT_STYLE
+    from maskst.generation import DEMO_STYLE as DEFAULT_STYLE
     from maskst.runtime.pipeline import MaskstPipeline
 
     trt = _fake_tensorrt(version)

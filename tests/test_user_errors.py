@@ -87,3 +87,20 @@ def test_batch_job_with_undecodable_text_fails_alone(tiny_engines, tmp_path, sty
     bad, good = (json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines())
     assert bad["status"] == "error" and bad["exit_code"] == 2 and "content text holds bytes" in bad["error"]
     assert good["status"] == "ok" and not (tmp_path / "out" / "bad.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["--height", "--width"])
+def test_zero_size_is_refused_not_taken_as_the_default(tmp_path, style_image, flag):
+    """Only an absent option means "default"; 0 is a value, and not a size. Refused before any engine loads
+    (the engines folder does not even exist: exit 2, not the engines error 4)."""
+    result = CliRunner().invoke(run_main, ["--engines", str(tmp_path / "missing"), "--prompt", "a cat",
+                                           "--style", str(style_image), flag, "0", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2, result.output
+    assert f"{flag[2:]}=0 must be a positive multiple of 8" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_undecodable_prompt_is_refused_before_any_engine_loads(tmp_path, style_image):
+    result = CliRunner().invoke(run_main, ["--engines", str(tmp_path / "missing"), "--prompt", "\udcff\udcfe",
+                                           "--style", str(style_image), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output, result.output

@@ -48,6 +48,7 @@ import warnings
 from pathlib import Path
 
 from maskst import __version__
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE
 from maskst.runtime.pipeline import PipelineCallback
 
 CACHE_MARKER = "bench-cache.json"
@@ -57,8 +58,6 @@ STAGE_LABELS = {
     "content_encoder": "content encoder (CLIP text)", "image_conditioner": "masking + projection",
     "unet_step": "UNet step (CFG batch)", "vae_decoder": "VAE decode",
 }
-DEFAULT_PROMPT = "a photo of a cat"
-DEFAULT_CONTENT = "a house"
 MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below timer noise of a generation
 # Engines built for benchmarks accept sizes 128..1024 px (64..512 for the tiny presets), up to 4 images.
 _EXPORT_SIZES = {"full": dict(min_size=128, opt_size=512, max_size=1024, max_batch=4),
@@ -216,16 +215,15 @@ class BenchSettings:
     repeats: int = 3
     warmup: int = 1
     threads: int | None = None
-    prompt: str = DEFAULT_PROMPT
-    content: str = DEFAULT_CONTENT
+    prompt: str = DEMO_PROMPT
+    content: str = DEMO_CONTENT
     seed: int = 0
     scheduler: str | None = None
 
     def config(self, **override):
         from maskst.generation import GenerationConfig
-        from maskst.cli.embedded import DEFAULT_STYLE
 
-        values = dict(prompt=self.prompt, style=(DEFAULT_STYLE,), content=self.content, steps=self.steps,
+        values = dict(prompt=self.prompt, style=(DEMO_STYLE,), content=self.content, steps=self.steps,
                       height=self.height, width=self.width, num_images=self.num_images, seed=self.seed,
                       scheduler=self.scheduler)
         values.update(override)

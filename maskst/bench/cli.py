@@ -11,6 +11,7 @@ import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PRESETS = ("tiny", "tiny-wide", "full")
@@ -45,10 +46,10 @@ def _request_options(func):
         click.option("--height", type=int, default=256, show_default=True, help="Image height (px)."),
         click.option("--width", type=int, default=256, show_default=True, help="Image width (px)."),
         click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps."),
-        click.option("--batch", "num_images", type=int, default=1, show_default=True,
+        click.option("--num-images", type=int, default=1, show_default=True,
                      help="Images per request (the UNet runs twice as many: guidance)."),
-        click.option("--prompt", default="a photo of a cat", show_default=True),
-        click.option("--content", default="a house", show_default=True, help="Content text that is masked out."),
+        click.option("--prompt", default=DEMO_PROMPT, show_default=True),
+        click.option("--content", default=DEMO_CONTENT, show_default=True, help="Content text that is masked out."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--scheduler", default=None, help="Scheduler name (default: the base model's)."),
         click.option("--threads", type=int, default=None,

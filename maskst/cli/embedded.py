@@ -14,11 +14,7 @@ from maskst import __version__
 from maskst.engines.manifest import load_manifest
 from maskst.errors import EngineError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_STYLE = ASSETS / "style.png"
-DEFAULT_PROMPT = "a photo of a cat"
-DEFAULT_CONTENT = "a house"
-DEFAULT_SIZE = 128
+DEFAULT_SIZE = 128  # image side the embedded engines are optimised for (their demo request's size)
 
 
 def default_cache_dir() -> Path:

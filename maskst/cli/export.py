@@ -10,6 +10,8 @@ import click
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.export.options import ExportOptions, Precision, Target
 
+DEFAULTS = ExportOptions()  # the one source of the export defaults
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=EXIT_CODES_HELP)
@@ -23,14 +25,15 @@ from maskst.export.options import ExportOptions, Precision, Target
               help="transformers CLIP folder of the same CLIP (ViT-H/14), for the content text.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Engines folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing engines folder (only once the new one is complete).")
-@click.option("--precision", type=click.Choice([p.value for p in Precision]), default="fp32", show_default=True)
-@click.option("--target", type=click.Choice([t.value for t in Target]), default="onnx", show_default=True,
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default=DEFAULTS.precision.value,
+              show_default=True)
+@click.option("--target", type=click.Choice([t.value for t in Target]), default=DEFAULTS.target.value, show_default=True,
               help="onnx: ONNX graphs for ONNX Runtime; trt: plus TensorRT plans (NVIDIA GPU required).")
-@click.option("--min-size", type=int, default=256, show_default=True, help="Smallest image side the engines accept (px).")
-@click.option("--opt-size", type=int, default=512, show_default=True, help="Image side to optimise for (px).")
-@click.option("--max-size", type=int, default=1024, show_default=True, help="Largest image side (px).")
-@click.option("--max-batch", type=int, default=4, show_default=True, help="Most images per request.")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--min-size", type=int, default=DEFAULTS.min_size, show_default=True, help="Smallest image side the engines accept (px).")
+@click.option("--opt-size", type=int, default=DEFAULTS.opt_size, show_default=True, help="Image side to optimise for (px).")
+@click.option("--max-size", type=int, default=DEFAULTS.max_size, show_default=True, help="Largest image side (px).")
+@click.option("--max-batch", type=int, default=DEFAULTS.max_batch, show_default=True, help="Most images per request.")
+@click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True)
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
@@ -48,7 +51,7 @@ def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision
     """
     from maskst.export.exporter import ExportRequest, export_engines
 
-    options = ExportOptions(precision=Precision(precision), target=Target(target), min_batch=1, opt_batch=1,
+    options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,

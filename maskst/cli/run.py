@@ -13,14 +13,13 @@ from tqdm.auto import tqdm
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError, MaskstError
 from maskst.runtime.backends import backends_help, require_backend
-from maskst.generation import GenerationConfig
-from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method
+from maskst.cli.embedded import DEFAULT_SIZE
+from maskst.cli.options import REQUEST_FIELDS, given_request, request_from, request_options
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, GenerationConfig
 from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
 
-# Options a batch-job line may carry, with the GenerationConfig field each one sets.
-JOB_FIELDS = ("prompt", "style", "content", "negative_prompt", "method", "mask_mode", "theta", "scale",
-              "content_scale", "target_blocks", "layer_scales", "steps", "guidance", "scheduler", "seed",
-              "height", "width", "num_images", "init_latents")
+# Options a batch-job line may carry: the GenerationConfig fields.
+JOB_FIELDS = REQUEST_FIELDS
 
 
 def _write_images(out: Path, config, result, pipeline) -> list[str]:
@@ -72,30 +71,7 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
                epilog=EXIT_CODES_HELP)
 @click.option("--engines", type=click.Path(path_type=Path, file_okay=False),
               help="Engines folder built by maskst-export. Default: the embedded tiny demo engines (built once, cached).")
-@click.option("--prompt", help="What to draw.")
-@click.option("--style", "style", multiple=True, type=click.Path(path_type=Path),
-              help="Style reference image (repeat for several; their embeddings are averaged). Default with the "
-                   "embedded engines: the bundled style image.")
-@click.option("--content", default=None, help="What the style image shows that must NOT leak (e.g. 'a ship').")
-@click.option("--negative-prompt", default="", show_default=True)
-@click.option("--method", type=click.Choice([m.value for m in Method]), default="maskst", show_default=True)
-@click.option("--mask-mode", type=click.Choice([m.value for m in MaskMode]), default="kmeans", show_default=True)
-@click.option("--theta", type=float, default=0.7, show_default=True, help="Quantile level for --mask-mode quantile.")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="IP-Adapter scale.")
-@click.option("--content-scale", type=float, default=1.0, show_default=True, help="InstantStyle subtraction scale.")
-@click.option("--target-block", "target_blocks", multiple=True,
-              help="Only these cross-attention blocks get the adapter (InstantStyle), e.g. up_blocks.1 (repeatable).")
-@click.option("--layer-scales", help="Explicit comma-separated scale per cross-attention layer (overrides --scale).")
-@click.option("--steps", type=int, default=30, show_default=True)
-@click.option("--guidance", type=float, default=7.5, show_default=True)
-@click.option("--scheduler", default=None,
-              help=f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name). Default: the base model's scheduler.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--height", type=int, default=None, help="Default 512 (128 with the embedded engines).")
-@click.option("--width", type=int, default=None, help="Default 512 (128 with the embedded engines).")
-@click.option("--num-images", type=int, default=1, show_default=True)
-@click.option("--init-latents", type=click.Path(path_type=Path, dir_okay=False),
-              help="Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma (diffusers' `latents`).")
+@request_options()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Output PNG (several images: OUT-0.png, ...).")
 @click.option("--batch", "batch", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="JSONL file: one job per line with the option names above (prompt, style, content, seed, ...).")
@@ -111,10 +87,8 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result line instead of text.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @run_cli
-def main(engines, prompt, style, content, negative_prompt, method, mask_mode, theta, scale, content_scale,
-         target_blocks, layer_scales, steps, guidance, scheduler, seed, height, width, num_images, init_latents,
-         out, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify, cache_dir,
-         json_out, quiet):
+def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify,
+         cache_dir, json_out, quiet, **request):
     """Generate PROMPT in the style of --style without copying its --content (MaskST).
 
     \b
@@ -122,8 +96,6 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
     maskst-run --engines eng/ --prompt "a cat" --style wave.png --content "a wave" --out cat.png
     maskst-run --engines eng/ --batch jobs.jsonl --out-dir results/
     """
-    from maskst.cli.embedded import DEFAULT_CONTENT, DEFAULT_PROMPT, DEFAULT_SIZE, DEFAULT_STYLE
-
     embedded = engines is None
     if batch is not None and out_dir is None:
         raise InputError("--batch needs --out-dir (one PNG per job and results.jsonl go there)")
@@ -133,23 +105,15 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
         if out is None:
             raise InputError("--out is required (the PNG to write)")
         check_writable(out)
-    default_size = DEFAULT_SIZE if embedded else 512
-    defaults = {
-        "prompt": prompt if prompt is not None else (DEFAULT_PROMPT if embedded else None),
-        "style": tuple(style) or ((DEFAULT_STYLE,) if embedded else ()),
-        "content": content if content is not None else (DEFAULT_CONTENT if embedded else ""),
-        "negative_prompt": negative_prompt, "method": method, "mask_mode": mask_mode, "theta": theta,
-        "scale": scale, "content_scale": content_scale, "target_blocks": tuple(target_blocks),
-        "layer_scales": _parse_floats(layer_scales), "steps": steps, "guidance": guidance,
-        "scheduler": scheduler, "seed": seed, "height": height or default_size, "width": width or default_size,
-        "num_images": num_images, "init_latents": init_latents,
-    }
+    # the embedded demo engines come with a demo request; real engines take GenerationConfig's defaults
+    fallback = ({"prompt": DEMO_PROMPT, "style": (DEMO_STYLE,), "content": DEMO_CONTENT, "height": DEFAULT_SIZE,
+                 "width": DEFAULT_SIZE} if embedded else {})
+    defaults = {**fallback, **given_request(request)}  # what batch lines start from
     if batch is None:
-        if defaults["prompt"] is None:
+        if embedded or request.get("prompt") is not None:
+            config = request_from(request, **fallback)  # every value checked before any engine loads
+        else:
             raise InputError("--prompt is required with --engines")
-        config = GenerationConfig.create(**defaults)  # every value checked before any engine loads
-    else:
-        defaults = {k: v for k, v in defaults.items() if v is not None}
     require_backend(backend, allow_fallback)  # unknown names and missing GPUs / packages: before any work
     if embedded:
         from maskst.cli.embedded import default_engines
@@ -179,15 +143,6 @@ def main(engines, prompt, style, content, negative_prompt, method, mask_mode, th
     else:
         click.echo(f"wrote {', '.join(paths)} ({result.method.value}, {result.masked_elements} elements masked, "
                    f"{result.scheduler}, {config.steps} steps)")
-
-
-def _parse_floats(text: str | None):
-    if not text:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--layer-scales {text!r} must be comma-separated numbers, e.g. 0,0,1,1") from None
 
 
 if __name__ == "__main__":

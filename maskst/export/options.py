@@ -28,7 +28,7 @@ class ExportOptions:
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 4
-    min_size: int = 64
+    min_size: int = 256
     opt_size: int = 512
     max_size: int = 1024
     opset: int = 17
