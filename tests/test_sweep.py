@@ -196,12 +196,15 @@ def test_ray_runs_the_same_grid_and_a_rerun_does_no_work(local_ray, tiny_engines
 
 def test_a_killed_ray_worker_loses_no_job(local_ray, tiny_engines, grid, tmp_path):
     out, marker = tmp_path / "out", tmp_path / "crash-once"
-    marker.touch()  # the first worker to start a job renames it to crash-once.fired and exits at once
+    # the first worker to start a job after finishing 2 renames it to crash-once.fired and exits at once
+    marker.write_text("2")
     result = _sweep(*_args(tiny_engines, grid, out, "--ray", "--workers", "2", "--crash-marker", marker))
     assert result.exit_code == 0, result.output
     assert not marker.exists() and Path(f"{marker}.fired").exists()  # a worker did die
+    assert _summary(result)["ran"] + _summary(result)["cached"] == 12 and _summary(result)["failed"] == 0
     lines = _lines(out)
     assert [r["job"] for r in lines] == list(range(12)) and all(r["status"] == "ok" for r in lines)
+    assert len({r["worker"] for r in lines if not r["cached"]}) == 3  # two actors, one of them restarted
     assert len(_pngs(out)) == 12
     first = _pngs(out)
     again = _sweep(*_args(tiny_engines, grid, out, "--ray", "--workers", "2"))

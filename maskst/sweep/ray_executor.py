@@ -27,7 +27,7 @@ import numpy as np
 from maskst.errors import BackendError, InputError
 from maskst.sweep.executors import PipelineOptions
 from maskst.sweep.grid import SweepJob
-from maskst.sweep.worker import run_job
+from maskst.sweep.worker import crash_if_marked, run_job
 
 MAX_BLOCKS = 10_000  # dataset blocks at most (one map task each); above this, several batches share a block
 
@@ -56,6 +56,9 @@ class RayOptions:
             raise InputError(f"--batch-size {self.batch_size} must be a positive integer")
         if self.crash_marker is not None:
             object.__setattr__(self, "crash_marker", Path(self.crash_marker).absolute())
+            text = self.crash_marker.read_text().strip() if self.crash_marker.is_file() else ""
+            if text and not text.isdigit():
+                raise InputError(f"--crash-marker {self.crash_marker} must be empty or hold a job count; got {text!r}")
 
 
 class SweepActor:
@@ -68,10 +71,14 @@ class SweepActor:
         self.pipeline = pipeline.open()
         self.out_dir = Path(out_dir)
         self.crash_marker = Path(crash_marker) if crash_marker else None
+        self.completed = 0  # jobs this actor process has run (for the test hook)
 
     def __call__(self, batch: dict) -> dict:
-        records = [run_job(self.pipeline, SweepJob.from_json(str(text)), self.out_dir, self.crash_marker)
-                   for text in batch["job"]]
+        records = []
+        for text in batch["job"]:
+            crash_if_marked(self.crash_marker, self.completed)
+            records.append(run_job(self.pipeline, SweepJob.from_json(str(text)), self.out_dir))
+            self.completed += 1
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
 

@@ -30,23 +30,30 @@ def base_record(job) -> dict:
             "style": [str(p) for p in config.style], "content": config.content, "key": job.key}
 
 
-def crash_if_marked(marker: Path | None) -> None:
+def crash_if_marked(marker: Path | None, completed: int = 0) -> None:
     """Fault-injection test hook (``maskst-sweep --ray --crash-marker PATH``; Ray workers only).
 
-    If ``marker`` exists, rename it to ``marker.fired`` and end this process at once
-    (``os._exit(1)``, no cleanup, no result), as a killed worker would. The rename is atomic, so
-    exactly one worker fires per marker file and the retried job then runs normally.
+    If ``marker`` exists and this worker has already run at least N jobs (N = the integer in the
+    file; empty file: 0), rename it to ``marker.fired`` and end this process at once
+    (``os._exit(1)``: no cleanup, no result), as a killed worker would. The rename is atomic, so
+    exactly one worker fires per marker file, and the retried jobs then run normally.
     """
     if marker is None:
         return
     try:
-        os.replace(marker, str(marker) + FIRED_SUFFIX)
+        text = Path(marker).read_text().strip()
     except FileNotFoundError:
+        return
+    if completed < (int(text) if text else 0):
+        return
+    try:
+        os.replace(marker, str(marker) + FIRED_SUFFIX)
+    except FileNotFoundError:  # another worker fired first
         return
     os._exit(1)
 
 
-def run_job(pipeline, job, out_dir: Path, crash_marker: Path | None = None) -> dict:
+def run_job(pipeline, job, out_dir: Path) -> dict:
     """Run ``job`` (a SweepJob) on ``pipeline`` (a MaskstPipeline) unless finished; write its PNGs into ``out_dir``.
 
     Returns the job's result record (JSON-ready dict): :func:`base_record` plus ``status`` (``ok`` or
@@ -58,7 +65,6 @@ def run_job(pipeline, job, out_dir: Path, crash_marker: Path | None = None) -> d
     record = base_record(job)
     if is_finished(job, out_dir):
         return {**record, "status": "ok", "cached": True}
-    crash_if_marked(crash_marker)
     started = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
