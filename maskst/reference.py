@@ -17,6 +17,7 @@ import numpy as np
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.contract.wire import diffusers_class_name
 from maskst.errors import InputError
+from maskst.families import detect_family
 from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
@@ -42,15 +43,16 @@ class ReferencePipeline:
     """diffusers + IP-Adapter, fp32 on CPU, one thread-safe instance per process."""
 
     def __init__(self, checkpoints: CheckpointSet):
+        import diffusers
         import torch
-        from diffusers import StableDiffusionPipeline
         from transformers import CLIPImageProcessor
 
         from maskst import torch_models
 
         self.checkpoints = checkpoints
         self.torch = torch
-        self.pipe = StableDiffusionPipeline.from_pretrained(
+        pipeline_class = getattr(diffusers, detect_family(checkpoints.base).reference_pipeline)
+        self.pipe = pipeline_class.from_pretrained(
             str(checkpoints.base), safety_checker=None, requires_safety_checker=False,
             torch_dtype=torch.float32, local_files_only=True,
         )

@@ -156,3 +156,30 @@ def test_conditioner_wire_format_is_recorded_and_checked_on_load(tiny_engines, t
     (copy / "manifest.json").write_text(json.dumps(swapped))
     with pytest.raises(EngineError, match="records no conditioner wire format"):
         load_manifest(copy)
+
+
+def test_model_family_is_detected_recorded_and_checked(tiny, tiny_engines, tmp_path):
+    import shutil
+
+    from maskst.engines.manifest import load_manifest
+    from maskst.errors import CheckpointError
+    from maskst.families import FAMILIES, detect_family
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    family = detect_family(tiny.base)
+    assert family is FAMILIES["sd15"]
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "sd15" and list(manifest["graphs"]) == list(family.graphs)
+    base = tmp_path / "base"
+    shutil.copytree(tiny.base, base)
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    with pytest.raises(CheckpointError, match=r"_class_name 'KandinskyPipeline'.*sd15: StableDiffusionPipeline"):
+        detect_family(base)
+    copy = tmp_path / "engines"
+    shutil.copytree(tiny_engines, copy)
+    manifest["model"]["family"] = "kandinsky"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    load_manifest(copy)  # the folder itself is intact; the runtime refuses the family it does not know
+    with pytest.raises(EngineError, match="model family 'kandinsky'"):
+        MaskstPipeline(copy)

@@ -161,13 +161,13 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     """An engines folder for user checkpoints, exported once into the cache (keyed by the files)."""
     import hashlib
 
-    from maskst.checkpoints import resolve_checkpoints
+    from maskst.families import resolve_checkpoints
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.export.options import ExportOptions
 
-    ckpt = resolve_checkpoints(base, ip_adapter, image_encoder, content_encoder)
+    _family, ckpt = resolve_checkpoints(base, ip_adapter, image_encoder, content_encoder)
     files = ckpt.weight_files()
     # Path, size and mtime identify the inputs without hashing GBs; the manifest re-checks paths.
     key = hashlib.sha256(json.dumps({name: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
@@ -292,14 +292,14 @@ def _run_reference(job: dict) -> dict:
     import torch
 
     import maskst.reference as reference
-    from maskst.checkpoints import resolve_checkpoints
+    from maskst.families import resolve_checkpoints
 
     settings = BenchSettings(**job["settings"])
     if settings.threads:
         torch.set_num_threads(settings.threads)
     models = job["models"]
     t0 = time.perf_counter()
-    ckpt = resolve_checkpoints(Path(models["base"]), Path(models["ip_adapter"]),
+    _family, ckpt = resolve_checkpoints(Path(models["base"]), Path(models["ip_adapter"]),
                                Path(models["image_encoder"]) if models.get("image_encoder") else None,
                                Path(models["content_encoder"]))
     ref = reference.ReferencePipeline(ckpt)

@@ -21,7 +21,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     )
 
 
-def build_module(ckpt: CheckpointSet):
+def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
     from maskst import torch_models
     from maskst.export.wrappers import output_of
 

@@ -11,20 +11,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, load_adapter_state_dict, resolve_checkpoints
+from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, load_adapter_state_dict
 from maskst.contract.files import sha256
 from maskst.contract.wire import conditioner_wire_format
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.engines.onnx_files import save_graph
 from maskst.errors import CheckpointError
-from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
+from maskst.families import detect_family
+from maskst.export.graphs import GRAPH_BUILDERS
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
-
-GRAPH_MODULES = (text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder)
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportRequest:
@@ -36,15 +34,6 @@ class ExportRequest:
     force: bool = False
     lock_timeout: float = 0.0
     options: ExportOptions = ExportOptions()
-
-
-def _torch_module(graph_module, ckpt: CheckpointSet, state: dict, options: ExportOptions):
-    """The PyTorch module a graph is exported from (the conditioner and UNet need the adapter weights)."""
-    if graph_module is image_conditioner:
-        return graph_module.build_module(ckpt, state, options)
-    if graph_module is unet:
-        return graph_module.build_module(ckpt, state)
-    return graph_module.build_module(ckpt)
 
 
 def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
@@ -146,22 +135,24 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
         from maskst.engines.tensorrt import require_trt_build_support
 
         require_trt_build_support()
-    ckpt = resolve_checkpoints(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
+    family = detect_family(request.base)
+    ckpt = family.preflight(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
+    builders = [GRAPH_BUILDERS[name] for name in family.graphs]
     options = request.options
     options.validate(ckpt.vae_scale_factor)
     out = Path(request.out)
     check_destination(out, request.force)
     state = load_adapter_state_dict(ckpt.ip_adapter)
-    specs = {m.NAME: m.spec(ckpt, options) for m in GRAPH_MODULES}  # every contract, before any export work
+    specs = {m.NAME: m.spec(ckpt, options) for m in builders}  # every contract, before any export work
     preprocessor = style_preprocessor_config(ckpt)
     started = time.time()
     with build_lock(out, request.lock_timeout), staging_folder(out) as staging:
         graphs, parity = {}, []
-        bar = tqdm(GRAPH_MODULES, desc="export", unit="graph", disable=not progress)
+        bar = tqdm(builders, desc="export", unit="graph", disable=not progress)
         for graph_module in bar:
             bar.set_postfix_str(graph_module.NAME)
             spec = specs[graph_module.NAME]
-            torch_module = _torch_module(graph_module, ckpt, state, options)
+            torch_module = graph_module.build_module(ckpt, state, options)
             path = staging / f"{spec.name}.onnx"
             export_onnx(torch_module, spec, _dims(spec, export=True), path, options.opset)
             results = []
@@ -185,8 +176,8 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
 
             extra["tensorrt"] = build_plans(staging, graphs, options, previous=out, progress=progress)
         (staging / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
-        _copy_tokenizer(ckpt.base / "tokenizer", staging / "tokenizer")
-        _copy_tokenizer(ckpt.content_encoder, staging / "content_tokenizer")
+        for folder, source in family.tokenizer_sources(ckpt).items():
+            _copy_tokenizer(source, staging / folder)
         scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())
         write_manifest(staging, {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -197,6 +188,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             "sources": {name: {"path": str(path.resolve()), "sha256": sha256(path)}
                         for name, path in ckpt.weight_files().items()},
             "model": {
+                "family": family.name,
                 "vae_scale_factor": ckpt.vae_scale_factor,
                 "latent_channels": int(ckpt.unet_config.get("in_channels", 4)),
                 "num_tokens": ckpt.adapter.num_tokens,

@@ -43,7 +43,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     )
 
 
-def build_module(ckpt: CheckpointSet, state: dict):
+def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
     """torch module (sample, timestep, text_embeddings, ip_tokens, ip_scale) -> noise_pred."""
     import torch
     import torch.nn.functional as F

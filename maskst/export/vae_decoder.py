@@ -27,7 +27,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     )
 
 
-def build_module(ckpt: CheckpointSet):
+def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
     import torch
     from maskst import torch_models
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from maskst.engines.manifest import Manifest, load_manifest
 from maskst.errors import InputError, NonFiniteError
+from maskst.families import family_named
 from maskst.generation import (
     GenerationConfig,
     effective_method,
@@ -32,7 +33,6 @@ from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
 
 STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)
-GRAPHS = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet", "vae_decoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +98,11 @@ class MaskstPipeline:
         self.plus = model.get("adapter_kind") == "plus"  # Resampler: hidden states in, no masking
         self.preprocess = preprocessor_params_from_config(
             json.loads((self.manifest.folder / "preprocessor_config.json").read_text()))
-        self.tokenizer = load_tokenizer(self.manifest.folder / "tokenizer")
-        self.content_tokenizer = load_tokenizer(self.manifest.folder / "content_tokenizer")
+        self.family = family_named(model.get("family"))
+        # {graph: tokenizer of its input_ids}, from the family's declaration
+        self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder) for folder, graph in self.family.tokenizers}
         runtime_backend = parse_backend(backend)
-        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in GRAPHS}
+        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in self.family.graphs}
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -198,7 +199,7 @@ class MaskstPipeline:
     def encode_content(self, text: str) -> np.ndarray:
         """float32 [1, D] content embedding, cached per text."""
         if text not in self._content_cache:
-            ids = tokenize(self.content_tokenizer, [text], "content text",
+            ids = tokenize(self.tokenizers["content_encoder"], [text], "content text",
                            self.runners["content_encoder"].spec.inputs[0].shape[1])
             embeds = self.run_graph("content_encoder", {"input_ids": ids})["content_embeds"].copy()
             _check_finite("content_encoder", embeds)
@@ -210,8 +211,8 @@ class MaskstPipeline:
         key = (prompt, negative)
         if key not in self._prompt_cache:
             length = self.runners["text_encoder"].spec.inputs[0].shape[1]
-            ids = np.concatenate([tokenize(self.tokenizer, [negative], "negative prompt", length),
-                                  tokenize(self.tokenizer, [prompt], "prompt", length)])
+            ids = np.concatenate([tokenize(self.tokenizers["text_encoder"], [negative], "negative prompt", length),
+                                  tokenize(self.tokenizers["text_encoder"], [prompt], "prompt", length)])
             embeds = self.run_graph("text_encoder", {"input_ids": ids})["text_embeddings"].copy()
             _check_finite("text_encoder", embeds)
             self._prompt_cache[key] = embeds

@@ -1,0 +1,16 @@
+"""The exporter's graph registry: graph name -> the module that describes and builds it.
+
+Every module here has the same three parts: ``NAME``; ``spec(ckpt, options) -> GraphSpec`` (the IO
+contract everything else derives from); ``build_module(ckpt, state, options)`` (the torch module
+exported, ``state`` being the adapter's state dict); and optionally ``parity_feeds(spec, dims)``
+(extra parity cases). A model family lists the names it exports (maskst.families). Adding a graph:
+one module plus one entry below.
+"""
+
+from __future__ import annotations
+
+from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
+
+GRAPH_BUILDERS = {module.NAME: module for module in (
+    text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder,
+)}

@@ -1,0 +1,70 @@
+"""Model families: one description each (SD 1.5 today), read by the builders and the runtime.
+
+A :class:`ModelFamily` declares once what differs between families: how a base folder is recognised
+(``model_index.json`` ``_class_name``), the graphs exported for it (names the exporter's graph
+registry and the runtime both use), its tokenizers, default image size, the diffusers pipeline the
+reference runs, and its pre-flight (checkpoint resolution and checks). The exporter and the runtime
+branch on none of these: they read them. Adding a family is one module plus one line in
+:data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from maskst.errors import CheckpointError, EngineError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    name: str  # wire name: recorded in the manifest and the PNG metadata
+    title: str
+    pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values of its base folders
+    graphs: tuple[str, ...]  # exported networks, in export order (keys of maskst.export.graphs.GRAPH_BUILDERS)
+    tokenizers: tuple[tuple[str, str], ...]  # (engines-folder subfolder, graph whose input_ids it makes)
+    tokenizer_sources: Callable  # CheckpointSet -> {engines subfolder: source tokenizer folder}
+    default_size: int  # image side in pixels when a request names none
+    reference_pipeline: str  # diffusers pipeline class of the PyTorch reference
+    preflight: Callable  # (base, ip_adapter, image_encoder, content_encoder) -> CheckpointSet, or CheckpointError
+
+
+def _families() -> dict[str, ModelFamily]:
+    from maskst.families.sd15 import SD15
+
+    return {family.name: family for family in (SD15,)}
+
+
+FAMILIES: dict[str, ModelFamily] = _families()
+
+
+def family_named(name: str | None) -> ModelFamily:
+    """The family an engines manifest names; EngineError for one this maskst does not know."""
+    if name not in FAMILIES:
+        raise EngineError(f"engines of model family {name!r}: this maskst knows {', '.join(FAMILIES)}; "
+                          "rebuild them with maskst-export --force")
+    return FAMILIES[name]
+
+
+def detect_family(base: Path) -> ModelFamily:
+    """The family of a diffusers base folder, from its ``model_index.json`` ``_class_name``."""
+    path = Path(base) / "model_index.json"
+    try:
+        class_name = json.loads(path.read_text()).get("_class_name")
+    except FileNotFoundError:
+        raise CheckpointError(f"base model {base} has no model_index.json; it must be a diffusers pipeline folder") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"base model {path} could not be read as JSON ({exc})") from None
+    for family in FAMILIES.values():
+        if class_name in family.pipeline_classes:
+            return family
+    known = "; ".join(f"{f.name}: {', '.join(f.pipeline_classes)}" for f in FAMILIES.values())
+    raise CheckpointError(f"base model {path}: _class_name {class_name!r} is not a pipeline maskst exports ({known})")
+
+
+def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None):
+    """Pre-flight of a checkpoint set by its base folder's family: (family, CheckpointSet)."""
+    family = detect_family(base)
+    return family, family.preflight(base, ip_adapter, image_encoder, content_encoder)
