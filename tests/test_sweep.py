@@ -162,6 +162,19 @@ def test_engines_digest_is_the_pipelines(tiny_engines):
 # ------------------------------------------------------------------------------------------ Ray
 
 
+def test_an_actor_that_cannot_open_its_pipeline_fails_its_jobs_with_the_message(grid, tmp_path):
+    from maskst.sweep.executors import PipelineOptions
+    from maskst.sweep.grid import SweepSpec
+    from maskst.sweep.ray_executor import SweepActor
+
+    jobs = SweepSpec.create(grid / "prompts.txt", grid / "styles.csv", methods="maskst").jobs("0" * 16)[:2]
+    actor = SweepActor(PipelineOptions(tmp_path / "no-engines"), str(tmp_path), None)  # called here, not on Ray
+    out = actor({"job": np.array([job.to_json() for job in jobs], dtype=object)})
+    records = [json.loads(r) for r in out["record"]]
+    assert [r["job"] for r in records] == [0, 1] and all(r["status"] == "error" for r in records)
+    assert "could not open the pipeline: engines folder" in records[0]["error"] and records[0]["exit_code"] == 4
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray per test session: 2 CPUs, no dashboard (about 5 s to start)."""

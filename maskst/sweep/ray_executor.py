@@ -10,7 +10,8 @@ Fault tolerance is Ray's: Ray Data starts its actors with ``max_restarts=-1`` an
 ``max_task_retries=-1``, so when a worker process dies its actor is restarted (the pipeline loaded
 again in ``__init__``) and its unfinished batches are submitted again. A retried job whose PNGs were
 already written is not generated twice (:func:`maskst.sweep.worker.run_job` checks first).
-Exceptions of maskst itself are not retried: they become ``status: error`` records.
+Exceptions of maskst itself are not retried: they become ``status: error`` records (also when an
+actor cannot open its pipeline: then each of its jobs fails with that message).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from maskst.errors import BackendError, InputError
+from maskst.errors import BackendError, InputError, MaskstError
 from maskst.sweep.executors import PipelineOptions
 from maskst.sweep.grid import SweepJob
-from maskst.sweep.worker import crash_if_marked, run_job
+from maskst.sweep.worker import base_record, crash_if_marked, run_job
 
 MAX_BLOCKS = 10_000  # dataset blocks at most (one map task each); above this, several batches share a block
 
@@ -68,7 +71,13 @@ class SweepActor:
     """
 
     def __init__(self, pipeline: PipelineOptions, out_dir: str, crash_marker: str | None):
-        self.pipeline = pipeline.open()
+        # a pipeline this node cannot open (engines folder not on shared storage, another maskst version)
+        # fails this actor's jobs with the message instead of the whole dataset with a traceback
+        self.pipeline, self.init_error = None, None
+        try:
+            self.pipeline = pipeline.open()
+        except MaskstError as exc:
+            self.init_error = exc
         self.out_dir = Path(out_dir)
         self.crash_marker = Path(crash_marker) if crash_marker else None
         self.completed = 0  # jobs this actor process has run (for the test hook)
@@ -76,8 +85,14 @@ class SweepActor:
     def __call__(self, batch: dict) -> dict:
         records = []
         for text in batch["job"]:
+            job = SweepJob.from_json(str(text))
+            if self.init_error is not None:
+                records.append({**base_record(job), "status": "error", "cached": False,
+                                "error": f"worker {socket.gethostname()}:{os.getpid()} could not open the pipeline: "
+                                         f"{self.init_error}", "exit_code": self.init_error.exit_code})
+                continue
             crash_if_marked(self.crash_marker, self.completed)
-            records.append(run_job(self.pipeline, SweepJob.from_json(str(text)), self.out_dir))
+            records.append(run_job(self.pipeline, job, self.out_dir))
             self.completed += 1
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
@@ -121,8 +136,12 @@ class RayExecutor:
                 compute=ray.data.ActorPoolStrategy(size=self.options.workers), batch_size=self.options.batch_size,
                 batch_format="numpy", num_cpus=self.options.cpus_per_worker,
                 num_gpus=self.options.gpus_per_worker or None)
-            for row in dataset.iter_rows():
-                yield json.loads(row["record"])
+            try:
+                for row in dataset.iter_rows():
+                    yield json.loads(row["record"])
+            except ray.exceptions.RayError as exc:
+                raise BackendError(f"the Ray sweep stopped ({type(exc).__name__}: {exc}); the jobs that finished are "
+                                   "kept, a rerun does the rest") from None
         finally:
             if started_here:
                 ray.shutdown()
