@@ -151,6 +151,15 @@ def test_a_bad_style_file_fails_its_jobs_only(tiny_engines, grid, tmp_path):
     assert again.exit_code == 1 and _summary(again)["cached"] == 2 and _summary(again)["ran"] == 4
 
 
+def test_the_in_process_path_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, maskst.sweep.cli, maskst.sweep.runner, maskst.sweep.executors, maskst.sweep.evaluate; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_engines_digest_is_the_pipelines(tiny_engines):
     from maskst.runtime.pipeline import MaskstPipeline
     from maskst.sweep.store import engines_digest

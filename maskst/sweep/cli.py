@@ -115,11 +115,14 @@ def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, nega
     if ray_address is None:
         executor = LocalExecutor(pipeline)
     else:
-        from maskst.sweep.ray_executor import RayExecutor, RayOptions
+        from maskst.sweep.ray_executor import RayExecutor, RayOptions, import_ray
 
-        executor = RayExecutor(pipeline, RayOptions(
-            address=ray_address or None, workers=workers or 2, cpus_per_worker=cpus_per_worker or 1.0,
-            gpus_per_worker=gpus_per_worker or 0.0, batch_size=batch_size or 1, crash_marker=crash_marker))
+        import_ray()  # Ray missing: exit 6 before any work
+
+        given = {"workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+                 "batch_size": batch_size, "crash_marker": crash_marker}
+        executor = RayExecutor(pipeline, RayOptions(address=ray_address or None,
+                                                    **{k: v for k, v in given.items() if v is not None}))
 
     def report_failure(record: dict) -> None:
         if record["status"] != "ok":
