@@ -174,7 +174,12 @@ class OpenVinoRunner(Runner):
             except RuntimeError as exc:
                 raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
             del model
-            names = [output.get_any_name() for output in compiled.outputs]
+            # by tensor name, not get_any_name(): an output may carry several names (the fp16
+            # converter's output Casts add one), and the spec's is only one of them
+            names = []
+            for index, output in enumerate(compiled.outputs):
+                known = [t.name for t in self.spec.outputs if t.name in output.get_names()]
+                names.append(known[0] if known else self.spec.outputs[index].name)
             entry = (compiled, compiled.create_infer_request(), names)
             self._compiled[key] = entry
             self.compile_ms[key] = (time.perf_counter() - started) * 1e3
