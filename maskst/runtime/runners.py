@@ -71,6 +71,11 @@ ORT_PROVIDERS = {
 }
 
 
+# fp32 graphs compute in fp32: the CUDA provider's TF32 default (on Ampere and newer) would round
+# matmul inputs to 10 mantissa bits (as TensorRT plans are built with TF32 off)
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
 class OrtRunner(Runner):
     """ONNX Runtime runner with IO binding into preallocated host output buffers.
 
@@ -110,7 +115,8 @@ class OrtRunner(Runner):
             options.enable_profiling = True
             options.profile_file_prefix = self.profile_prefix
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=[p for p in self.providers if p in available])
+            providers = [(p, PROVIDER_OPTIONS.get(p, {})) for p in self.providers if p in available]
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types (Fail, InvalidGraph, ...)
             raise EngineError(f"{self.path} could not be loaded by ONNX Runtime ({exc}); rebuild it with maskst-export --force") from None
         active = self.session.get_providers()
