@@ -231,3 +231,16 @@ def test_a_killed_ray_worker_loses_no_job(local_ray, tiny_engines, grid, tmp_pat
     first = _pngs(out)
     again = _sweep(*_args(tiny_engines, grid, out, "--ray", "--workers", "2"))
     assert _summary(again)["ran"] == 0 and _pngs(out) == first
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    import filelock
+
+    from maskst.errors import InputError
+    from maskst.sweep.runner import LOCK_NAME, run_sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with filelock.FileLock(out / LOCK_NAME):  # stands for a sweep in progress
+        with pytest.raises(InputError, match="another maskst-sweep is writing into it"):
+            run_sweep(spec=None, engines=tmp_path, out_dir=out, executor=None, progress=False)

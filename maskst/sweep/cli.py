@@ -9,19 +9,11 @@ import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
-from maskst.masking import MaskMode
+from maskst.cli.options import given_request, request_options
+from maskst.sweep.grid import GRID_FIELDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SWEEP_EXIT_CODES = EXIT_CODES_HELP.replace("some batch jobs failed", "some jobs failed (see results.jsonl)")
-
-
-def _parse_floats(text: str | None, flag: str):
-    if not text:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0,0,1,1") from None
 
 
 @click.command(context_settings=CONTEXT, epilog=SWEEP_EXIT_CODES)
@@ -37,23 +29,7 @@ def _parse_floats(text: str | None, flag: str):
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1.")
 @click.option("--out-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder: PNGs, sweep.json, results.jsonl. Rerunning into it skips finished jobs.")
-@click.option("--negative-prompt", default="", show_default=True)
-@click.option("--mask-mode", type=click.Choice([m.value for m in MaskMode]), default="kmeans", show_default=True)
-@click.option("--theta", type=float, default=0.7, show_default=True, help="Quantile level for --mask-mode quantile.")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="IP-Adapter scale.")
-@click.option("--content-scale", type=float, default=1.0, show_default=True, help="InstantStyle subtraction scale.")
-@click.option("--target-block", "target_blocks", multiple=True,
-              help="Only these cross-attention blocks get the adapter, e.g. up_blocks.1 (repeatable).")
-@click.option("--layer-scales", help="Explicit comma-separated scale per cross-attention layer (overrides --scale).")
-@click.option("--steps", type=int, default=30, show_default=True)
-@click.option("--guidance", type=float, default=7.5, show_default=True)
-@click.option("--scheduler", default=None, help="pndm, ddim, euler, dpm++2m, unipc. Default: the base model's.")
-@click.option("--height", type=int, default=512, show_default=True)
-@click.option("--width", type=int, default=512, show_default=True)
-@click.option("--num-images", type=int, default=1, show_default=True,
-              help="Images per job (then named NAME-0.png, NAME-1.png, ...).")
-@click.option("--init-latents", type=click.Path(path_type=Path, dir_okay=False),
-              help="Initial noise .npy for every job (then the seed only names the files).")
+@request_options(exclude=GRID_FIELDS)
 @click.option("--backend", default="ort-cpu", show_default=True, help="Runtime backend of every worker (see maskst-run).")
 @click.option("--threads", type=int, default=None,
               help="Intra-op threads per session. Default: all cores in-process; --cpus-per-worker on Ray.")
@@ -72,10 +48,9 @@ def _parse_floats(text: str | None, flag: str):
 @click.option("--json", "json_out", is_flag=True, help="Print the summary as one JSON line.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
-def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, negative_prompt, mask_mode, theta, scale,
-               content_scale, target_blocks, layer_scales, steps, guidance, scheduler, height, width, num_images,
-               init_latents, backend, threads, skip_verify, allow_fallback, ray_address, workers, cpus_per_worker,
-               gpus_per_worker, batch_size, crash_marker, dry_run, json_out, quiet):
+def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, backend, threads, skip_verify, allow_fallback,
+               ray_address, workers, cpus_per_worker, gpus_per_worker, batch_size, crash_marker, dry_run, json_out,
+               quiet, **request):
     """Run the grid PROMPTS x STYLES x METHODS x SEEDS: one PNG per job, one line per job in OUT_DIR/results.jsonl.
 
     \b
@@ -96,12 +71,10 @@ def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, nega
     if ray_address is None and any(v is not None for v in ray_flags.values()):
         used = ", ".join(k for k, v in ray_flags.items() if v is not None)
         raise InputError(f"{used} only apply with --ray")
-    spec = SweepSpec.create(prompts_file, styles_file, methods=methods, seeds=seeds, run_options={
-        "negative_prompt": negative_prompt, "mask_mode": mask_mode, "theta": theta, "scale": scale,
-        "content_scale": content_scale, "target_blocks": tuple(target_blocks),
-        "layer_scales": _parse_floats(layer_scales, "--layer-scales"), "steps": steps, "guidance": guidance,
-        "scheduler": scheduler, "height": height, "width": width, "num_images": num_images,
-        "init_latents": init_latents.absolute() if init_latents else None})
+    run_options = given_request(request)  # the options given; GenerationConfig's defaults for the rest
+    if run_options.get("init_latents"):
+        run_options["init_latents"] = run_options["init_latents"].absolute()
+    spec = SweepSpec.create(prompts_file, styles_file, methods=methods, seeds=seeds, run_options=run_options)
     pipeline = PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify,
                                allow_fallback=allow_fallback)
     if dry_run:

@@ -31,8 +31,9 @@ from maskst.sweep.store import config_values, file_digest, job_key
 METHODS = tuple(m.value for m in Method)
 # GenerationConfig fields a sweep sets once for every job (the grid sets prompt, style, content,
 # method and seed).
-RUN_OPTIONS = ("negative_prompt", "mask_mode", "theta", "scale", "content_scale", "target_blocks", "layer_scales",
-               "steps", "guidance", "scheduler", "height", "width", "num_images", "init_latents")
+# the grid's axes (prompts file, styles CSV, --methods, --seeds); every other request field is a shared run option
+GRID_FIELDS = ("prompt", "style", "content", "method", "seed")
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(GenerationConfig) if f.name not in GRID_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,14 +22,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import filelock
 from tqdm.auto import tqdm
 
+from maskst.errors import InputError
 from maskst.runtime.output import check_writable_dir
 from maskst.sweep.grid import SweepJob, SweepSpec
 from maskst.sweep.store import engines_digest, is_finished
 from maskst.sweep.worker import base_record
 
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".maskst-sweep.lock"  # one sweep at a time per output folder
 SWEEP_NAME = "sweep.json"
 
 
@@ -77,9 +80,23 @@ def run_sweep(spec: SweepSpec, engines: Path, out_dir: Path, executor, progress:
 
     ``on_record`` is called with each record of a job that ran (e.g. to print failures).
     """
-    started = time.perf_counter()
     out_dir = Path(out_dir).absolute()
     check_writable_dir(out_dir)
+    lock = filelock.FileLock(out_dir / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise InputError(f"--out-dir {out_dir}: another maskst-sweep is writing into it (lock {out_dir / LOCK_NAME}); "
+                         "wait for it to finish or choose another folder") from None
+    try:
+        return _run_locked(spec, engines, out_dir, executor, progress, on_record)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: SweepSpec, engines: Path, out_dir: Path, executor, progress: bool,
+                on_record: Callable[[dict], None] | None) -> SweepReport:
+    started = time.perf_counter()
     jobs, pending = plan(spec, engines, out_dir)
     _write_atomic(out_dir / SWEEP_NAME, json.dumps(
         {**spec.to_dict(), "engines": str(Path(engines).absolute()), "engines_manifest": jobs[0].engines_digest},
