@@ -196,9 +196,12 @@ def _content_config(spec: FixtureSpec, vocab_size: int) -> dict:
     """A full CLIPModel config, like laion/CLIP-ViT-H-14's (text and vision towers)."""
     cfg = _read_config("content_encoder_config.json")
     if not spec.full_size:
+        # bos / eos are the small vocabulary's last two ids (laion's 49406 / 49407 are outside it), so
+        # every transformers path pools the end-of-text token as it does on the real model
         text = dict(hidden_size=spec.content_hidden, intermediate_size=spec.content_hidden * 4,
                     num_hidden_layers=spec.content_layers, num_attention_heads=spec.content_heads,
-                    vocab_size=vocab_size, projection_dim=spec.projection_dim)
+                    vocab_size=vocab_size, projection_dim=spec.projection_dim,
+                    bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1)
         vision = dict(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 4,
                       num_hidden_layers=1, num_attention_heads=spec.vision_heads,
                       patch_size=spec.vision_patch, projection_dim=spec.projection_dim)
