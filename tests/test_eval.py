@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskst.sweep.cli import eval_main, sweep_main
-from maskst.sweep.metrics import image_scores, mean_interval, student_t_ppf
+from maskst.sweep.metrics import image_scores, mean_interval
 
 SCORES = ("style_score", "text_score", "leakage", "gated_style_score", "gated_leakage")
 
@@ -157,9 +157,10 @@ def test_image_scores_gate():
     assert scores["gated_leakage"] == scores["leakage"] == pytest.approx((1 / math.sqrt(2)) / 0.5)
 
 
-def test_student_t_quantiles_and_intervals():
-    for df, value in ((1, 12.7062047362), (2, 4.3026527297), (10, 2.2281388520), (30, 2.0422724563)):
-        assert student_t_ppf(0.975, df) == pytest.approx(value, abs=1e-8)
+def test_student_t_intervals():
+    # n = 2: mean 2, sd sqrt(2), t(0.975, 1) = 12.7062047362 (tables) -> half width 12.7062 * sqrt(2) / sqrt(2)
+    low, high = mean_interval([1.0, 3.0])["ci95"]
+    assert (high - low) / 2 == pytest.approx(12.7062047362, abs=1e-8)
     assert mean_interval([1.0]) == {"n": 1, "mean": 1.0, "ci95": None}
     assert mean_interval([]) == {"n": 0, "mean": None, "ci95": None}
     assert mean_interval([1.0, None, float("nan"), 3.0])["n"] == 2

@@ -58,57 +58,6 @@ def image_scores(gen: np.ndarray, style: np.ndarray, prompt: np.ndarray, content
     }
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) for x in [0, 1]."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def student_t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (bisection on the CDF; |error| < 1e-10). E.g. (0.975, 10) -> 2.2281."""
-    if not 0.0 < q < 1.0 or df <= 0:
-        raise ValueError(f"student_t_ppf needs 0 < q < 1 and df > 0; got q={q}, df={df}")
-    if q < 0.5:
-        return -student_t_ppf(1.0 - q, df)
-    lo, hi = 0.0, 1.0
-    while student_t_cdf(hi, df) < q:
-        hi *= 2.0
-    while hi - lo > 1e-10 * max(1.0, hi):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if student_t_cdf(mid, df) < q else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def mean_interval(values) -> dict:
     """``{"n", "mean", "ci95": [low, high] | None}`` of the finite values (bools count as 0/1)."""
     x = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
@@ -119,7 +68,9 @@ def mean_interval(values) -> dict:
     mean = float(x.mean())
     if n < 2:
         return {"n": n, "mean": mean, "ci95": None}
-    half = student_t_ppf(0.975, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
     return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
 
 
