@@ -129,3 +129,22 @@ def test_one_full_region_is_diffusers_no_mask(reference, pipeline, styles, tmp_p
     np.testing.assert_array_equal(got_regional, got_plain)
     want = reference.generate(regional).images
     assert np.abs(want.astype(int) - got_plain.astype(int)).max() <= 2
+
+
+def test_plus_adapter_regions_match_diffusers(tiny, tmp_path, export_fn, styles):
+    """IP-Adapter Plus (Resampler, 16 tokens): the same regional graph, method ip-adapter."""
+    from maskst.checkpoints import resolve_checkpoints
+    from maskst.reference import ReferencePipeline
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    engines = export_fn(type("Plus", (), {"base": tiny.base, "ip_adapter": tiny.ip_adapter_plus,
+                                           "image_encoder": tiny.image_encoder,
+                                           "content_encoder": tiny.content_encoder})(), tmp_path / "plus", check_parity=False)
+    reference = ReferencePipeline(resolve_checkpoints(tiny.base, tiny.ip_adapter_plus, tiny.image_encoder,
+                                                      tiny.content_encoder))
+    config = _config(styles, ("left", "right"), "ip-adapter", "kmeans", 64, 96, region_scales="1.0,0.5")
+    noise = initial_noise(1, (1, 4, 8, 12))
+    with MaskstPipeline(engines.folder) as pipe:
+        got = pipe.generate(config, latents=noise)
+    want = reference.generate(config, latents=noise)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
