@@ -141,6 +141,20 @@ def test_graph_spec_divided_dims():
     assert GraphSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
 
 
+def test_max_regions_is_an_export_option_recorded_in_the_manifest(tiny_engines):
+    from maskst.engines.manifest import load_manifest
+    from maskst.export.options import ExportOptions
+
+    manifest = load_manifest(tiny_engines)
+    assert manifest.model["max_regions"] == 4  # the default
+    assert manifest.model["cross_attention_strides"] == [1, 1, 1, 2]  # attn_processors order: down 0, up 1 (x2), mid
+    assert manifest.graph_spec("unet").dim_range("R").max == 4
+    assert manifest.graph_spec("image_conditioner").dims["N"].max == 4  # max(2 * max_batch, max_regions)
+    for bad in (0, 17):
+        with pytest.raises(InputError, match=f"max_regions={bad} must be an integer in \\[1, 16\\]"):
+            ExportOptions(max_regions=bad).validate()
+
+
 # --------------------------------------------------------------------------- the request
 
 
