@@ -148,3 +148,25 @@ def test_plus_adapter_regions_match_diffusers(tiny, tmp_path, export_fn, styles)
         got = pipe.generate(config, latents=noise)
     want = reference.generate(config, latents=noise)
     assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+
+
+def test_maskst_run_cli_reproduces_diffusers(reference, wide_engines, styles, tmp_path):
+    """The same through maskst-run: --region x 3, --region-scales, --init-latents; the PNG's pixels."""
+    from click.testing import CliRunner
+
+    from maskst.cli.run import main as run_main
+
+    config = _config(styles, ("left", "right", "disc"), "maskst", "quantile", 64, 96, region_scales="1.0,0.6,0.8")
+    noise = initial_noise(11, (1, 4, 8, 12))
+    np.save(tmp_path / "noise.npy", noise)
+    args = ["--engines", wide_engines, "--prompt", config.prompt, "--method", "maskst", "--mask-mode", "quantile",
+            "--theta", "0.6", "--content-scale", "0.8", "--steps", "4", "--height", "64", "--width", "96",
+            "--init-latents", tmp_path / "noise.npy", "--region-scales", "1.0,0.6,0.8", "--quiet",
+            "--out", tmp_path / "out.png"]
+    for region in config.regions:
+        args += ["--region", region.style, region.mask, region.content]
+    result = CliRunner().invoke(run_main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    want = reference.generate(config, latents=noise).images[0].astype(int)
+    assert np.abs(got - want).max() <= 2
