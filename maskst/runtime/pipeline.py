@@ -288,10 +288,8 @@ class MaskstPipeline:
         t0 = clock()
         text = self.encode_prompts(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
-        if config.regions:  # R styles, each masked with its own content, conditioned in one call
-            conditioning = regional.condition_regions(self, config, pixels, timings)
-            tokens, mask = conditioning.tokens, conditioning.masks
-            t0 = clock()
+        if config.regions:  # R styles, each with its own content text: R rows of one conditioner call
+            e_i, e_c, region_methods = regional.encode_regions(self, config, timings)
         else:
             t0 = clock()
             e_i = self.encode_style(style_images) if style_images is not None else self.encode_style_files(config.style)
@@ -299,8 +297,8 @@ class MaskstPipeline:
             t0 = clock()
             e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
             timings["content_encoder"] = (clock() - t0) * 1e3
-            t0 = clock()
-            tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
+        t0 = clock()
+        tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
         uncond = self.uncond_tokens()
         timings["image_conditioner"] = (clock() - t0) * 1e3
         _check_finite("image_conditioner", tokens)
@@ -337,5 +335,5 @@ class MaskstPipeline:
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
         if config.regions:
             return GenerationResult(images, mask.any(axis=0), method, scheduler.name, timings, region_masks=mask,
-                                    region_methods=conditioning.methods, region_coverage=pixels.coverage)
+                                    region_methods=region_methods, region_coverage=pixels.coverage)
         return GenerationResult(images, mask[0], method, scheduler.name, timings)

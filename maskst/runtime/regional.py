@@ -8,7 +8,7 @@ per-layer scales, which computes exactly what the pre-regions graph computed (se
 
 from __future__ import annotations
 
-import dataclasses
+import time
 
 import numpy as np
 
@@ -16,18 +16,6 @@ from maskst.contract.wire import Method
 from maskst.errors import InputError
 from maskst.generation import GenerationConfig, region_layer_scales, region_methods
 from maskst.regions import RegionMasks, full_mask_inputs, load_region_masks, region_mask_inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class RegionalConditioning:
-    """Per-region results of the conditioner: ``tokens`` float32 [R, k, C], ``masks`` bool [R, D]
-    (embedding elements zeroed per region), ``methods`` (each region's method), ``pixels`` (the
-    preprocessed pixel masks, None without regions)."""
-
-    tokens: np.ndarray
-    masks: np.ndarray
-    methods: tuple[Method, ...]
-    pixels: RegionMasks | None = None
 
 
 def check_region_count(config: GenerationConfig, max_regions: int, unet_spec) -> None:
@@ -44,25 +32,20 @@ def prepare_masks(config: GenerationConfig) -> RegionMasks:
     return load_region_masks(config.regions, config.height, config.width)
 
 
-def condition_regions(pipeline, config: GenerationConfig, pixels: RegionMasks, timings: dict) -> RegionalConditioning:
-    """Encode every region's style image and content text, then mask + project all R rows in one
-    conditioner call (each row masked with its own content; a region without content text gets a
-    zero content embedding, which the graph turns into plain ip-adapter for that row exactly)."""
-    import time
-
+def encode_regions(pipeline, config: GenerationConfig, timings: dict) -> tuple[np.ndarray, np.ndarray, tuple[Method, ...]]:
+    """Every region's style embedding float32 [R, D] and content embedding float32 [R, D] (a zero row
+    for a region that runs as ip-adapter: no content text, or method ip-adapter; the conditioner graph
+    then leaves that row's embedding as it is, exactly), and each region's method. The conditioner
+    masks and projects the R rows in one call, each with its own content, under the request's method."""
     methods = region_methods(config)
-    clock = time.perf_counter
-    t0 = clock()
+    t0 = time.perf_counter()
     e_i = np.concatenate([pipeline.encode_style_files([region.style]) for region in config.regions])
-    timings["image_encoder"] = (clock() - t0) * 1e3
-    t0 = clock()
+    timings["image_encoder"] = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
     rows = [pipeline.encode_content(region.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i[:1])
             for region, method in zip(config.regions, methods)]
-    e_c = np.concatenate(rows).astype(np.float32)
-    timings["content_encoder"] = (clock() - t0) * 1e3
-    method = config.method if any(m is not Method.IP_ADAPTER for m in methods) else Method.IP_ADAPTER
-    tokens, masks = pipeline.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
-    return RegionalConditioning(tokens, masks, methods, pixels)
+    timings["content_encoder"] = (time.perf_counter() - t0) * 1e3
+    return e_i, np.concatenate(rows).astype(np.float32), methods
 
 
 def unet_region_feed(config: GenerationConfig, layer_names, strides, latent_h: int, latent_w: int,
