@@ -25,6 +25,55 @@ DEMO_CONTENT = "a house"
 DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
 
 
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One style region of a regional request (``--region STYLE MASK CONTENT``).
+
+    ``style``: the style image of this region; ``mask``: a black/white image, white = the pixels this
+    style conditions (read and binarised as diffusers' ``IPAdapterMaskProcessor`` does, see
+    :mod:`maskst.regions`); ``content``: what this style image shows that must not leak (may be
+    empty: the region then runs as ``ip-adapter``); ``scale``: this region's adapter scale, a factor
+    on the per-layer scales (None: 1, or ``--region-scales``). Values are checked in
+    :meth:`GenerationConfig.validate`; the files are read by :func:`maskst.regions.load_region_masks`.
+    """
+
+    style: Path
+    mask: Path
+    content: str = ""
+    scale: float | None = None
+
+    KEYS = ("style", "mask", "content", "scale")
+
+    @classmethod
+    def parse(cls, value, index: int) -> "Region":
+        """A Region from a CLI triple (style, mask, content) or a batch-job object
+        ``{"style", "mask", "content", "scale"}``."""
+        what = f"region {index + 1}"
+        if isinstance(value, Region):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - set(cls.KEYS)
+            if unknown:
+                raise InputError(f"{what}: unknown key(s) {sorted(unknown)}; a region has {', '.join(cls.KEYS)}")
+            missing = [k for k in ("style", "mask") if not value.get(k)]
+            if missing:
+                raise InputError(f"{what}: {' and '.join(missing)} missing; give "
+                                 '{"style": IMAGE, "mask": MASK_IMAGE, "content": TEXT}')
+            scale = value.get("scale")
+            if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+                raise InputError(f"{what}: scale={scale!r} must be a number")
+            return cls(Path(value["style"]), Path(value["mask"]), value.get("content", "") or "",
+                       None if scale is None else float(scale))
+        if isinstance(value, (tuple, list)) and len(value) == 3:
+            style, mask, content = value
+            return cls(Path(style), Path(mask), "" if content is None else content)
+        raise InputError(f"{what}: {value!r} is not STYLE_IMAGE MASK_IMAGE CONTENT_TEXT (or a "
+                         '{"style", "mask", "content", "scale"} object)')
+
+    def to_json(self) -> dict:
+        return {"style": str(self.style), "mask": str(self.mask), "content": self.content, "scale": self.scale}
+
+
 def _field(default, help: str, flag: str | None = None):
     """A GenerationConfig field with its user-facing help: CLI options and job fields derive from it.
     ``...`` as default: required."""
@@ -70,6 +119,11 @@ class GenerationConfig:
     num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")
+    regions: tuple[Region, ...] = _field((), "Regional multi-style: STYLE_IMAGE MASK_IMAGE CONTENT_TEXT (repeatable, "
+                                             "one per region; white mask pixels get that style; '' = no content). "
+                                             "Replaces --style/--content.", flag="--region")
+    region_scales: tuple[float, ...] | None = _field(None, "Comma-separated adapter scale per --region (a factor on "
+                                                           "--scale / --target-block / --layer-scales).")
 
     @classmethod
     def create(cls, **values) -> "GenerationConfig":
@@ -92,6 +146,20 @@ class GenerationConfig:
             values["layer_scales"] = tuple(float(v) for v in values["layer_scales"])
         if values.get("init_latents"):
             values["init_latents"] = Path(values["init_latents"])
+        if values.get("regions") is not None:
+            regions = values["regions"]
+            if isinstance(regions, (str, dict)) or not isinstance(regions, (list, tuple)):
+                raise InputError(f"regions={regions!r} must be a list of regions, e.g. "
+                                 '[{"style": "wave.png", "mask": "left.png", "content": "a wave"}]')
+            values["regions"] = tuple(Region.parse(r, i) for i, r in enumerate(regions))
+        if values.get("region_scales") is not None:
+            scales = values["region_scales"]
+            if isinstance(scales, str):
+                scales = scales.split(",")
+            try:
+                values["region_scales"] = tuple(float(v) for v in scales)
+            except (TypeError, ValueError):
+                raise InputError(f"region_scales={scales!r} must be numbers, one per region (e.g. 1.0,0.6)") from None
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"unknown option(s) {sorted(unknown)}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
@@ -126,6 +194,44 @@ class GenerationConfig:
             raise InputError(
                 f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
             )
+        self._validate_regions()
+
+    def _validate_regions(self) -> None:
+        if not self.regions:
+            if self.region_scales is not None:
+                raise InputError("--region-scales needs --region (one scale per region)")
+            return
+        if self.style:
+            raise InputError("--style and --region exclude each other: give each region's style image in "
+                             "--region STYLE_IMAGE MASK_IMAGE CONTENT_TEXT")
+        if self.content:
+            raise InputError("--content and --region exclude each other: give each region's content text as the "
+                             "third value of --region (or '' for none)")
+        for index, region in enumerate(self.regions):
+            if not isinstance(region, Region):
+                raise InputError(f"region {index + 1}: {region!r} is not a Region")
+            check_text(region.content, f"content text of region {index + 1}")
+            if region.scale is not None and not np.isfinite(region.scale):
+                raise InputError(f"region {index + 1}: scale={region.scale} must be a finite number")
+        if self.region_scales is not None:
+            if len(self.region_scales) != len(self.regions):
+                raise InputError(f"--region-scales has {len(self.region_scales)} value(s) for {len(self.regions)} "
+                                 f"region(s); give one per --region, e.g. {','.join(['1.0'] * len(self.regions))}")
+            if any(r.scale is not None for r in self.regions):
+                raise InputError("region scales given twice (region_scales and a region's own 'scale'); give one")
+            if not all(np.isfinite(v) for v in self.region_scales):
+                raise InputError(f"region_scales={list(self.region_scales)} must be finite numbers")
+
+    @property
+    def regional(self) -> bool:
+        """True for a regional request (``--region``)."""
+        return bool(self.regions)
+
+    def region_scale_values(self) -> tuple[float, ...]:
+        """Each region's scale factor (``region_scales``, else the region's own ``scale``, else 1)."""
+        if self.region_scales is not None:
+            return tuple(self.region_scales)
+        return tuple(1.0 if r.scale is None else float(r.scale) for r in self.regions)
 
     @property
     def batch(self) -> int:
@@ -181,12 +287,29 @@ def layer_scales(layer_names: list[str] | tuple[str, ...], config: GenerationCon
     return selected
 
 
+def region_layer_scales(layer_names: list[str] | tuple[str, ...], config: GenerationConfig) -> np.ndarray:
+    """Per-layer, per-region adapter scales, float32 [L, R]: ``layer_scales[l] * region_scale[r]``.
+
+    Without regions R = 1 and the column is :func:`layer_scales` itself (times 1.0: bit-identical).
+    """
+    layers = layer_scales(layer_names, config)
+    regions = np.asarray(config.region_scale_values() if config.regions else (1.0,), dtype=np.float32)
+    return (layers[:, None] * regions[None, :]).astype(np.float32)
+
+
 class EmptyContentWarning(UserWarning):
     """Method maskst / instantstyle with an empty content text: run as plain ip-adapter."""
 
 
 def effective_method(config: GenerationConfig) -> Method:
-    """Documented policy: with no content text there is nothing to mask or subtract."""
+    """Documented policy: with no content text there is nothing to mask or subtract.
+
+    Regional requests: the request's method if any region has a content text (each region's own
+    method: :func:`region_methods`), else ``ip-adapter``."""
+    if config.regions:
+        if config.method is not Method.IP_ADAPTER and not any(r.content.strip() for r in config.regions):
+            return Method.IP_ADAPTER
+        return config.method
     if config.method is not Method.IP_ADAPTER and not config.content.strip():
         warnings.warn(
             f"method {config.method.value!r} with an empty content text masks nothing: running as 'ip-adapter'",
@@ -195,6 +318,20 @@ def effective_method(config: GenerationConfig) -> Method:
         )
         return Method.IP_ADAPTER
     return config.method
+
+
+def region_methods(config: GenerationConfig) -> tuple[Method, ...]:
+    """The method each region runs: a region with an empty content text runs as ``ip-adapter``
+    (with an :class:`EmptyContentWarning` naming it), as :func:`effective_method` does for one style."""
+    methods = []
+    for index, region in enumerate(config.regions):
+        if config.method is not Method.IP_ADAPTER and not region.content.strip():
+            warnings.warn(f"method {config.method.value!r}: region {index + 1} has an empty content text and masks "
+                          "nothing: it runs as 'ip-adapter'", EmptyContentWarning, stacklevel=3)
+            methods.append(Method.IP_ADAPTER)
+        else:
+            methods.append(config.method)
+    return tuple(methods)
 
 
 def plus_method_error(method: Method) -> str:

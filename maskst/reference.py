@@ -6,6 +6,11 @@ paths users already trust: ``StableDiffusionPipeline.from_pretrained`` on the ba
 the conditioned embedding comes from maskst (:func:`maskst.masking.condition_embeds`), fed as
 ``ip_adapter_image_embeds`` = stack([zeros, e_hat]) (negative first), and the per-layer scales are
 set on diffusers' IP-Adapter attention processors in ``attn_processors`` order.
+
+Regional requests (``config.regions``) go through diffusers' own masks path: embeddings
+``[2, R, D]`` (each region's style masked with its own content), ``cross_attention_kwargs=
+{"ip_adapter_masks": [IPAdapterMaskProcessor().preprocess(masks, H, W).reshape(1, R, H, W)]}`` and
+per-image scales ``proc.scale = [[s_l * r_1, ..., s_l * r_R]]`` (:meth:`ReferencePipeline.regional_inputs`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.contract.wire import diffusers_class_name
 from maskst.errors import InputError
 from maskst.families import detect_family
-from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error
+from maskst.generation import (GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error,
+                               region_layer_scales, region_methods)
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
 
@@ -26,10 +32,10 @@ from maskst.tokenization import load_tokenizer, tokenize
 @dataclasses.dataclass(frozen=True)
 class ReferenceResult:
     images: np.ndarray  # uint8 [N, H, W, 3]
-    image_embeds: np.ndarray  # float32 [D]: mean CLIP image_embeds of the style image(s)
-    content_embeds: np.ndarray | None  # float32 [D]
-    conditioned: np.ndarray  # float32 [D]: e_hat fed to the adapter
-    mask: np.ndarray  # bool [D]
+    image_embeds: np.ndarray  # float32 [D]: mean CLIP image_embeds of the style image(s) (regions: [R, D])
+    content_embeds: np.ndarray | None  # float32 [D] (regions: [R, D], zero rows for regions without content)
+    conditioned: np.ndarray  # float32 [D]: e_hat fed to the adapter (regions: [R, D])
+    mask: np.ndarray  # bool [D] (regions: [R, D])
 
 
 def diffusers_scheduler(name: str, base_config):
@@ -104,20 +110,53 @@ class ReferencePipeline:
         with self.torch.no_grad():
             return self.content_encoder(input_ids=self.torch.from_numpy(ids)).text_embeds[0].numpy()
 
-    def generate(self, config: GenerationConfig, style_images, latents: np.ndarray | None = None) -> ReferenceResult:
-        """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed."""
+    def regional_inputs(self, config: GenerationConfig):
+        """A regional request in diffusers' terms: (embeds float32 [R, D] e_hat, masks tensor [1, R, H, W],
+        per-processor scales [[s_l * r_1, ..., s_l * r_R]], e_i [R, D], e_c [R, D], mask bool [R, D])."""
+        from diffusers.image_processor import IPAdapterMaskProcessor
+
+        from maskst.images import load_image
+        from maskst.regions import check_mask_aspect, load_mask_image
+
+        methods = region_methods(config)
+        e_i = np.stack([self.encode_images([load_image(r.style)]) for r in config.regions])
+        e_c = np.stack([self.encode_content(r.content) if m is not Method.IP_ADAPTER else np.zeros_like(e_i[0])
+                        for r, m in zip(config.regions, methods)])
+        rows = [condition_embeds(e_i[i], e_c[i] if m is not Method.IP_ADAPTER else None, method=m,
+                                 mode=config.mask_mode, theta=config.theta, content_scale=config.content_scale)
+                for i, m in enumerate(methods)]
+        images = []
+        for index, region in enumerate(config.regions):
+            image = load_mask_image(region.mask, index)
+            check_mask_aspect(image, region.mask, index, config.height, config.width)
+            images.append(image)
+        masks = IPAdapterMaskProcessor().preprocess(images, height=config.height, width=config.width)
+        masks = masks.reshape(1, len(images), config.height, config.width)
+        scales = [[[float(v) for v in row]] for row in region_layer_scales(self.checkpoints.cross_attention_layers, config)]
+        return (np.stack([r[0] for r in rows]), masks, scales, e_i, e_c, np.stack([r[1] for r in rows]))
+
+    def generate(self, config: GenerationConfig, style_images=None, latents: np.ndarray | None = None) -> ReferenceResult:
+        """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed.
+        ``style_images``: PIL images (a regional request reads its files from ``config.regions``)."""
         torch = self.torch
         config.validate(self.checkpoints.vae_scale_factor)
         method = effective_method(config)
         if self.plus and method is not Method.IP_ADAPTER:
             raise InputError(plus_method_error(method))
-        e_i = self.encode_images(style_images)
-        e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else None
-        e_hat, mask = condition_embeds(e_i, e_c, method=method, mode=config.mask_mode,
-                                       theta=config.theta, content_scale=config.content_scale)
-        scales = layer_scales(self.checkpoints.cross_attention_layers, config)
-        for proc, value in zip(self.ip_processors, scales):
-            proc.scale = [float(value)]
+        attention_kwargs = None
+        if config.regions:
+            e_hat, region_masks, scales, e_i, e_c, mask = self.regional_inputs(config)
+            for proc, value in zip(self.ip_processors, scales):
+                proc.scale = value
+            attention_kwargs = {"ip_adapter_masks": [region_masks]}
+        else:
+            e_i = self.encode_images(style_images)
+            e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else None
+            e_hat, mask = condition_embeds(e_i, e_c, method=method, mode=config.mask_mode,
+                                           theta=config.theta, content_scale=config.content_scale)
+            scales = layer_scales(self.checkpoints.cross_attention_layers, config)
+            for proc, value in zip(self.ip_processors, scales):
+                proc.scale = [float(value)]
         if config.scheduler:
             self.pipe.scheduler = diffusers_scheduler(config.scheduler, self.base_scheduler_config)
         else:
@@ -125,13 +164,16 @@ class ReferencePipeline:
         f = self.checkpoints.vae_scale_factor
         shape = (config.num_images, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
         noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)
-        embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
+        if config.regions:  # [2, R, D], negative first
+            embeds = torch.from_numpy(np.stack([np.stack([self.negative_embeds(e) for e in e_hat]), e_hat]))
+        else:
+            embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
         with torch.no_grad():
             out = self.pipe(
                 prompt=config.prompt, negative_prompt=config.negative_prompt, height=config.height,
                 width=config.width, num_inference_steps=config.steps, guidance_scale=config.guidance,
                 num_images_per_prompt=config.num_images, latents=torch.from_numpy(noise),
-                ip_adapter_image_embeds=[embeds], output_type="np",
+                ip_adapter_image_embeds=[embeds], cross_attention_kwargs=attention_kwargs, output_type="np",
             ).images
         images = (out * 255).round().astype(np.uint8)
         return ReferenceResult(images, e_i, e_c, e_hat, mask)

@@ -30,9 +30,12 @@ def test_unet_graph_takes_scale_and_tokens_as_inputs(tiny_engines):
 
     model = onnx.load(str(tiny_engines / "unet.onnx"))
     names = [i.name for i in model.graph.input]
-    assert names == ["sample", "timestep", "text_embeddings", "ip_tokens", "ip_scale"]
-    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["B", 4, "h", "w"]
+    # regions (maskst.regions): one mask input per latent stride of the cross-attention layers (tiny: 1, 2)
+    assert names == ["sample", "timestep", "text_embeddings", "ip_tokens", "ip_scale", "region_mask_1", "region_mask_2"]
+    shape = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert shape["sample"] == ["B", 4, "h", "w"]
+    assert shape["ip_tokens"] == ["B", "R", 4, 32] and shape["ip_scale"] == [4, "R"]
+    assert shape["region_mask_1"] == ["R", "h", "w"] and shape["region_mask_2"] == ["R", "h/2", "w/2"]
 
 
 def _conditioner(tiny_engines):
@@ -73,7 +76,8 @@ def test_profile_and_dynamic_axes_derive_from_one_spec(tiny_engines):
     spec = load_manifest(tiny_engines).graph_spec("unet")
     profile = spec.profile()
     assert profile["sample"] == ((2, 4, 4, 4), (2, 4, 8, 8), (4, 4, 16, 16))  # B = 2N, latent = size / 8
-    assert profile["ip_scale"] == ((4,), (4,), (4,))
+    assert profile["ip_scale"] == ((4, 1), (4, 1), (4, 4))  # R regions: 1..max_regions (default 4)
+    assert profile["region_mask_2"] == ((1, 2, 2), (1, 4, 4), (4, 8, 8))  # ceil(h / 2)
     assert spec.dynamic_axes()["noise_pred"] == {0: "B", 2: "h", 3: "w"}
     with pytest.raises(InputError, match=r"dimension h=32 is outside the engine profile \[4, 16\]"):
         spec.check_feed({**spec.sample_inputs({"N": 1, "h": 8, "w": 8}),

@@ -79,7 +79,7 @@ def test_profile_derivation_with_derived_batch(engines32):
     profile = unet.profile()
     assert profile["sample"] == ((2, 4, 8, 8), (2, 4, 8, 8), (4, 4, 16, 16))
     assert profile["text_embeddings"][0][0] == 2 and profile["text_embeddings"][2][0] == 4
-    assert profile["ip_tokens"] == ((2, 4, 32), (2, 4, 32), (4, 4, 32))
+    assert profile["ip_tokens"] == ((2, 1, 4, 32), (2, 1, 4, 32), (4, 4, 4, 32))  # [B, R, k, C], R in [1, 4]
     assert profile["timestep"] == ((1,), (1,), (1,))  # fixed shapes: min = opt = max
     assert set(profile) == {t.name for t in unet.inputs}  # inputs only; outputs follow from them
     text = engines32.graph_spec("text_encoder")  # B is a free dim here: [1, 2 * max_batch], opt 2

@@ -33,6 +33,8 @@ DEFAULTS = ExportOptions()  # the one source of the export defaults
 @click.option("--opt-size", type=int, default=DEFAULTS.opt_size, show_default=True, help="Image side to optimise for (px).")
 @click.option("--max-size", type=int, default=DEFAULTS.max_size, show_default=True, help="Largest image side (px).")
 @click.option("--max-batch", type=int, default=DEFAULTS.max_batch, show_default=True, help="Most images per request.")
+@click.option("--max-regions", type=int, default=DEFAULTS.max_regions, show_default=True,
+              help="Most style regions per request (maskst-run --region); 1..N run on one engine set.")
 @click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True)
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
@@ -41,7 +43,7 @@ DEFAULTS = ExportOptions()  # the one source of the export defaults
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
 def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision, target, min_size, opt_size,
-         max_size, max_batch, opset, fp32_ops, skip_parity, wait, quiet):
+         max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
     """Export the six networks to ONNX, check each against PyTorch, write the manifest.
 
     \b
@@ -52,7 +54,7 @@ def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision
     from maskst.export.exporter import ExportRequest, export_engines
 
     options = ExportOptions(precision=Precision(precision), target=Target(target),
-                            max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size,
+                            max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
                             content_encoder=content_encoder, out=out, force=force, lock_timeout=wait, options=options)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from maskst.errors import InputError
-from maskst.generation import GenerationConfig
+from maskst.generation import GenerationConfig, Region
 
 REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 
@@ -39,6 +39,9 @@ def _click_kwargs(hint) -> dict:
         return {"type": click.Choice([m.value for m in hint])}
     if typing.get_origin(hint) is tuple:
         item = args[0]
+        if item is Region:  # --region STYLE_IMAGE MASK_IMAGE CONTENT_TEXT (repeatable)
+            path = click.Path(path_type=Path, dir_okay=False)
+            return {"multiple": True, "type": click.Tuple([path, path, str]), "metavar": "STYLE MASK CONTENT"}
         if item is float:
             return {"type": str, "callback": _parse_floats}
         return {"multiple": True, "type": click.Path(path_type=Path) if item is Path else item}

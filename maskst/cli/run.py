@@ -16,6 +16,7 @@ from maskst.runtime.backends import backends_help, require_backend
 from maskst.cli.embedded import DEFAULT_SIZE
 from maskst.cli.options import REQUEST_FIELDS, given_request, request_from, request_options
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, GenerationConfig
+from maskst.regions import load_region_masks
 from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
 
 # Options a batch-job line may carry: the GenerationConfig fields.
@@ -28,6 +29,16 @@ def _write_images(out: Path, config, result, pipeline) -> list[str]:
     for index, (path, image) in enumerate(zip(paths, result.images)):
         save_png(path, image, {**meta, "image_index": index})
     return [str(p) for p in paths]
+
+
+def _defaults_for(job: dict, defaults: dict) -> dict:
+    """The defaults a job line starts from: a job with ``regions`` drops inherited --style/--content,
+    a job with ``style`` drops inherited --region/--region-scales (a job's own fields win)."""
+    if job.get("regions"):
+        return {k: v for k, v in defaults.items() if k not in ("style", "content")}
+    if job.get("style"):
+        return {k: v for k, v in defaults.items() if k not in ("regions", "region_scales")}
+    return defaults
 
 
 def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: bool) -> int:
@@ -52,7 +63,7 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
                 unknown = set(job) - set(JOB_FIELDS)
                 if unknown:
                     raise InputError(f"unknown job field(s) {sorted(unknown)}; known: {', '.join(JOB_FIELDS)}")
-                config = GenerationConfig.create(**{**defaults, **job})
+                config = GenerationConfig.create(**{**_defaults_for(job, defaults), **job})
                 started = time.perf_counter()
                 result = pipeline.generate(config)
                 record.update(status="ok", images=_write_images(out_dir / f"{name}.png", config, result, pipeline),
@@ -95,6 +106,8 @@ def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache,
     maskst-run --out cat.png                       # embedded demo engines, bundled style image
     maskst-run --engines eng/ --prompt "a cat" --style wave.png --content "a wave" --out cat.png
     maskst-run --engines eng/ --batch jobs.jsonl --out-dir results/
+    maskst-run --engines eng/ --prompt "a city" --region wave.png left.png "a wave" \\
+               --region stars.png right.png "a village" --region-scales 1.0,0.6 --out city.png
     """
     embedded = engines is None
     if batch is not None and out_dir is None:
@@ -108,10 +121,14 @@ def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache,
     # the embedded demo engines come with a demo request; real engines take GenerationConfig's defaults
     fallback = ({"prompt": DEMO_PROMPT, "style": (DEMO_STYLE,), "content": DEMO_CONTENT, "height": DEFAULT_SIZE,
                  "width": DEFAULT_SIZE} if embedded else {})
+    if request.get("regions"):  # each region brings its own style image and content text
+        fallback = {k: v for k, v in fallback.items() if k not in ("style", "content")}
     defaults = {**fallback, **given_request(request)}  # what batch lines start from
     if batch is None:
         if embedded or request.get("prompt") is not None:
             config = request_from(request, **fallback)  # every value checked before any engine loads
+            if config.regions:  # mask files read, sized and checked before any engine loads
+                load_region_masks(config.regions, config.height, config.width)
         else:
             raise InputError("--prompt is required with --engines")
     require_backend(backend, allow_fallback)  # unknown names and missing GPUs / packages: before any work

@@ -56,25 +56,43 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, DimRange]
     derived: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # dim -> (base dim, factor)
+    # dim -> (base dim, divisor): ceil(base / divisor), e.g. a UNet level's grid (stride-2 convolutions
+    # with padding 1 give ceil(h / 2), and ceil(ceil(h / 2) / 2) = ceil(h / 4))
+    divided: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     atol: float = 1e-4  # parity tolerances against the PyTorch module, per output
     rtol: float = 1e-3
 
     # ---- derived facts
 
     def resolve(self, dims: dict[str, int]) -> dict[str, int]:
-        """Fill derived dimensions (e.g. B = 2 N, H = 8 h) from the free ones."""
+        """Fill derived dimensions (e.g. B = 2 N, H = 8 h) from the free ones; a free dimension given
+        neither directly nor through a derived one takes its range's ``opt`` (e.g. the regions axis R
+        for callers that do not use regions)."""
         out = dict(dims)
         for name, (base, factor) in self.derived.items():
             if base not in out and name in out:
                 if out[name] % factor:
                     raise InputError(f"{self.name}: dimension {name}={out[name]} must be a multiple of {factor}")
                 out[base] = out[name] // factor
+        for name, r in self.dims.items():
+            out.setdefault(name, r.opt)
+        for name, (base, factor) in self.derived.items():
             out.setdefault(name, out[base] * factor)
+        for name, (base, divisor) in self.divided.items():
+            if base in out:
+                want = -(-out[base] // divisor)
+                if out.setdefault(name, want) != want:
+                    raise InputError(f"{self.name}: dimension {name}={out[name]} must be ceil({base}/{divisor}) = {want} "
+                                     f"for {base}={out[base]}")
         return out
 
     def dim_range(self, name: str) -> DimRange:
         if name in self.dims:
             return self.dims[name]
+        if name in self.divided:
+            base, divisor = self.divided[name]
+            r = self.dim_range(base)
+            return DimRange(*(-(-v // divisor) for v in (r.min, r.opt, r.max)))
         base, factor = self.derived[name]
         r = self.dims[base]
         return DimRange(r.min * factor, r.opt * factor, r.max * factor)
@@ -141,7 +159,7 @@ class GraphSpec:
                     )
                 if seen.setdefault(want, got) != got:
                     raise InputError(f"{self.name}: dimension {want} is {seen[want]} in one input and {got} in {t.name!r}")
-        self.resolve(seen)  # derived dimensions must divide evenly (B = 2 N)
+        self.resolve(seen)  # derived dimensions must divide evenly (B = 2 N), divided ones match (h/2 = ceil(h / 2))
 
     def dims_of(self, feed: dict[str, np.ndarray]) -> dict[str, int]:
         """Values of the symbolic dimensions in a feed (plus the derived ones)."""
@@ -155,7 +173,7 @@ class GraphSpec:
     def check_dims(self, dims: dict[str, int], what: dict[str, str] | None = None) -> None:
         """InputError if a dimension value lies outside the profile; ``what`` names dims for users."""
         for name, value in dims.items():
-            if name not in self.dims and name not in self.derived:
+            if name not in self.dims and name not in self.derived and name not in self.divided:
                 continue
             r = self.dim_range(name)
             if not r.min <= value <= r.max:
@@ -178,6 +196,7 @@ class GraphSpec:
             outputs=tuple(TensorSpec(**{**t, "shape": tuple(t["shape"])}) for t in data["outputs"]),
             dims={k: DimRange(**v) for k, v in data["dims"].items()},
             derived={k: tuple(v) for k, v in data.get("derived", {}).items()},
+            divided={k: tuple(v) for k, v in data.get("divided", {}).items()},
             atol=data["atol"],
             rtol=data["rtol"],
         )

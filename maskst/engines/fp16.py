@@ -345,8 +345,8 @@ def convert_file(src: Path, dst: Path, fp32_ops: tuple[str, ...] | list[str] = (
 def parity_dims(spec: GraphSpec) -> list[dict[str, int]]:
     """Dims of the fp16-vs-fp32 cases: the profile's opt dims, then another batch at the smallest size."""
     opt = {name: r.opt for name, r in spec.dims.items()}
-    # batch-like dims (N images, B = 2N, S style images): another count; spatial dims: the smallest
-    other = {name: ((r.max if r.max != r.opt else r.min) if name in ("N", "B", "S") else r.min)
+    # batch-like dims (N images, B = 2N, S style images, R style regions): another count; spatial dims: the smallest
+    other = {name: ((r.max if r.max != r.opt else r.min) if name in ("N", "B", "S", "R") else r.min)
              for name, r in spec.dims.items()}
     return [opt] if other == opt else [opt, other]
 

@@ -21,7 +21,8 @@ from maskst.errors import EngineError
 from maskst.contract.spec import GraphSpec
 
 FORMAT = "maskst-engines"
-SCHEMA = 3  # 2: preprocessor_config.json in every folder; 3: the conditioner's wire format recorded
+SCHEMA = 4  # 2: preprocessor_config.json in every folder; 3: the conditioner's wire format recorded;
+# 4: regional UNet (ip_tokens [B, R, k, C], ip_scale [L, R], region_mask_<s>), max_regions and strides in "model"
 REBUILD_HINT = "rebuild it with maskst-export --force"
 
 

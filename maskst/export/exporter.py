@@ -18,6 +18,7 @@ from maskst.engines.folder import build_lock, check_destination, publish, stagin
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.engines.onnx_files import save_graph
 from maskst.errors import CheckpointError
+from maskst.regions import checkpoint_strides
 from maskst.families import detect_family
 from maskst.export.graphs import GRAPH_BUILDERS
 from maskst.export.options import ExportOptions, Precision, Target
@@ -196,6 +197,9 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 "adapter_kind": ckpt.adapter.kind.value,
                 "image_embed_dim": ckpt.image_embed_dim,
                 "cross_attention_layers": list(ckpt.cross_attention_layers),
+                # regional multi-style (maskst.regions): each layer's latent stride, at most max_regions regions
+                "cross_attention_strides": list(checkpoint_strides(ckpt)),
+                "max_regions": options.max_regions,
                 "scheduler_config": scheduler_config,
             },
             "graphs": graphs,

@@ -1,6 +1,7 @@
 """image_conditioner: the MaskST masking step fused with the IP-Adapter projection, in one graph.
 
-Inputs: image_embeds float32 [N, D], content_embeds float32 [N, D], method int64 [1]
+Inputs: image_embeds float32 [N, D], content_embeds float32 [N, D] (N style rows: one style, or one per
+region of a regional request, each with its own content text), method int64 [1]
 (0 ip-adapter, 1 instantstyle, 2 maskst: :attr:`maskst.masking.Method.index`), mask_mode int64 [1]
 (0 kmeans, 1 quantile), theta float32 [1], content_scale float32 [1].
 Outputs: ip_tokens float32 [N, k, C] and mask bool [N, D] (True = zeroed; all False unless maskst).
@@ -31,7 +32,7 @@ NAME = "image_conditioner"
 
 def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     k, c = ckpt.adapter.num_tokens, ckpt.adapter.cross_attention_dim
-    batch = {"N": DimRange(1, 1, 2 * options.max_batch)}
+    batch = {"N": DimRange(1, 1, max(2 * options.max_batch, options.max_regions))}  # regions: one row each
     if ckpt.adapter.kind is AdapterKind.PLUS:
         tokens, hidden = image_encoder_tokens(ckpt), int(ckpt.image_encoder_config["hidden_size"])
         return GraphSpec(
@@ -71,7 +72,26 @@ def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
             feeds.append(feed)
     degenerate = dict(feeds[-1])
     degenerate["image_embeds"] = np.zeros_like(degenerate["image_embeds"])
-    return feeds + [degenerate]
+    return feeds + [degenerate] + regional_feeds(graph, dims)
+
+
+def regional_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
+    """Regional requests: N = 2, 3 style rows, each masked with its own content (one row with a zero
+    content embedding: a region without content text), every method x mask mode."""
+    import numpy as np
+
+    feeds = []
+    for count in (2, 3):
+        if not graph.dims["N"].min <= count <= graph.dims["N"].max:
+            continue
+        for method in Method:
+            for mode in MaskMode:
+                feed = graph.sample_inputs({**dims, "N": count}, seed=100 + 10 * count + 3 * method.index + mode.index)
+                feed["content_embeds"][-1] = 0.0
+                feed.update(method=np.array([method.index]), mask_mode=np.array([mode.index]),
+                            theta=np.array([0.6], np.float32), content_scale=np.array([0.8], np.float32))
+                feeds.append(feed)
+    return feeds
 
 
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):

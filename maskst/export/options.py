@@ -9,6 +9,9 @@ from maskst.errors import InputError
 from maskst.contract.spec import DimRange
 
 
+MAX_REGIONS_LIMIT = 16  # the UNet's attention batch grows with R: 2N x R queries per layer
+
+
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -31,6 +34,7 @@ class ExportOptions:
     min_size: int = 256
     opt_size: int = 512
     max_size: int = 1024
+    max_regions: int = 4  # style regions one request may use (the UNet's R axis: 1..max_regions)
     opset: int = 17
     fp32_ops: tuple[str, ...] = ()  # extra op types kept in fp32 by the fp16 conversion
     check_parity: bool = True
@@ -42,6 +46,8 @@ class ExportOptions:
             value = getattr(self, name)
             if value % vae_scale_factor:
                 raise InputError(f"{name}={value} must be a multiple of {vae_scale_factor}")
+        if not isinstance(self.max_regions, int) or not 1 <= self.max_regions <= MAX_REGIONS_LIMIT:
+            raise InputError(f"max_regions={self.max_regions} must be an integer in [1, {MAX_REGIONS_LIMIT}]")
         if not 17 <= self.opset <= 21:
             raise InputError(f"opset={self.opset}: maskst exports with opset 17 to 21")
 

@@ -1,19 +1,24 @@
 """unet: UNet2DConditionModel with IP-Adapter decoupled cross-attention, image tokens as their own input.
 
 Inputs: sample float32 [B, 4, h, w] (B = 2N: negative half first), timestep float32 [1],
-text_embeddings float32 [B, 77, C], ip_tokens float32 [B, k, C], ip_scale float32 [L] (one scale per
-cross-attention layer in ``unet.attn_processors`` order). Output: noise_pred float32 [B, 4, h, w].
+text_embeddings float32 [B, 77, C], ip_tokens float32 [B, R, k, C] (R style regions, 1..max_regions;
+R = 1 without regions), ip_scale float32 [L, R] (one scale per cross-attention layer in
+``unet.attn_processors`` order and region), region_mask_<s> float32 [R, ceil(h/s), ceil(w/s)] for each
+latent stride s of the cross-attention layers (all ones without regions). Output: noise_pred float32
+[B, 4, h, w].
 
-Each cross-attention layer computes ``Attn(Q, K_text, V_text) + ip_scale[l] * Attn(Q, W_k T, W_v T)``
-exactly as diffusers' IPAdapterAttnProcessor2_0, but with the scale read from a graph input, so
-adapter scale and InstantStyle block selection change at run time without a rebuild.
+Each cross-attention layer computes ``Attn(Q, K_text, V_text) + sum_r ip_scale[l, r] * (Attn(Q, W_k T_r,
+W_v T_r) * mask[r])`` exactly as diffusers' IPAdapterAttnProcessor2_0 with ``ip_adapter_masks``
+(:mod:`maskst.export.regional_attention`), with scales, tokens and masks read from graph inputs, so
+adapter scale, InstantStyle block selection and the regions change at run time without a rebuild.
 """
 
 from __future__ import annotations
 
 from maskst.checkpoints import CheckpointSet
 from maskst.export.options import ExportOptions
-from maskst.contract.spec import GraphSpec, TensorSpec
+from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
+from maskst.regions import checkpoint_strides, grid_dims, mask_input_name
 
 NAME = "unet"
 
@@ -27,102 +32,69 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     out_channels = int(ckpt.unet_config.get("out_channels", channels))
     latent = options.latent_range(ckpt.vae_scale_factor)
     layers = len(ckpt.cross_attention_layers)
+    strides = sorted(set(checkpoint_strides(ckpt)))
+    masks = tuple(TensorSpec(mask_input_name(s), "float32", ("R", *grid_dims(s)), low=0.0, high=1.0) for s in strides)
+    divided = {dim: (base, s) for s in strides if s > 1 for dim, base in zip(grid_dims(s), ("h", "w"))}
     return GraphSpec(
         name=NAME,
         inputs=(
             TensorSpec("sample", "float32", ("B", channels, "h", "w"), low=-3.0, high=3.0),
             TensorSpec("timestep", "float32", (1,), low=1.0, high=999.0),
             TensorSpec("text_embeddings", "float32", ("B", seq, c)),
-            TensorSpec("ip_tokens", "float32", ("B", ckpt.adapter.num_tokens, c)),
-            TensorSpec("ip_scale", "float32", (layers,), low=0.0, high=1.5),
+            TensorSpec("ip_tokens", "float32", ("B", "R", ckpt.adapter.num_tokens, c)),
+            TensorSpec("ip_scale", "float32", (layers, "R"), low=0.0, high=1.5),
+            *masks,
         ),
         outputs=(TensorSpec("noise_pred", "float32", ("B", out_channels, "h", "w")),),
-        dims={"N": options.batch_range(), "h": latent, "w": latent},
+        dims={"N": options.batch_range(), "h": latent, "w": latent, "R": DimRange(1, 1, options.max_regions)},
         derived={"B": ("N", 2)},
+        divided=divided,
         atol=1e-4, rtol=1e-3,
     )
 
 
+def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
+    """The non-regional feed (R = 1, all-ones masks) and regional feeds at several R: masks that are
+    soft (as downsampled pixel masks are), zero in places, and one region with scale 0."""
+    import numpy as np
+
+    r_max = graph.dims["R"].max
+    single = graph.sample_inputs({**dims, "R": 1}, seed=1)
+    for t in graph.inputs:
+        if t.name.startswith("region_mask_"):
+            single[t.name] = np.ones_like(single[t.name])
+    feeds = [single]
+    for count in sorted({2, 3, r_max} & set(range(2, r_max + 1))):
+        feed = graph.sample_inputs({**dims, "R": count}, seed=10 + count)
+        for t in graph.inputs:
+            if t.name.startswith("region_mask_"):
+                feed[t.name][feed[t.name] < 0.3] = 0.0  # uncovered query positions
+        if count == 3:
+            feed["ip_scale"][:, -1] = 0.0  # a region switched off
+        feeds.append(feed)
+    return feeds
+
+
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
-    """torch module (sample, timestep, text_embeddings, ip_tokens, ip_scale) -> noise_pred."""
+    """torch module (sample, timestep, text_embeddings, ip_tokens, ip_scale, region_mask_<s>...) -> noise_pred."""
     import torch
-    import torch.nn.functional as F
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     from maskst import torch_models
+    from maskst.export.regional_attention import LayerInputs, install_processors
 
-    class IPInputs:
-        """Per-call image tokens and scales, shared by the layers' processors (set by forward)."""
-
-        tokens = None
-        scale = None
-
-    class DecoupledCrossAttnProcessor(torch.nn.Module):
-        """diffusers' IP-Adapter attention with the layer scale taken from a tensor input."""
-
-        def __init__(self, hidden_size: int, cross_dim: int, layer: int, inputs: IPInputs):
-            super().__init__()
-            self.to_k_ip = torch.nn.Linear(cross_dim, hidden_size, bias=False)
-            self.to_v_ip = torch.nn.Linear(cross_dim, hidden_size, bias=False)
-            self.layer = layer
-            self.inputs = inputs
-
-        def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
-            residual = hidden_states
-            if attn.spatial_norm is not None:
-                hidden_states = attn.spatial_norm(hidden_states, temb)
-            input_ndim = hidden_states.ndim
-            if input_ndim == 4:
-                b, ch, hh, ww = hidden_states.shape
-                hidden_states = hidden_states.view(b, ch, hh * ww).transpose(1, 2)
-            batch = hidden_states.shape[0]
-            if attn.group_norm is not None:
-                hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-            query = attn.to_q(hidden_states)
-            if attn.norm_cross:
-                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-
-            def attend(keys_from, to_k, to_v):
-                key, value = to_k(keys_from), to_v(keys_from)
-                head = key.shape[-1] // attn.heads
-                q = query.view(batch, -1, attn.heads, head).transpose(1, 2)
-                k = key.view(batch, -1, attn.heads, head).transpose(1, 2)
-                v = value.view(batch, -1, attn.heads, head).transpose(1, 2)
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
-                return out.transpose(1, 2).reshape(batch, -1, attn.heads * head)
-
-            text = attend(encoder_hidden_states, attn.to_k, attn.to_v)
-            image = attend(self.inputs.tokens, self.to_k_ip, self.to_v_ip)
-            hidden_states = text + self.inputs.scale[self.layer] * image
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-            if input_ndim == 4:
-                hidden_states = hidden_states.transpose(-1, -2).reshape(b, ch, hh, ww)
-            if attn.residual_connection:
-                hidden_states = hidden_states + residual
-            return hidden_states / attn.rescale_output_factor
+    strides = checkpoint_strides(ckpt)
+    mask_strides = sorted(set(strides))
 
     class UNetWithIPAdapter(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.unet = torch_models.unet(ckpt.base)
-            self.inputs = IPInputs()
-            layers = state["ip_adapter"]
-            processors, layer = {}, 0
-            for name in self.unet.attn_processors:
-                if name.endswith("attn2.processor"):
-                    module = self.unet.get_submodule(name[: -len(".processor")])
-                    proc = DecoupledCrossAttnProcessor(module.to_q.out_features, module.cross_attention_dim, layer, self.inputs)
-                    key = 2 * layer + 1
-                    proc.load_state_dict({"to_k_ip.weight": layers[f"{key}.to_k_ip.weight"],
-                                          "to_v_ip.weight": layers[f"{key}.to_v_ip.weight"]})
-                    processors[name] = proc.float()
-                    layer += 1
-                else:
-                    processors[name] = AttnProcessor2_0()
-            self.unet.set_attn_processor(processors)
+            self.inputs = LayerInputs()
+            install_processors(self.unet, state["ip_adapter"], strides, self.inputs)
 
-        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale):
+        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale, *region_masks):
             self.inputs.tokens, self.inputs.scale = ip_tokens, ip_scale
+            self.inputs.masks = dict(zip(mask_strides, region_masks))
             return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False)[0]
 
     return UNetWithIPAdapter().eval()

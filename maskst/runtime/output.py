@@ -77,9 +77,19 @@ def save_png(path: Path, image: np.ndarray, metadata: dict) -> None:
         raise
 
 
+def region_metadata(config, result) -> list[dict]:
+    """Per region: style, mask, content, scale factor, the method it ran, its masked-element count and
+    the fraction of output pixels its mask covers."""
+    scales = config.region_scale_values()
+    return [{"style": str(region.style), "mask": str(region.mask), "content": region.content, "scale": scales[i],
+             "method": result.region_methods[i].value, "masked_elements": int(result.region_masks[i].sum()),
+             "coverage": round(result.region_coverage[i], 6)} for i, region in enumerate(config.regions)]
+
+
 def generation_metadata(config, result, pipeline) -> dict:
-    """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, engines."""
-    return {
+    """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, engines
+    (and ``regions``, for a regional request)."""
+    meta = {
         "prompt": config.prompt, "negative_prompt": config.negative_prompt, "content": config.content,
         "method": result.method.value, "mask_mode": config.mask_mode.value, "theta": config.theta,
         "masked_elements": result.masked_elements, "scale": config.scale, "content_scale": config.content_scale,
@@ -90,3 +100,6 @@ def generation_metadata(config, result, pipeline) -> dict:
         "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
         "backend": pipeline.backend, "maskst_version": __version__,
     }
+    if config.regions:
+        meta["regions"] = region_metadata(config, result)
+    return meta

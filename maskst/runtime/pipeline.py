@@ -28,6 +28,7 @@ from maskst.generation import (
 )
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
 from maskst.runtime.backends import RunnerOptions, parse_backend
+from maskst.runtime import regional
 from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
 from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
@@ -38,14 +39,18 @@ STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
     images: np.ndarray  # uint8 [N, H, W, 3]
-    mask: np.ndarray  # bool [D]: image-embedding elements zeroed (all False unless method maskst)
+    mask: np.ndarray  # bool [D]: image-embedding elements zeroed (all False unless method maskst); regions: union
     method: Method  # the method that ran (see generation.effective_method)
     scheduler: str
     timings_ms: dict[str, float]
+    region_masks: np.ndarray | None = None  # regional requests: bool [R, D], each region's zeroed elements
+    region_methods: tuple[Method, ...] = ()  # regional requests: the method each region ran
+    region_coverage: tuple[float, ...] = ()  # regional requests: fraction of output pixels each mask covers
 
     @property
     def masked_elements(self) -> int:
-        return int(self.mask.sum())
+        """Zeroed embedding elements (regional requests: summed over the regions)."""
+        return int(self.mask.sum() if self.region_masks is None else self.region_masks.sum())
 
 
 def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
@@ -92,6 +97,8 @@ class MaskstPipeline:
                                 compile_cache=compile_cache)
         model = self.manifest.model
         self.layer_names = tuple(model["cross_attention_layers"])
+        self.layer_strides = tuple(model["cross_attention_strides"])  # regional masks: each layer's latent stride
+        self.max_regions = int(model["max_regions"])
         self.vae_scale_factor = int(model["vae_scale_factor"])
         self.latent_channels = int(model["latent_channels"])
         self.scheduler_config = dict(model["scheduler_config"])
@@ -151,6 +158,8 @@ class MaskstPipeline:
         unet = self.runners["unet"].spec
         unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
                         what={"N": "num_images", "h": f"height/{f}", "w": f"width/{f}"})
+        if config.regions:
+            regional.check_region_count(config, self.max_regions, unet)
         if len(config.style) > self.runners["image_encoder"].spec.dims["S"].max:
             raise InputError(f"{len(config.style)} style images given; these engines take at most "
                              f"{self.runners['image_encoder'].spec.dims['S'].max} per request")
@@ -268,20 +277,26 @@ class MaskstPipeline:
             latents = load_init_latents(config.init_latents, shape) if config.init_latents else initial_noise(config.seed, shape)
         elif latents.shape != shape:
             raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
-        if style_images is None and not config.style:
-            raise InputError("no style image given; pass --style IMAGE")
+        if config.regions and style_images is not None:
+            raise InputError("a regional request reads each region's style image from --region; pass no style_images")
+        if style_images is None and not config.style and not config.regions:
+            raise InputError("no style image given; pass --style IMAGE (or --region STYLE MASK CONTENT)")
+        pixels = regional.prepare_masks(config) if config.regions else None  # mask files checked before any work
         method = effective_method(config)
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
         text = self.encode_prompts(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
-        t0 = clock()
-        e_i = self.encode_style(style_images) if style_images is not None else self.encode_style_files(config.style)
-        timings["image_encoder"] = (clock() - t0) * 1e3
-        t0 = clock()
-        e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
-        timings["content_encoder"] = (clock() - t0) * 1e3
+        if config.regions:  # R styles, each with its own content text: R rows of one conditioner call
+            e_i, e_c, region_methods = regional.encode_regions(self, config, timings)
+        else:
+            t0 = clock()
+            e_i = self.encode_style(style_images) if style_images is not None else self.encode_style_files(config.style)
+            timings["image_encoder"] = (clock() - t0) * 1e3
+            t0 = clock()
+            e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
+            timings["content_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
         tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
         uncond = self.uncond_tokens()
@@ -289,12 +304,12 @@ class MaskstPipeline:
         _check_finite("image_conditioner", tokens)
 
         text_embeddings = np.repeat(text, n, axis=0)  # [neg]*N + [prompt]*N
-        ip_tokens = np.concatenate([np.repeat(uncond, n, axis=0), np.repeat(tokens, n, axis=0)])
-        ip_scale = layer_scales(self.layer_names, config)
+        ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [2N, R, k, C]; R = 1 without regions
         scheduler.set_timesteps(config.steps)
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         unet = self.runners["unet"]
-        feed = {"text_embeddings": text_embeddings, "ip_tokens": ip_tokens, "ip_scale": ip_scale}
+        feed = {"text_embeddings": text_embeddings, "ip_tokens": ip_tokens,
+                **regional.unet_region_feed(config, self.layer_names, self.layer_strides, h, w, pixels)}
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
         guidance = np.float32(config.guidance)
@@ -318,4 +333,7 @@ class MaskstPipeline:
         timings["vae_decoder"] = (clock() - t0) * 1e3
         _check_finite("vae_decoder", decoded, hint=" (fp16 VAEs overflow: rebuild with the VAE in fp32)")
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+        if config.regions:
+            return GenerationResult(images, mask.any(axis=0), method, scheduler.name, timings, region_masks=mask,
+                                    region_methods=region_methods, region_coverage=pixels.coverage)
         return GenerationResult(images, mask[0], method, scheduler.name, timings)

@@ -38,7 +38,7 @@ def config_values(config) -> dict:
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = [str(v) if isinstance(v, Path) else v for v in value]
+            value = [str(v) if isinstance(v, Path) else v.to_json() if hasattr(v, "to_json") else v for v in value]
         values[field.name] = value
     return values
 
