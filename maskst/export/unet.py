@@ -1,7 +1,9 @@
 """unet: UNet2DConditionModel with IP-Adapter decoupled cross-attention, image tokens as their own input.
 
 Inputs: sample float32 [B, 4, h, w] (B = 2N: negative half first), timestep float32 [1],
-text_embeddings float32 [B, 77, C], ip_tokens float32 [B, k, C], ip_scale float32 [L] (one scale per
+text_embeddings float32 [B, 77, C], then the family's added conditions (``ModelFamily.unet_added_inputs``;
+SD 1.5 none, SDXL ``text_embeds`` float32 [B, 1280] and ``time_ids`` float32 [B, 6], passed as diffusers'
+``added_cond_kwargs``), ip_tokens float32 [B, k, C], ip_scale float32 [L] (one scale per
 cross-attention layer in ``unet.attn_processors`` order). Output: noise_pred float32 [B, 4, h, w].
 
 Each cross-attention layer computes ``Attn(Q, K_text, V_text) + ip_scale[l] * Attn(Q, W_k T, W_v T)``
@@ -14,6 +16,7 @@ from __future__ import annotations
 from maskst.checkpoints import CheckpointSet
 from maskst.export.options import ExportOptions
 from maskst.contract.spec import GraphSpec, TensorSpec
+from maskst.families import family_named
 
 NAME = "unet"
 
@@ -33,6 +36,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
             TensorSpec("sample", "float32", ("B", channels, "h", "w"), low=-3.0, high=3.0),
             TensorSpec("timestep", "float32", (1,), low=1.0, high=999.0),
             TensorSpec("text_embeddings", "float32", ("B", seq, c)),
+            *family_named(ckpt.family).unet_added_inputs(ckpt),
             TensorSpec("ip_tokens", "float32", ("B", ckpt.adapter.num_tokens, c)),
             TensorSpec("ip_scale", "float32", (layers,), low=0.0, high=1.5),
         ),
@@ -44,7 +48,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
 
 
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
-    """torch module (sample, timestep, text_embeddings, ip_tokens, ip_scale) -> noise_pred."""
+    """torch module (sample, timestep, text_embeddings, *added conditions, ip_tokens, ip_scale) -> noise_pred."""
     import torch
     import torch.nn.functional as F
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -121,8 +125,12 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
                     processors[name] = AttnProcessor2_0()
             self.unet.set_attn_processor(processors)
 
-        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale):
+        def forward(self, sample, timestep, text_embeddings, *rest):
+            *added, ip_tokens, ip_scale = rest
             self.inputs.tokens, self.inputs.scale = ip_tokens, ip_scale
-            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False)[0]
+            added_cond = dict(zip(added_names, added)) if added_names else None
+            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, added_cond_kwargs=added_cond,
+                             return_dict=False)[0]
 
+    added_names = [t.name for t in family_named(ckpt.family).unet_added_inputs(ckpt)]
     return UNetWithIPAdapter().eval()
