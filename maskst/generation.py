@@ -42,6 +42,10 @@ class GenerationConfig:
     module-name prefixes such as ``"up_blocks.1"`` or ``"down_blocks.2.attentions.1"``; empty
     means every layer. ``layer_scales`` instead gives one explicit scale per layer (overrides both
     ``scale`` and ``target_blocks``).
+
+    ``height`` / ``width`` None (an option not given) means the model family's default size, which
+    only the engines know: :meth:`sized` fills it in (``MaskstPipeline.resolve`` does, with the
+    engines' family). A given value is validated as given: 0 is refused, never read as "default".
     """
 
     prompt: str = _field(..., "What to draw.")
@@ -65,8 +69,10 @@ class GenerationConfig:
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64).")
-    height: int = _field(512, "Image height in pixels (a multiple of 8).")
-    width: int = _field(512, "Image width in pixels (a multiple of 8).")
+    height: int | None = _field(None, "Image height in pixels (a multiple of 8). Default: the engines' model family's "
+                                      "(SD 1.5: 512, SDXL: 1024).")
+    width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
+                                     "(SD 1.5: 512, SDXL: 1024).")
     num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")
@@ -105,7 +111,9 @@ class GenerationConfig:
             check_text(getattr(self, name), what)  # str, and UTF-8 (a shell passes other bytes as surrogates)
         for name in ("height", "width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0 or value % vae_scale_factor:
+            if value is None:  # open: the model family's default (see sized)
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % vae_scale_factor:
                 raise InputError(
                     f"{name}={value} must be a positive multiple of {vae_scale_factor} "
                     f"(e.g. {max(vae_scale_factor, round(value / vae_scale_factor) * vae_scale_factor) if isinstance(value, int) else 512})"
@@ -126,6 +134,13 @@ class GenerationConfig:
             raise InputError(
                 f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
             )
+
+    def sized(self, default_size: int) -> "GenerationConfig":
+        """This request with an open (None) height / width set to ``default_size`` (the family's)."""
+        if self.height is not None and self.width is not None:
+            return self
+        return dataclasses.replace(self, height=default_size if self.height is None else self.height,
+                                   width=default_size if self.width is None else self.width)
 
     @property
     def batch(self) -> int:
