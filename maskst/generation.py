@@ -25,6 +25,15 @@ DEMO_CONTENT = "a house"
 DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
 
 
+def _family_sizes() -> str:
+    from maskst.families import FAMILIES
+
+    return ", ".join(f"{family.name} {family.default_size}" for family in FAMILIES.values())
+
+
+_FAMILY_SIZES = _family_sizes()  # "sd15 512, sdxl 1024": the default sizes, from the families (one source)
+
+
 def _field(default, help: str, flag: str | None = None):
     """A GenerationConfig field with its user-facing help: CLI options and job fields derive from it.
     ``...`` as default: required."""
@@ -70,9 +79,9 @@ class GenerationConfig:
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64).")
     height: int | None = _field(None, "Image height in pixels (a multiple of 8). Default: the engines' model family's "
-                                      "(SD 1.5: 512, SDXL: 1024).")
+                                      f"({_FAMILY_SIZES}).")
     width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
-                                     "(SD 1.5: 512, SDXL: 1024).")
+                                     f"({_FAMILY_SIZES}).")
     num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")
