@@ -65,13 +65,13 @@ def _expected_encoder(adapter, field: str) -> str:
     return names.get(adapter.input_dim, f"a CLIP with {field} {adapter.input_dim}")
 
 
-def _encoder_hint(adapter) -> str:
-    if adapter.kind is AdapterKind.BASE and adapter.input_dim == 1280:
-        return "ip-adapter_sdxl needs h94's sdxl_models/image_encoder (ViT-bigG/14), the default beside it"
-    if adapter.input_dim in (1024, 1280):  # ViT-H projection (base) or ViT-H hidden width (Plus)
-        return ("h94's *_vit-h SDXL adapters need the ViT-H/14 encoder of models/image_encoder: pass "
-                "--image-encoder IP-Adapter/models/image_encoder")
-    return "Use the image encoder this adapter was trained with (--image-encoder)"
+def _encoder_hint(adapter, pooled: int) -> str:
+    """Which h94 folder holds the encoder: an adapter reading image_embeds of the width of SDXL's pooled
+    text space is ip-adapter_sdxl (ViT-bigG); the others (and every Plus) are the *_vit-h ones."""
+    if adapter.kind is AdapterKind.BASE and adapter.input_dim == pooled:
+        return "ip-adapter_sdxl needs h94's sdxl_models/image_encoder (ViT-bigG/14), the default beside the adapter file"
+    return ("h94's *_vit-h SDXL adapters need the ViT-H/14 encoder of models/image_encoder: pass "
+            "--image-encoder IP-Adapter/models/image_encoder")
 
 
 def resolve_sdxl_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None) -> CheckpointSet:
@@ -133,7 +133,7 @@ def resolve_sdxl_checkpoints(base, ip_adapter, image_encoder=None, content_encod
 
     adapter, layers = check_adapter(base, ip_adapter, unet_config)
     enc_config = check_image_encoder(image_encoder, ip_adapter, adapter, lambda field: _expected_encoder(adapter, field),
-                                     hint=_encoder_hint(adapter))
+                                     hint=_encoder_hint(adapter, pooled))
     hidden, projection = int(enc_config.get("hidden_size", 0)), int(enc_config.get("projection_dim", 0))
 
     own_encoder = base / "text_encoder_2"
