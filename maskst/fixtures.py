@@ -430,6 +430,11 @@ class FixturePaths:
     def content_encoder(self) -> Path:
         return self.root / "content_encoder"
 
+    @property
+    def default_content_encoder(self) -> Path:
+        """What maskst-export needs as --content-encoder for ``ip_adapter``."""
+        return self.content_encoder
+
 
 # ---------------------------------------------------------------- SDXL
 
@@ -670,6 +675,11 @@ class SdxlFixturePaths:
     def content_encoder(self) -> Path:
         """laion ViT-H CLIP (text tower): the content encoder of the *_vit-h adapters."""
         return self.root / "content_encoder"
+
+    @property
+    def default_content_encoder(self) -> None:
+        """What maskst-export needs as --content-encoder for ``ip_adapter`` (bigG): none, the base's text_encoder_2."""
+        return None
 
 
 def fixture_paths(root: Path, preset: str):

@@ -115,12 +115,11 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.export.options import ExportOptions
-    from maskst.fixtures import SdxlFixturePaths, fixture_paths, write_fixtures
+    from maskst.fixtures import fixture_paths, write_fixtures
 
     root = Path(cache_dir) / f"bench-{preset}-{__version__}"
     paths = fixture_paths(root / "fixtures", preset)
-    # ip-adapter_sdxl (bigG): the content encoder is the base's own text_encoder_2
-    content_encoder = None if isinstance(paths, SdxlFixturePaths) else paths.content_encoder
+    content_encoder = paths.default_content_encoder  # SDXL ip-adapter_sdxl: None, the base's own text_encoder_2
     engines = root / "engines"
     marker = root / CACHE_MARKER
     fixture_marker = paths.root / "fixture.json"

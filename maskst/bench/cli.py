@@ -11,15 +11,17 @@ import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
+from maskst.families import FAMILIES
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PRESETS = ("tiny", "tiny-wide", "full")
-FAMILY_NAMES = ("sd15", "sdxl")
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 def fixture_preset(family: str, preset: str) -> str:
-    """The maskst-fixtures preset of a bench preset for a model family (sdxl + full -> sdxl-full)."""
+    """The maskst-fixtures preset of a bench preset for a model family (sdxl + full -> sdxl-full; SD 1.5's
+    presets carry no prefix)."""
     return preset if family == "sd15" else f"{family}-{preset}"
 
 
