@@ -315,13 +315,19 @@ def test_sd15_export_without_content_encoder_is_a_checkpoint_error(tiny, tmp_pat
 # --------------------------------------------------------------------------- fp16 and OpenVINO
 
 
-def test_sdxl_fp16_engines_run_on_ort_cpu_close_to_fp32(sdxl_tiny, sdxl_engines, export_checkpoints, tmp_path,
-                                                        style_image):
+@pytest.fixture(scope="module")
+def sdxl_fp16(sdxl_tiny, export_checkpoints, tmp_path_factory):
     from maskst.export.options import Precision
+
+    return export_checkpoints(sdxl_tiny.base, sdxl_tiny.ip_adapter, None, None,
+                              tmp_path_factory.mktemp("engines") / "sdxl-fp16", precision=Precision.FP16,
+                              min_size=64, opt_size=64, max_size=128)
+
+
+def test_sdxl_fp16_engines_run_on_ort_cpu_close_to_fp32(sdxl_fp16, sdxl_engines, style_image):
     from maskst.runtime.pipeline import MaskstPipeline
 
-    manifest = export_checkpoints(sdxl_tiny.base, sdxl_tiny.ip_adapter, None, None, tmp_path / "fp16",
-                                  precision=Precision.FP16, min_size=64, opt_size=64, max_size=128)
+    manifest = sdxl_fp16
     assert manifest.precision == "fp16" and manifest.data["fp16"]["parity"]["checked"]
     graphs = manifest.data["graphs"]
     for name in ("text_encoder", "text_encoder_2", "image_encoder", "unet"):  # the rest stays fp32
@@ -335,6 +341,41 @@ def test_sdxl_fp16_engines_run_on_ort_cpu_close_to_fp32(sdxl_tiny, sdxl_engines,
     np.testing.assert_array_equal(got.mask, want.mask)  # the conditioner stays fp32: the same mask
     diff = np.abs(got.images.astype(int) - want.images.astype(int))
     assert diff.max() <= 8 and diff.mean() < 1.0, (diff.max(), diff.mean())
+
+
+def test_sdxl_trt_plans_on_a_fake_tensorrt(sdxl_fp16, tmp_path, monkeypatch):
+    """--target trt on SDXL graphs, with test_gpu_path's fake TensorRT (no GPU here): one plan per graph
+    with profiles derived from the specs (time_ids and text_embeds included), the trt backend runs the
+    whole SDXL request and gives ONNX Runtime's image."""
+    from test_gpu_path import _check_fake_plans, _fake_plan_builder, _fake_tensorrt, _install_fake_gpu
+
+    from maskst.engines import tensorrt as trt_engines
+    from maskst.engines.manifest import write_manifest
+    from maskst.export.options import ExportOptions, Precision
+    from maskst.generation import DEMO_STYLE
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    trt = _fake_tensorrt("11.1.0")
+    _install_fake_gpu(monkeypatch, trt)
+    folder = tmp_path / "engines"
+    shutil.copytree(sdxl_fp16.folder, folder)
+    (folder / "manifest.json").unlink()
+    data = {k: v for k, v in sdxl_fp16.data.items() if k not in ("format", "schema", "files")}
+    options = ExportOptions(precision=Precision.FP16, min_size=64, opt_size=64, max_size=128, max_batch=2)
+    section = trt_engines.build_plans(folder, data["graphs"], options, progress=False,
+                                      plan_builder=_fake_plan_builder(trt), plan_checker=_check_fake_plans)
+    assert set(section["plans"]) == set(data["graphs"])
+    profile = section["plans"]["unet"]["profile"]
+    assert profile["time_ids"] == [[2, 6], [2, 6], [4, 6]] and profile["text_embeds"] == [[2, 40], [2, 40], [4, 40]]
+    assert profile["sample"] == [[2, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
+    assert section["parity"]["checked"] and all(r["passed"] for r in section["parity"]["results"])
+    write_manifest(folder, {**data, "tensorrt": section})
+    config = GenerationConfig.create(prompt="a cat", style=(DEMO_STYLE,), content="a house", steps=3, height=64,
+                                     width=64, seed=1)
+    with MaskstPipeline(folder, threads=1) as pipeline:
+        expected = pipeline.generate(config).images
+    with MaskstPipeline(folder, backend="trt") as pipeline:
+        np.testing.assert_array_equal(pipeline.generate(config).images, expected)
 
 
 def test_sdxl_on_openvino_f32_matches_onnx_runtime(sdxl_engines, style_image):
