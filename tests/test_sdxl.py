@@ -199,6 +199,19 @@ def test_sdxl_engines_manifest_and_graph_specs(sdxl_engines):
         assert (sdxl_engines / folder / "vocab.json").is_file()
 
 
+def test_engines_missing_a_graph_of_the_family_are_refused(sdxl_engines, tmp_path):
+    from maskst.errors import EngineError
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    folder = tmp_path / "engines"
+    shutil.copytree(sdxl_engines, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    del data["graphs"]["text_encoder_2"]
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="no text_encoder_2 graph.*Stable Diffusion XL"):
+        MaskstPipeline(folder)
+
+
 def test_maskst_content_embedding_is_sdxls_pooled_text_encoder_2_output(sdxl_tiny, sdxl_engines):
     """For the bigG adapter the content embedding is diffusers' own pooled prompt embedding of the content text."""
     import torch

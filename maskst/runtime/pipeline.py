@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.engines.manifest import Manifest, load_manifest
-from maskst.errors import InputError, NonFiniteError
+from maskst.errors import EngineError, InputError, NonFiniteError
 from maskst.families import family_named
 from maskst.generation import (
     GenerationConfig,
@@ -99,13 +99,19 @@ class MaskstPipeline:
         self.preprocess = preprocessor_params_from_config(
             json.loads((self.manifest.folder / "preprocessor_config.json").read_text()))
         self.family = family_named(model.get("family"))
-        graphs = [name for name in self.family.graphs if name in self.manifest.data["graphs"]]  # what was exported
-        # {graph: tokenizer of its input_ids}, from the family's declaration
-        self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder)
-                           for folder, graph in self.family.tokenizers if graph in graphs}
         # the graph output that embeds the content text: its own graph, or a prompt encoder it shares (SDXL bigG)
         content = model.get("content_embedding", {"graph": "content_encoder", "output": "content_embeds"})
         self.content_graph, self.content_output = content["graph"], content["output"]
+        exported = self.manifest.data["graphs"]
+        missing = [name for name in self.family.graphs if name not in exported
+                   and not (name == "content_encoder" and self.content_graph != name)]
+        if missing:
+            raise EngineError(f"{self.manifest.folder}: the manifest lists no {', '.join(missing)} graph, which "
+                              f"{self.family.title} engines need; rebuild them with maskst-export --force")
+        graphs = [name for name in self.family.graphs if name in exported]
+        # {graph: tokenizer of its input_ids}, from the family's declaration
+        self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder)
+                           for folder, graph in self.family.tokenizers if graph in graphs}
         # an empty negative prompt is all-zero prompt embeddings (diffusers' SDXL force_zeros_for_empty_prompt)
         self.zero_empty_negative = bool(model.get("force_zeros_for_empty_prompt", False))
         runtime_backend = parse_backend(backend)
