@@ -73,6 +73,16 @@ def test_sdxl_full_preset_has_the_real_architecture():
     assert (first["hidden_size"], second["hidden_size"], second["projection_dim"]) == (768, 1280, 1280)
     bigg = _bigg_vision_config(spec)
     assert (bigg["hidden_size"], bigg["projection_dim"], bigg["num_hidden_layers"]) == (1664, 1280, 48)
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with torch.device("meta"):  # the published parameter counts (h94's card: bigG 1844.9M)
+        counts = {"unet": UNet2DConditionModel.from_config(unet),
+                  "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**second)),
+                  "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**bigg))}
+    counts = {k: round(sum(p.numel() for p in m.parameters()) / 1e6, 1) for k, m in counts.items()}
+    assert counts == {"unet": 2567.5, "text_encoder_2": 694.7, "image_encoder": 1844.9}, counts
 
 
 # --------------------------------------------------------------------------- pre-flight
