@@ -367,7 +367,9 @@ def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=No
         raise CheckpointError(
             f"{base / 'unet' / 'config.json'}: this UNet needs extra conditioning "
             f"(addition_embed_type={unet_config.get('addition_embed_type')!r}, class_embed_type="
-            f"{unet_config.get('class_embed_type')!r}), as Stable Diffusion XL does; maskst exports SD 1.x/2.x UNets"
+            f"{unet_config.get('class_embed_type')!r}), as Stable Diffusion XL does, but {base / 'model_index.json'} "
+            "names a Stable Diffusion 1.x/2.x pipeline; maskst exports SDXL from a complete StableDiffusionXLPipeline "
+            "folder (text_encoder_2/, tokenizer_2/)"
         )
     cross = int(unet_config["cross_attention_dim"])
     if int(text_config["hidden_size"]) != cross:
