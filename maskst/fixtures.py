@@ -591,6 +591,9 @@ def write_sdxl_base(folder: Path, spec: SdxlFixtureSpec, seed: int) -> None:
     modules["unet"] = UNet2DConditionModel.from_config(sdxl_unet_config(spec))
     modules["vae"] = AutoencoderKL.from_config(_sdxl_vae_config(spec))
     for i, (name, module) in enumerate(modules.items()):
+        # fp32 on disk like every other component (transformers 5 builds text_encoder_2 in its config's
+        # torch_dtype, float16 in SDXL base 1.0's config); loaders read fp32 either way
+        module = module.float()
         if not spec.full_size:
             _randomize(module, seed + i)
         module.save_pretrained(folder / name)
@@ -627,7 +630,7 @@ def write_sdxl_ip_adapter(folder: Path, spec: SdxlFixtureSpec, seed: int) -> Non
         encoders.append((folder / "models" / "image_encoder", _vision_config(spec), seed + 21))
     for path, config, enc_seed in encoders:
         _seeded(enc_seed)
-        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).float()
         if not spec.full_size:
             _randomize(encoder, enc_seed)
         encoder.save_pretrained(path)
