@@ -194,18 +194,28 @@ def unet_cross_attention_widths(unet_config: dict) -> list[tuple[str, int]]:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSet:
-    """Validated local checkpoints: the inputs of maskst-export and the reference pipeline."""
+    """Validated local checkpoints: the inputs of maskst-export and the reference pipeline.
+
+    The fields after ``content_text_config`` default to SD 1.5's values; other families' pre-flights
+    set them (``maskst.families``).
+    """
 
     base: Path
     ip_adapter: Path
     image_encoder: Path
-    content_encoder: Path
+    content_encoder: Path  # folder of the content text tower (SDXL + bigG adapter: the base's text_encoder_2)
     adapter: AdapterInfo
     cross_attention_layers: tuple[str, ...]  # module names, in attn_processors order
     unet_config: dict
     vae_config: dict
     image_encoder_config: dict
     content_text_config: dict
+    family: str = "sd15"  # maskst.families name of the base
+    content_tokenizer: Path | None = None  # tokenizer folder of the content text; None: the content encoder's own
+    # (graph, output) that embeds the content text: its own graph, or a prompt encoder it shares
+    content_graph: tuple[str, str] = ("content_encoder", "content_embeds")
+    base_weights: tuple[str, ...] = ("unet", "vae", "text_encoder")  # base components with weights
+    force_zeros_for_empty_prompt: bool = False  # model_index.json: an empty negative prompt is all-zero embeddings
 
     @property
     def vae_scale_factor(self) -> int:
@@ -215,12 +225,22 @@ class CheckpointSet:
     def image_embed_dim(self) -> int:
         return int(self.image_encoder_config["projection_dim"])
 
+    @property
+    def content_tokenizer_folder(self) -> Path:
+        return self.content_tokenizer or self.content_encoder
+
+    @property
+    def shared_content_encoder(self) -> bool:
+        """Whether the content text is embedded by one of the base's own prompt encoders (no graph of its own)."""
+        return self.content_graph[0] != "content_encoder"
+
     def weight_files(self) -> dict[str, Path]:
         """Every weights file the set is built from, by component (for manifest hashes)."""
-        files = {name: find_weights(self.base / name, f"base {name}") for name in ("unet", "vae", "text_encoder")}
+        files = {name: find_weights(self.base / name, f"base {name}") for name in self.base_weights}
         files["ip_adapter"] = self.ip_adapter
         files["image_encoder"] = find_weights(self.image_encoder, "image encoder")
-        files["content_encoder"] = find_weights(self.content_encoder, "content encoder")
+        if not self.shared_content_encoder:
+            files["content_encoder"] = find_weights(self.content_encoder, "content encoder")
         return files
 
 
@@ -237,6 +257,81 @@ def _check_tokenizer(folder: Path, what: str) -> None:
     missing = [n for n in TOKENIZER_FILES[:2] if not (folder / n).is_file()]
     if missing and not (folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{what}: {folder} lacks {', '.join(missing)}; copy the tokenizer files into it")
+
+
+def check_adapter(base: Path, ip_adapter: Path, unet_config: dict) -> tuple[AdapterInfo, list[tuple[str, int]]]:
+    """Read an IP-Adapter file and check it against a UNet config: token width == cross-attention
+    width, one to_k_ip / to_v_ip pair per cross-attention layer of the layer's width. Returns the
+    adapter's facts and the UNet's (layer name, width) list in attn_processors order."""
+    cross = int(unet_config["cross_attention_dim"])
+    state = load_adapter_state_dict(ip_adapter)
+    adapter = inspect_adapter(ip_adapter, state)
+    if adapter.cross_attention_dim != cross:
+        raise CheckpointError(
+            f"IP-Adapter {ip_adapter} was built for {_family(adapter.cross_attention_dim)}, but the base model "
+            f"{base / 'unet' / 'config.json'} is {_family(cross)}: its image tokens are "
+            f"{adapter.cross_attention_dim} wide, the UNet expects {cross}. Use the adapter made for this base "
+            "(models/ for SD 1.5, sdxl_models/ for SDXL)"
+        )
+    layers = unet_cross_attention_widths(unet_config)
+    expected = tuple(w for _, w in layers)
+    if adapter.layer_widths != expected:
+        raise CheckpointError(
+            f"IP-Adapter {ip_adapter} has {len(adapter.layer_widths)} cross-attention layers of widths "
+            f"{list(adapter.layer_widths)}; the UNet in {base / 'unet'} has {len(expected)} of widths "
+            f"{list(expected)}. Use the adapter made for this base model"
+        )
+    return adapter, layers
+
+
+def check_image_encoder(image_encoder: Path, ip_adapter: Path, adapter: AdapterInfo, expected_name,
+                        hint: str = "Use the image_encoder folder that ships next to this adapter") -> dict:
+    """The image encoder's config, checked against what the adapter's projection consumes
+    (``projection_dim`` for ImageProjModel, ``hidden_size`` for a Resampler). ``expected_name(field)``
+    names the encoder the adapter expects in the error."""
+    enc_config = _read_json(image_encoder / "config.json", "image encoder")
+    find_weights(image_encoder, "image encoder")
+    hidden, projection = int(enc_config.get("hidden_size", 0)), int(enc_config.get("projection_dim", 0))
+    wanted = projection if adapter.kind is AdapterKind.BASE else hidden
+    if wanted != adapter.input_dim:
+        field = "projection_dim" if adapter.kind is AdapterKind.BASE else "hidden_size"
+        raise CheckpointError(
+            f"image encoder {image_encoder / 'config.json'} is {_encoder_name(hidden, projection)} ({field} {wanted}), "
+            f"but the IP-Adapter {ip_adapter} expects {expected_name(field)} ({field} {adapter.input_dim}). {hint}"
+        )
+    return enc_config
+
+
+def check_content_encoder(content_encoder: Path, tokenizer: Path, image_encoder: Path, enc_config: dict) -> dict:
+    """The content text tower's config, checked: weights, tokenizer, and a projection into the image
+    encoder's embedding space (MaskST multiplies the two embeddings element-wise)."""
+    hidden, projection = int(enc_config.get("hidden_size", 0)), int(enc_config.get("projection_dim", 0))
+    content_config = _text_tower_config(content_encoder)
+    find_weights(content_encoder, "content encoder")
+    _check_tokenizer(tokenizer, "content encoder tokenizer")
+    content_dim = int(content_config.get("projection_dim") or 0)
+    if content_dim != projection:
+        raise CheckpointError(
+            f"content encoder {content_encoder / 'config.json'} projects text to {content_dim} values, but the image "
+            f"encoder {image_encoder / 'config.json'} projects images to {projection}: MaskST needs the text tower "
+            f"of the same CLIP ({_encoder_name(hidden, projection)})"
+        )
+    return content_config
+
+
+def encoder_name(hidden: int, projection: int) -> str:
+    """A CLIP image tower's common name from its widths (e.g. ViT-H/14), or its widths."""
+    return _encoder_name(hidden, projection)
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A JSON config, or CheckpointError naming the missing / unreadable file."""
+    return _read_json(path, what)
+
+
+def check_tokenizer(folder: Path, what: str) -> None:
+    """CheckpointError unless ``folder`` holds a CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json)."""
+    _check_tokenizer(folder, what)
 
 
 def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None) -> CheckpointSet:
@@ -272,7 +367,9 @@ def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=No
         raise CheckpointError(
             f"{base / 'unet' / 'config.json'}: this UNet needs extra conditioning "
             f"(addition_embed_type={unet_config.get('addition_embed_type')!r}, class_embed_type="
-            f"{unet_config.get('class_embed_type')!r}), as Stable Diffusion XL does; maskst exports SD 1.x/2.x UNets"
+            f"{unet_config.get('class_embed_type')!r}), as Stable Diffusion XL does, but {base / 'model_index.json'} "
+            "names a Stable Diffusion 1.x/2.x pipeline; maskst exports SDXL from a complete StableDiffusionXLPipeline "
+            "folder (text_encoder_2/, tokenizer_2/)"
         )
     cross = int(unet_config["cross_attention_dim"])
     if int(text_config["hidden_size"]) != cross:
@@ -281,47 +378,11 @@ def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=No
             f"cross_attention_dim is {cross}; the base folder mixes components of different models"
         )
 
-    state = load_adapter_state_dict(ip_adapter)
-    adapter = inspect_adapter(ip_adapter, state)
-    if adapter.cross_attention_dim != cross:
-        raise CheckpointError(
-            f"IP-Adapter {ip_adapter} was built for {_family(adapter.cross_attention_dim)}, but the base model "
-            f"{base / 'unet' / 'config.json'} is {_family(cross)}: its image tokens are "
-            f"{adapter.cross_attention_dim} wide, the UNet expects {cross}. Use the adapter made for this base "
-            "(models/ for SD 1.5, sdxl_models/ for SDXL)"
-        )
-    layers = unet_cross_attention_widths(unet_config)
-    expected = tuple(w for _, w in layers)
-    if adapter.layer_widths != expected:
-        raise CheckpointError(
-            f"IP-Adapter {ip_adapter} has {len(adapter.layer_widths)} cross-attention layers of widths "
-            f"{list(adapter.layer_widths)}; the UNet in {base / 'unet'} has {len(expected)} of widths "
-            f"{list(expected)}. Use the adapter made for this base model"
-        )
-
-    enc_config = _read_json(image_encoder / "config.json", "image encoder")
-    find_weights(image_encoder, "image encoder")
-    hidden, projection = int(enc_config.get("hidden_size", 0)), int(enc_config.get("projection_dim", 0))
-    wanted = projection if adapter.kind is AdapterKind.BASE else hidden
-    if wanted != adapter.input_dim:
-        field = "projection_dim" if adapter.kind is AdapterKind.BASE else "hidden_size"
-        expected_name = "ViT-H/14" if adapter.input_dim in (1024, 1280) and cross == 768 else f"a CLIP with {field} {adapter.input_dim}"
-        raise CheckpointError(
-            f"image encoder {image_encoder / 'config.json'} is {_encoder_name(hidden, projection)} ({field} {wanted}), "
-            f"but the IP-Adapter {ip_adapter} expects {expected_name} ({field} {adapter.input_dim}). "
-            "Use the image_encoder folder that ships next to this adapter"
-        )
-
-    content_config = _text_tower_config(content_encoder)
-    find_weights(content_encoder, "content encoder")
-    _check_tokenizer(content_encoder, "content encoder tokenizer")
-    content_dim = int(content_config.get("projection_dim") or 0)
-    if content_dim != projection:
-        raise CheckpointError(
-            f"content encoder {content_encoder / 'config.json'} projects text to {content_dim} values, but the image "
-            f"encoder {image_encoder / 'config.json'} projects images to {projection}: MaskST needs the text tower "
-            f"of the same CLIP ({_encoder_name(hidden, projection)})"
-        )
+    adapter, layers = check_adapter(base, ip_adapter, unet_config)
+    enc_config = check_image_encoder(image_encoder, ip_adapter, adapter,
+                                     lambda field: "ViT-H/14" if adapter.input_dim in (1024, 1280) and cross == 768
+                                     else f"a CLIP with {field} {adapter.input_dim}")
+    content_config = check_content_encoder(content_encoder, content_encoder, image_encoder, enc_config)
     return CheckpointSet(
         base=base, ip_adapter=ip_adapter, image_encoder=image_encoder, content_encoder=content_encoder,
         adapter=adapter, cross_attention_layers=tuple(n for n, _ in layers), unet_config=unet_config,

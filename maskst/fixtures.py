@@ -11,8 +11,17 @@ through the same code that loads real checkpoints:
 - ``<root>/content_encoder/``: a full transformers ``CLIPModel`` folder (like laion's ViT-H/14) with
   its tokenizer.
 
+SDXL sets (presets ``sdxl-*``, :class:`SdxlFixturePaths`): ``<root>/base/`` a diffusers
+StableDiffusionXLPipeline folder (unet/, vae/, text_encoder/ (CLIPTextModel), text_encoder_2/
+(CLIPTextModelWithProjection), tokenizer/, tokenizer_2/ (pads with "!"), scheduler/);
+``<root>/ip_adapter/sdxl_models/``: ``ip-adapter_sdxl.safetensors`` (+ ``.bin``) with its ViT-bigG
+``image_encoder/``, ``ip-adapter_sdxl_vit-h.safetensors`` and ``ip-adapter-plus_sdxl_vit-h.safetensors``
+whose ViT-H encoder is ``<root>/ip_adapter/models/image_encoder/``; ``<root>/content_encoder/`` the
+laion ViT-H CLIP of the ViT-H adapters.
+
 Presets: ``tiny`` and ``tiny-wide`` (other widths, depths and head sizes) for tests, and ``full``
-(the real SD 1.5 / ViT-H / ViT-L architectures, random weights) for benchmarks. Everything is
+(the real SD 1.5 / ViT-H / ViT-L architectures, random weights) for benchmarks; likewise
+``sdxl-tiny``, ``sdxl-tiny-wide`` and ``sdxl-full`` (SDXL base 1.0 + ViT-bigG). Everything is
 deterministic for a seed. Command line: ``maskst-fixtures OUT_DIR --preset tiny``.
 """
 
@@ -291,6 +300,19 @@ def _cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
 
 def ip_adapter_state_dict(spec: FixtureSpec, seed: int, plus: bool = False) -> dict:
     """h94 nested state dict {"image_proj": {...}, "ip_adapter": {...}} with random weights."""
+    return adapter_state_dict(seed, cross=spec.text_hidden, embed_dim=spec.projection_dim,
+                              vision_hidden=spec.vision_hidden,
+                              layer_widths=_cross_attention_hidden_sizes(_unet_config(spec)), plus=plus,
+                              tokens=spec.ip_tokens, plus_heads=spec.plus_heads, plus_depth=spec.plus_depth,
+                              full_size=spec.full_size)
+
+
+def adapter_state_dict(seed: int, cross: int, embed_dim: int, vision_hidden: int, layer_widths: list[int],
+                       plus: bool = False, tokens: int = 4, plus_heads: int = 1, plus_depth: int = 4,
+                       full_size: bool = False) -> dict:
+    """h94 nested state dict of any base: tokens ``cross`` wide, projection from ``embed_dim``
+    (``image_embeds``; Plus: a Resampler from the encoder's hidden width ``vision_hidden``), one
+    to_k_ip / to_v_ip pair per cross-attention layer of width ``layer_widths[i]`` (keys 1, 3, ...)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -299,13 +321,12 @@ def ip_adapter_state_dict(spec: FixtureSpec, seed: int, plus: bool = False) -> d
         scale = scale if scale is not None else 1.0 / np.sqrt(shape[-1])
         return (scale * torch.randn(shape, generator=gen)).contiguous()
 
-    cross = spec.text_hidden
     if plus:
-        dim, heads, depth, queries = cross, spec.plus_heads, spec.plus_depth, 16
+        dim, heads, depth, queries = cross, plus_heads, plus_depth, 16
         inner = 64 * heads
-        dim = inner if not spec.full_size else dim
+        dim = inner if not full_size else dim
         proj = {"latents": rand(1, queries, dim, scale=dim**-0.5),
-                "proj_in.weight": rand(dim, spec.vision_hidden), "proj_in.bias": rand(dim, scale=0.02),
+                "proj_in.weight": rand(dim, vision_hidden), "proj_in.bias": rand(dim, scale=0.02),
                 "proj_out.weight": rand(cross, dim), "proj_out.bias": rand(cross, scale=0.02),
                 "norm_out.weight": 1 + rand(cross, scale=0.1), "norm_out.bias": rand(cross, scale=0.02)}
         for i in range(depth):
@@ -321,31 +342,38 @@ def ip_adapter_state_dict(spec: FixtureSpec, seed: int, plus: bool = False) -> d
             proj[p + "1.1.weight"] = rand(4 * dim, dim)
             proj[p + "1.3.weight"] = rand(dim, 4 * dim)
     else:
-        tokens = spec.ip_tokens
-        proj = {"proj.weight": rand(tokens * cross, spec.projection_dim),
+        proj = {"proj.weight": rand(tokens * cross, embed_dim),
                 "proj.bias": rand(tokens * cross, scale=0.02),
                 "norm.weight": 1 + rand(cross, scale=0.1), "norm.bias": rand(cross, scale=0.02)}
     layers = {}
-    for i, hidden in enumerate(_cross_attention_hidden_sizes(_unet_config(spec))):
+    for i, hidden in enumerate(layer_widths):
         layers[f"{2 * i + 1}.to_k_ip.weight"] = rand(hidden, cross)
         layers[f"{2 * i + 1}.to_v_ip.weight"] = rand(hidden, cross)
     return {"image_proj": proj, "ip_adapter": layers}
 
 
-def write_ip_adapter(folder: Path, spec: FixtureSpec, seed: int) -> None:
-    """h94/IP-Adapter layout: models/ip-adapter_sd15.{safetensors,bin}, plus, image_encoder/."""
+def save_adapter(state: dict, path: Path, also_bin: bool = False) -> None:
+    """Write an adapter state dict as h94 does: flat ``image_proj.*`` / ``ip_adapter.*`` safetensors,
+    and (``also_bin``) the nested-dict ``.bin`` beside it."""
     import torch
     from safetensors.torch import save_file
+
+    flat = {f"{group}.{k}": v for group, tensors in state.items() for k, v in tensors.items()}
+    save_file(flat, str(path))
+    if also_bin:
+        torch.save(state, path.with_suffix(".bin"))
+
+
+def write_ip_adapter(folder: Path, spec: FixtureSpec, seed: int) -> None:
+    """h94/IP-Adapter layout: models/ip-adapter_sd15.{safetensors,bin}, plus, image_encoder/."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     models = folder / "models"
     models.mkdir(parents=True, exist_ok=True)
     for plus, stem in ((False, "ip-adapter_sd15"), (True, "ip-adapter-plus_sd15")):
         state = ip_adapter_state_dict(spec, seed + 10 + int(plus), plus=plus)
-        flat = {f"{group}.{k}": v for group, tensors in state.items() for k, v in tensors.items()}
-        save_file(flat, str(models / f"{stem}.safetensors"))
-        if not plus and not spec.full_size:
-            torch.save(state, models / f"{stem}.bin")  # the .bin files are nested dicts
+        # the .bin files are nested dicts
+        save_adapter(state, models / f"{stem}.safetensors", also_bin=not plus and not spec.full_size)
     _seeded(seed + 20)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config(spec)))
     if not spec.full_size:
@@ -405,16 +433,278 @@ class FixturePaths:
     def content_encoder(self) -> Path:
         return self.root / "content_encoder"
 
+    @property
+    def default_content_encoder(self) -> Path:
+        """What maskst-export needs as --content-encoder for ``ip_adapter``."""
+        return self.content_encoder
 
-def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePaths:
+
+# ---------------------------------------------------------------- SDXL
+
+
+@dataclasses.dataclass(frozen=True)
+class SdxlFixtureSpec:
+    """Architecture knobs of an SDXL fixture set (base, h94 ``sdxl_models/`` adapters, encoders).
+
+    Two text encoders as SDXL has them: ``text_encoder`` (the CLIP ViT-L role, ``text_*``) and
+    ``text_encoder_2`` (the OpenCLIP bigG text role, ``text2_*``, with a projection to
+    ``text2_projection`` = the bigG image encoder's ``projection_dim``); the UNet's cross-attention
+    width is ``text_hidden + text2_hidden`` and its ``text_time`` embedding takes
+    ``6 * time_embed_dim + text2_projection`` values. ``vision_*`` / ``projection_dim`` /
+    ``content_*`` are the ViT-H image encoder (``models/image_encoder``) and the laion content
+    encoder of the ``*_vit-h`` adapters, as in :class:`FixtureSpec`.
+    """
+
+    name: str
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text2_hidden: int
+    text2_layers: int
+    text2_heads: int
+    text2_projection: int
+    unet_channels: tuple[int, ...]
+    unet_layers_per_block: int
+    unet_heads: tuple[int, ...]  # diffusers' legacy `attention_head_dim` per block (= number of heads)
+    unet_transformer_layers: tuple[int, ...]  # `transformer_layers_per_block` (the mid block uses the last)
+    unet_groups: int
+    time_embed_dim: int  # `addition_time_embed_dim`: sinusoid width per time id
+    vae_channels: tuple[int, ...]
+    vae_groups: int
+    bigg_hidden: int
+    bigg_layers: int
+    bigg_heads: int
+    bigg_patch: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_patch: int
+    projection_dim: int
+    content_hidden: int
+    content_layers: int
+    content_heads: int
+    ip_tokens: int = 4
+    plus_depth: int = 4
+    plus_heads: int = 1
+    full_size: bool = False
+    family: str = "sdxl"
+
+
+SDXL_PRESETS = {
+    "sdxl-tiny": SdxlFixtureSpec(
+        name="sdxl-tiny", text_hidden=32, text_layers=2, text_heads=2,
+        text2_hidden=48, text2_layers=2, text2_heads=3, text2_projection=40,
+        unet_channels=(32, 64), unet_layers_per_block=1, unet_heads=(2, 4), unet_transformer_layers=(1, 2),
+        unet_groups=8, time_embed_dim=8, vae_channels=(8, 16, 16, 16), vae_groups=8,
+        bigg_hidden=40, bigg_layers=2, bigg_heads=2, bigg_patch=32,
+        vision_hidden=32, vision_layers=2, vision_heads=2, vision_patch=32, projection_dim=48,
+        content_hidden=32, content_layers=2, content_heads=4,
+    ),
+    "sdxl-tiny-wide": SdxlFixtureSpec(
+        name="sdxl-tiny-wide", text_hidden=24, text_layers=1, text_heads=2,
+        text2_hidden=40, text2_layers=3, text2_heads=5, text2_projection=56,
+        unet_channels=(16, 32, 48), unet_layers_per_block=2, unet_heads=(1, 2, 3), unet_transformer_layers=(1, 1, 2),
+        unet_groups=8, time_embed_dim=4, vae_channels=(16, 16, 32, 32), vae_groups=8,
+        bigg_hidden=24, bigg_layers=3, bigg_heads=3, bigg_patch=28,
+        vision_hidden=40, vision_layers=3, vision_heads=5, vision_patch=28, projection_dim=72,
+        content_hidden=24, content_layers=3, content_heads=2,
+    ),
+    # the real SDXL base 1.0 + ViT-bigG architectures; ip-adapter_sdxl (bigG) only (no ViT-H set)
+    "sdxl-full": SdxlFixtureSpec(
+        name="sdxl-full", text_hidden=768, text_layers=12, text_heads=12,
+        text2_hidden=1280, text2_layers=32, text2_heads=20, text2_projection=1280,
+        unet_channels=(320, 640, 1280), unet_layers_per_block=2, unet_heads=(5, 10, 20),
+        unet_transformer_layers=(1, 2, 10), unet_groups=32, time_embed_dim=256,
+        vae_channels=(128, 256, 512, 512), vae_groups=32,
+        bigg_hidden=1664, bigg_layers=48, bigg_heads=16, bigg_patch=14,
+        vision_hidden=1280, vision_layers=32, vision_heads=16, vision_patch=14, projection_dim=1024,
+        content_hidden=1024, content_layers=24, content_heads=16, plus_heads=20,
+        full_size=True,
+    ),
+}
+
+
+def _sdxl_text_configs(spec: SdxlFixtureSpec, vocab_size: int) -> tuple[dict, dict]:
+    first, second = _read_config("sdxl_text_encoder_config.json"), _read_config("sdxl_text_encoder_2_config.json")
+    if not spec.full_size:
+        first.update(hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 4,
+                     num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+                     vocab_size=vocab_size, projection_dim=spec.text_hidden)
+        second.update(hidden_size=spec.text2_hidden, intermediate_size=spec.text2_hidden * 4,
+                      num_hidden_layers=spec.text2_layers, num_attention_heads=spec.text2_heads,
+                      vocab_size=vocab_size, projection_dim=spec.text2_projection)
+    return first, second
+
+
+def sdxl_unet_config(spec: SdxlFixtureSpec) -> dict:
+    cfg = _read_config("sdxl_unet_config.json")
+    if not spec.full_size:
+        levels = len(spec.unet_channels)
+        cfg.update(
+            block_out_channels=list(spec.unet_channels),
+            down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1),
+            up_block_types=["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"],
+            layers_per_block=spec.unet_layers_per_block,
+            attention_head_dim=list(spec.unet_heads),
+            transformer_layers_per_block=list(spec.unet_transformer_layers),
+            cross_attention_dim=spec.text_hidden + spec.text2_hidden,
+            addition_time_embed_dim=spec.time_embed_dim,
+            projection_class_embeddings_input_dim=6 * spec.time_embed_dim + spec.text2_projection,
+            norm_num_groups=spec.unet_groups,
+            sample_size=16,
+        )
+    return cfg
+
+
+def _sdxl_vae_config(spec: SdxlFixtureSpec) -> dict:
+    cfg = _read_config("sdxl_vae_config.json")
+    if not spec.full_size:
+        n = len(spec.vae_channels)
+        cfg.update(block_out_channels=list(spec.vae_channels), layers_per_block=1,
+                   down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                   norm_num_groups=spec.vae_groups, sample_size=64)
+    return cfg
+
+
+def _bigg_vision_config(spec: SdxlFixtureSpec) -> dict:
+    cfg = _read_config("ip_adapter_sdxl_image_encoder_config.json")
+    if not spec.full_size:
+        cfg.update(hidden_size=spec.bigg_hidden, intermediate_size=spec.bigg_hidden * 4,
+                   num_hidden_layers=spec.bigg_layers, num_attention_heads=spec.bigg_heads,
+                   patch_size=spec.bigg_patch, projection_dim=spec.text2_projection)
+    return cfg
+
+
+def write_sdxl_base(folder: Path, spec: SdxlFixtureSpec, seed: int) -> None:
+    """A diffusers StableDiffusionXLPipeline folder as `save_pretrained` lays it out (no feature
+    extractor, no image encoder: SDXL base 1.0 has neither)."""
+    torch = _seeded(seed)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab_size = write_clip_tokenizer(
+        folder / "tokenizer", _read_config("sd15_tokenizer_config.json"), _read_config("sd15_special_tokens_map.json"))
+    write_clip_tokenizer(folder / "tokenizer_2", _read_config("sdxl_tokenizer_2_config.json"),
+                         _read_config("sdxl_tokenizer_2_special_tokens_map.json"))  # pads with "!" (id 0)
+    if spec.full_size:
+        vocab_size = 49408
+    first, second = _sdxl_text_configs(spec, vocab_size)
+    modules = {"text_encoder": CLIPTextModel(CLIPTextConfig(**first)),
+               "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**second))}
+    modules["unet"] = UNet2DConditionModel.from_config(sdxl_unet_config(spec))
+    modules["vae"] = AutoencoderKL.from_config(_sdxl_vae_config(spec))
+    for i, (name, module) in enumerate(modules.items()):
+        # fp32 on disk like every other component (transformers 5 builds text_encoder_2 in its config's
+        # torch_dtype, float16 in SDXL base 1.0's config); loaders read fp32 either way
+        module = module.float()
+        if not spec.full_size:
+            _randomize(module, seed + i)
+        module.save_pretrained(folder / name)
+        modules[name] = None  # full size: free each model (GBs) once written
+    del torch
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REAL_CONFIGS / "sdxl_scheduler_config.json", folder / "scheduler" / "scheduler_config.json")
+    shutil.copy(REAL_CONFIGS / "sdxl_model_index.json", folder / "model_index.json")
+
+
+def write_sdxl_ip_adapter(folder: Path, spec: SdxlFixtureSpec, seed: int) -> None:
+    """h94 layout for SDXL: ``sdxl_models/ip-adapter_sdxl`` (ViT-bigG ``image_embeds``) with
+    ``sdxl_models/image_encoder/``; ``sdxl_models/ip-adapter_sdxl_vit-h`` and
+    ``ip-adapter-plus_sdxl_vit-h`` (Resampler, 16 tokens) with ``models/image_encoder/`` (ViT-H).
+    The full-size preset writes the bigG adapter and encoder only."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from maskst.checkpoints import unet_cross_attention_widths
+
+    widths = [w for _, w in unet_cross_attention_widths(sdxl_unet_config(spec))]
+    cross = int(sdxl_unet_config(spec)["cross_attention_dim"])
+    models = folder / "sdxl_models"
+    models.mkdir(parents=True, exist_ok=True)
+    common = dict(cross=cross, layer_widths=widths, tokens=spec.ip_tokens, plus_heads=spec.plus_heads,
+                  plus_depth=spec.plus_depth, full_size=spec.full_size)
+    save_adapter(adapter_state_dict(seed + 10, embed_dim=spec.text2_projection, vision_hidden=spec.bigg_hidden, **common),
+                 models / "ip-adapter_sdxl.safetensors", also_bin=not spec.full_size)
+    encoders = [(models / "image_encoder", _bigg_vision_config(spec), seed + 20)]
+    if not spec.full_size:
+        for offset, (plus, stem) in enumerate(((False, "ip-adapter_sdxl_vit-h"), (True, "ip-adapter-plus_sdxl_vit-h"))):
+            state = adapter_state_dict(seed + 11 + offset, embed_dim=spec.projection_dim, vision_hidden=spec.vision_hidden,
+                                       plus=plus, **common)
+            save_adapter(state, models / f"{stem}.safetensors")
+        encoders.append((folder / "models" / "image_encoder", _vision_config(spec), seed + 21))
+    for path, config, enc_seed in encoders:
+        _seeded(enc_seed)
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).float()
+        if not spec.full_size:
+            _randomize(encoder, enc_seed)
+        encoder.save_pretrained(path)
+        del encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class SdxlFixturePaths:
+    """Where an SDXL fixture set lives (the h94 repository layout under ``ip_adapter/``)."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def ip_adapter(self) -> Path:
+        """ip-adapter_sdxl: ViT-bigG image_embeds; its content encoder defaults to the base's text_encoder_2."""
+        return self.root / "ip_adapter" / "sdxl_models" / "ip-adapter_sdxl.safetensors"
+
+    @property
+    def ip_adapter_bin(self) -> Path:
+        return self.root / "ip_adapter" / "sdxl_models" / "ip-adapter_sdxl.bin"
+
+    @property
+    def ip_adapter_vit_h(self) -> Path:
+        return self.root / "ip_adapter" / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors"
+
+    @property
+    def ip_adapter_plus(self) -> Path:
+        return self.root / "ip_adapter" / "sdxl_models" / "ip-adapter-plus_sdxl_vit-h.safetensors"
+
+    @property
+    def image_encoder(self) -> Path:
+        """ViT-bigG (sdxl_models/image_encoder): the default beside ip-adapter_sdxl."""
+        return self.root / "ip_adapter" / "sdxl_models" / "image_encoder"
+
+    @property
+    def image_encoder_vit_h(self) -> Path:
+        """ViT-H (models/image_encoder): what the *_vit-h adapters need (--image-encoder)."""
+        return self.root / "ip_adapter" / "models" / "image_encoder"
+
+    @property
+    def content_encoder(self) -> Path:
+        """laion ViT-H CLIP (text tower): the content encoder of the *_vit-h adapters."""
+        return self.root / "content_encoder"
+
+    @property
+    def default_content_encoder(self) -> None:
+        """What maskst-export needs as --content-encoder for ``ip_adapter`` (bigG): none, the base's text_encoder_2."""
+        return None
+
+
+def fixture_paths(root: Path, preset: str):
+    """FixturePaths (SD 1.5 presets) or SdxlFixturePaths (``sdxl-*``) of a fixture set."""
+    return SdxlFixturePaths(Path(root)) if preset in SDXL_PRESETS else FixturePaths(Path(root))
+
+
+ALL_PRESETS = (*PRESETS, *SDXL_PRESETS)
+
+
+def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
     """Write a complete fixture set under ``root`` (base, ip_adapter, content_encoder).
 
     Written into a temporary sibling folder first and renamed into place, so an interrupted
     run never leaves a half-written set that later looks complete.
     """
-    if preset not in PRESETS:
-        raise InputError(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
+    if preset not in ALL_PRESETS:
+        raise InputError(f"preset={preset!r}; choose one of {', '.join(ALL_PRESETS)}")
+    spec = PRESETS.get(preset) or SDXL_PRESETS[preset]
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -422,9 +712,15 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePa
 
     try:
         with quiet_transformers():
-            write_base(staging / "base", spec, seed)
-            write_ip_adapter(staging / "ip_adapter", spec, seed)
-            write_content_encoder(staging / "content_encoder", spec, seed)
+            if isinstance(spec, SdxlFixtureSpec):
+                write_sdxl_base(staging / "base", spec, seed)
+                write_sdxl_ip_adapter(staging / "ip_adapter", spec, seed)
+                if not spec.full_size:  # the laion ViT-H CLIP of the *_vit-h adapters
+                    write_content_encoder(staging / "content_encoder", spec, seed)
+            else:
+                write_base(staging / "base", spec, seed)
+                write_ip_adapter(staging / "ip_adapter", spec, seed)
+                write_content_encoder(staging / "content_encoder", spec, seed)
         (staging / "fixture.json").write_text(json.dumps({"preset": preset, "seed": seed}))
         if root.exists():
             shutil.rmtree(root)
@@ -432,20 +728,26 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0) -> FixturePa
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return FixturePaths(root)
+    return fixture_paths(root, preset)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
-              help="tiny / tiny-wide: small random models for tests; full: the real SD 1.5 + ViT-H "
-                   "architectures with random weights (about 6 GB, for benchmarks).")
+@click.option("--preset", type=click.Choice(ALL_PRESETS), default="tiny", show_default=True,
+              help="tiny / tiny-wide: small random SD 1.5 models for tests; full: the real SD 1.5 + ViT-H "
+                   "architectures with random weights (about 6 GB, for benchmarks). sdxl-tiny / sdxl-tiny-wide: "
+                   "small random SDXL sets (base with both text encoders, ip-adapter_sdxl with its ViT-bigG "
+                   "encoder, ip-adapter_sdxl_vit-h and ip-adapter-plus_sdxl_vit-h with the ViT-H encoder, the "
+                   "laion content encoder); sdxl-full: the real SDXL base 1.0 + ViT-bigG architectures, "
+                   "ip-adapter_sdxl only (about 18 GB).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out_dir: Path, preset: str, seed: int) -> None:
     """Write random-weight checkpoints in the real folder layouts into OUT_DIR."""
     paths = write_fixtures(out_dir, preset, seed)
-    click.echo(json.dumps({k: str(getattr(paths, k)) for k in
-                           ("base", "ip_adapter", "image_encoder", "content_encoder")}, indent=2))
+    names = ("base", "ip_adapter", "image_encoder", "content_encoder")
+    if isinstance(paths, SdxlFixturePaths):
+        names += ("ip_adapter_vit_h", "ip_adapter_plus", "image_encoder_vit_h")
+    click.echo(json.dumps({k: str(getattr(paths, k)) for k in names if getattr(paths, k).exists()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,15 @@ DEMO_CONTENT = "a house"
 DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
 
 
+def _family_sizes() -> str:
+    from maskst.families import FAMILIES
+
+    return ", ".join(f"{family.name} {family.default_size}" for family in FAMILIES.values())
+
+
+_FAMILY_SIZES = _family_sizes()  # "sd15 512, sdxl 1024": the default sizes, from the families (one source)
+
+
 @dataclasses.dataclass(frozen=True)
 class Region:
     """One style region of a regional request (``--region STYLE MASK CONTENT``).
@@ -91,6 +100,10 @@ class GenerationConfig:
     module-name prefixes such as ``"up_blocks.1"`` or ``"down_blocks.2.attentions.1"``; empty
     means every layer. ``layer_scales`` instead gives one explicit scale per layer (overrides both
     ``scale`` and ``target_blocks``).
+
+    ``height`` / ``width`` None (an option not given) means the model family's default size, which
+    only the engines know: :meth:`sized` fills it in (``MaskstPipeline.resolve`` does, with the
+    engines' family). A given value is validated as given: 0 is refused, never read as "default".
     """
 
     prompt: str = _field(..., "What to draw.")
@@ -114,8 +127,10 @@ class GenerationConfig:
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64).")
-    height: int = _field(512, "Image height in pixels (a multiple of 8).")
-    width: int = _field(512, "Image width in pixels (a multiple of 8).")
+    height: int | None = _field(None, "Image height in pixels (a multiple of 8). Default: the engines' model family's "
+                                      f"({_FAMILY_SIZES}).")
+    width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
+                                     f"({_FAMILY_SIZES}).")
     num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")
@@ -173,7 +188,9 @@ class GenerationConfig:
             check_text(getattr(self, name), what)  # str, and UTF-8 (a shell passes other bytes as surrogates)
         for name in ("height", "width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0 or value % vae_scale_factor:
+            if value is None:  # open: the model family's default (see sized)
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % vae_scale_factor:
                 raise InputError(
                     f"{name}={value} must be a positive multiple of {vae_scale_factor} "
                     f"(e.g. {max(vae_scale_factor, round(value / vae_scale_factor) * vae_scale_factor) if isinstance(value, int) else 512})"
@@ -232,6 +249,13 @@ class GenerationConfig:
         if self.region_scales is not None:
             return tuple(self.region_scales)
         return tuple(1.0 if r.scale is None else float(r.scale) for r in self.regions)
+
+    def sized(self, default_size: int) -> "GenerationConfig":
+        """This request with an open (None) height / width set to ``default_size`` (the family's)."""
+        if self.height is not None and self.width is not None:
+            return self
+        return dataclasses.replace(self, height=default_size if self.height is None else self.height,
+                                   width=default_size if self.width is None else self.width)
 
     @property
     def batch(self) -> int:

@@ -1,7 +1,9 @@
-"""The PyTorch reference pipeline: diffusers' StableDiffusionPipeline with its own IP-Adapter support.
+"""The PyTorch reference pipeline: diffusers' pipeline of the family (StableDiffusionPipeline,
+StableDiffusionXLPipeline) with its own IP-Adapter support.
 
 This is the yardstick of every parity check (DESIGN section 7). It deliberately uses the library
-paths users already trust: ``StableDiffusionPipeline.from_pretrained`` on the base folder,
+paths users already trust: the family's pipeline class ``from_pretrained`` on the base folder
+(SDXL: its own two text encoders, pooled text embeddings and ``time_ids``),
 ``load_ip_adapter`` on the h94 file, transformers' CLIP models and ``CLIPImageProcessor``. Only
 the conditioned embedding comes from maskst (:func:`maskst.masking.condition_embeds`), fed as
 ``ip_adapter_image_embeds`` = stack([zeros, e_hat]) (negative first), and the per-layer scales are
@@ -57,10 +59,11 @@ class ReferencePipeline:
 
         self.checkpoints = checkpoints
         self.torch = torch
-        pipeline_class = getattr(diffusers, detect_family(checkpoints.base).reference_pipeline)
+        self.family = detect_family(checkpoints.base)
+        pipeline_class = getattr(diffusers, self.family.reference_pipeline)
         self.pipe = pipeline_class.from_pretrained(
-            str(checkpoints.base), safety_checker=None, requires_safety_checker=False,
-            torch_dtype=torch.float32, local_files_only=True,
+            str(checkpoints.base), **dict(self.family.reference_options), torch_dtype=torch.float32,
+            local_files_only=True,
         )
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.load_ip_adapter(
@@ -70,8 +73,12 @@ class ReferencePipeline:
         self.base_scheduler = self.pipe.scheduler  # the base model's own, restored for scheduler=None
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.image_encoder = torch_models.image_encoder(checkpoints.image_encoder)
-        self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
-        self.content_tokenizer = load_tokenizer(checkpoints.content_encoder)
+        if checkpoints.shared_content_encoder:  # SDXL + bigG: the pipeline's own text_encoder_2 (pooled, projected)
+            self.content_encoder = getattr(self.pipe, checkpoints.content_graph[0])
+        else:
+            self.content_encoder = torch_models.content_encoder(checkpoints.content_encoder)
+        self.content_output = checkpoints.content_graph[1] if checkpoints.shared_content_encoder else "text_embeds"
+        self.content_tokenizer = load_tokenizer(checkpoints.content_tokenizer_folder)
         # what diffusers' IP-Adapter path uses: the pipeline's feature extractor (bicubic shortest
         # edge, centre crop, CLIP mean/std); CLIP's defaults at the encoder's resolution without one
         size = int(checkpoints.image_encoder_config.get("image_size", 224))
@@ -108,7 +115,8 @@ class ReferencePipeline:
         ids = tokenize(self.content_tokenizer, [text], "content text",
                        self.content_encoder.config.max_position_embeddings)
         with self.torch.no_grad():
-            return self.content_encoder(input_ids=self.torch.from_numpy(ids)).text_embeds[0].numpy()
+            out = self.content_encoder(input_ids=self.torch.from_numpy(ids))
+            return getattr(out, self.content_output)[0].numpy()
 
     def regional_inputs(self, config: GenerationConfig):
         """A regional request in diffusers' terms: (embeds float32 [R, D] e_hat, masks tensor [1, R, H, W],
@@ -139,6 +147,7 @@ class ReferencePipeline:
         """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed.
         ``style_images``: PIL images (a regional request reads its files from ``config.regions``)."""
         torch = self.torch
+        config = config.sized(self.family.default_size)
         config.validate(self.checkpoints.vae_scale_factor)
         method = effective_method(config)
         if self.plus and method is not Method.IP_ADAPTER:
@@ -170,7 +179,9 @@ class ReferencePipeline:
             embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
         with torch.no_grad():
             out = self.pipe(
-                prompt=config.prompt, negative_prompt=config.negative_prompt, height=config.height,
+                # an empty negative prompt as diffusers' own default (None): SDXL then zeros it when the
+                # base says force_zeros_for_empty_prompt, SD 1.5 encodes ""
+                prompt=config.prompt, negative_prompt=config.negative_prompt or None, height=config.height,
                 width=config.width, num_inference_steps=config.steps, guidance_scale=config.guidance,
                 num_images_per_prompt=config.num_images, latents=torch.from_numpy(noise),
                 ip_adapter_image_embeds=[embeds], cross_attention_kwargs=attention_kwargs, output_type="np",

@@ -42,6 +42,13 @@ def sd_text_encoder(base: Path):
     return _transformers(CLIPTextModel, Path(base) / "text_encoder")
 
 
+def sd_text_encoder_2(base: Path):
+    """SDXL's text_encoder_2: CLIPTextModelWithProjection (pooled, projected ``text_embeds``)."""
+    from transformers import CLIPTextModelWithProjection
+
+    return _transformers(CLIPTextModelWithProjection, Path(base) / "text_encoder_2")
+
+
 def image_encoder(folder: Path):
     from transformers import CLIPVisionModelWithProjection
 

@@ -23,6 +23,12 @@ def _single_thread_torch():
 
 
 def _export(fixtures, out: Path, **options):
+    return _export_checkpoints(fixtures.base, fixtures.ip_adapter, fixtures.image_encoder, fixtures.content_encoder,
+                               out, **options)
+
+
+def _export_checkpoints(base, ip_adapter, image_encoder, content_encoder, out: Path, **options):
+    """Export one checkpoint set (image / content encoder None: the family's defaults) with small sizes."""
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.export.options import ExportOptions
 
@@ -30,9 +36,8 @@ def _export(fixtures, out: Path, **options):
     defaults.update(options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings of the TorchScript exporter
-        return export_engines(ExportRequest(base=fixtures.base, ip_adapter=fixtures.ip_adapter,
-                                            image_encoder=fixtures.image_encoder,
-                                            content_encoder=fixtures.content_encoder, out=out,
+        return export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
+                                            content_encoder=content_encoder, out=out,
                                             options=ExportOptions(**defaults)), progress=False)
 
 
@@ -65,6 +70,35 @@ def wide_engines(tiny_wide, tmp_path_factory):
 @pytest.fixture(scope="session")
 def export_fn():
     return _export
+
+
+@pytest.fixture(scope="session")
+def export_checkpoints():
+    return _export_checkpoints
+
+
+@pytest.fixture(scope="session")
+def sdxl_tiny(tmp_path_factory):
+    """SdxlFixturePaths of the 'sdxl-tiny' preset (SDXL development dimensions)."""
+    from maskst.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixtures") / "sdxl_tiny", "sdxl-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sdxl_wide(tmp_path_factory):
+    """SdxlFixturePaths of 'sdxl-tiny-wide': other widths, depths, heads, levels and layer count."""
+    from maskst.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixtures") / "sdxl_wide", "sdxl-tiny-wide", seed=5)
+
+
+@pytest.fixture(scope="session")
+def sdxl_engines(sdxl_tiny, tmp_path_factory):
+    """ip-adapter_sdxl (bigG) engines of sdxl-tiny, content encoder = the base's text_encoder_2; sizes up to
+    1024 so that a request without --height / --width runs at the family default."""
+    return _export_checkpoints(sdxl_tiny.base, sdxl_tiny.ip_adapter, None, None,
+                               tmp_path_factory.mktemp("engines") / "sdxl", max_size=1024).folder
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,11 @@ caches); the unconditional image tokens (a constant of the adapter) stay cached.
 ======================  ==============================================  ==================================
 stage                   maskst                                          reference (diffusers, eager fp32)
 ======================  ==============================================  ==================================
-text_encoder            SD text encoder, negative + prompt (one call)   text_encoder forward calls, summed
-image_encoder           CLIP preprocessing + ViT-H image encoder        ``encode_images`` (the same)
-content_encoder         ViT-H text tower of the content text            ``encode_content``
+text_encoder            text encoder(s), negative + prompt (SDXL: both  ``pipe.encode_prompt``
+                        encoders, one call each)
+image_encoder           CLIP preprocessing + image encoder              ``encode_images`` (the same)
+content_encoder         text tower of the content text (SDXL bigG:      ``encode_content``
+                        text_encoder_2's pooled output)
 image_conditioner       masking + projection (one fused graph call)     numpy masking + ImageProjection
 unet_step               one UNet call, batch 2N (CFG), median of calls  unet forward, median of calls
 vae_decoder             VAE decode + uint8 conversion                   ``vae.decode``
@@ -54,7 +56,7 @@ from maskst.runtime.pipeline import PipelineCallback
 CACHE_MARKER = "bench-cache.json"
 STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner", "unet_step", "vae_decoder")
 STAGE_LABELS = {
-    "text_encoder": "SD text encoder", "image_encoder": "image encoder (CLIP ViT-H)",
+    "text_encoder": "text encoder(s)", "image_encoder": "image encoder (CLIP)",
     "content_encoder": "content encoder (CLIP text)", "image_conditioner": "masking + projection",
     "unet_step": "UNet step (CFG batch)", "vae_decoder": "VAE decode",
 }
@@ -63,6 +65,8 @@ MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below tim
 _EXPORT_SIZES = {"full": dict(min_size=128, opt_size=512, max_size=1024, max_batch=4),
                  "tiny": dict(min_size=64, opt_size=128, max_size=512, max_batch=4),
                  "tiny-wide": dict(min_size=64, opt_size=128, max_size=512, max_batch=4)}
+for _preset in ("full", "tiny", "tiny-wide"):  # SDXL: the same ranges (the family default 1024 needs max 1024)
+    _EXPORT_SIZES[f"sdxl-{_preset}"] = dict(_EXPORT_SIZES[_preset], max_size=1024)
 
 
 # ---------------------------------------------------------------------------- models to benchmark
@@ -81,7 +85,8 @@ class BenchModels:
 
     @property
     def has_checkpoints(self) -> bool:
-        return all(p is not None for p in (self.base, self.ip_adapter, self.content_encoder))
+        """Base and adapter known (the content encoder may be the base's own: SDXL + ip-adapter_sdxl)."""
+        return all(p is not None for p in (self.base, self.ip_adapter))
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -110,10 +115,11 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.export.options import ExportOptions
-    from maskst.fixtures import FixturePaths, write_fixtures
+    from maskst.fixtures import fixture_paths, write_fixtures
 
     root = Path(cache_dir) / f"bench-{preset}-{__version__}"
-    paths = FixturePaths(root / "fixtures")
+    paths = fixture_paths(root / "fixtures", preset)
+    content_encoder = paths.default_content_encoder  # SDXL ip-adapter_sdxl: None, the base's own text_encoder_2
     engines = root / "engines"
     marker = root / CACHE_MARKER
     fixture_marker = paths.root / "fixture.json"
@@ -121,7 +127,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     options = ExportOptions(**_EXPORT_SIZES[preset])
 
     def models() -> BenchModels:
-        return BenchModels(engines, paths.base, paths.ip_adapter, paths.image_encoder, paths.content_encoder,
+        return BenchModels(engines, paths.base, paths.ip_adapter, paths.image_encoder, content_encoder,
                            source=f"random-{preset}")
 
     def read_json(path: Path):
@@ -145,7 +151,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     _say(progress, f"exporting engines to {engines} (once)")
     with _quiet_tracer():
         manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
-                                                image_encoder=paths.image_encoder, content_encoder=paths.content_encoder,
+                                                image_encoder=paths.image_encoder, content_encoder=content_encoder,
                                                 out=engines, force=True, lock_timeout=3600, options=options),
                                   progress=progress)
     tmp = marker.with_suffix(".tmp")
@@ -157,7 +163,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
 
 
 def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_encoder: Path | None,
-                       content_encoder: Path, progress: bool = True) -> Path:
+                       content_encoder: Path | None, progress: bool = True) -> Path:
     """An engines folder for user checkpoints, exported once into the cache (keyed by the files)."""
     import hashlib
 
@@ -294,22 +300,38 @@ def _run_reference(job: dict) -> dict:
     models = job["models"]
     t0 = time.perf_counter()
     _family, ckpt = resolve_checkpoints(Path(models["base"]), Path(models["ip_adapter"]),
-                               Path(models["image_encoder"]) if models.get("image_encoder") else None,
-                               Path(models["content_encoder"]))
+                                        Path(models["image_encoder"]) if models.get("image_encoder") else None,
+                                        Path(models["content_encoder"]) if models.get("content_encoder") else None)
     ref = reference.ReferencePipeline(ckpt)
     load_ms = (time.perf_counter() - t0) * 1e3
     config, images, latents = _inputs(settings, ref.pipe.unet.config.in_channels, ckpt.vae_scale_factor)
 
     pipe = ref.pipe
-    # torch forward hooks time each module call (no attribute is replaced). The VAE stage is its
-    # decoder module (post_quant_conv, a 1x1 conv before it, is left out); the IP-Adapter projection
-    # runs inside every UNet call in diffusers (timed, not reported on its own).
-    modules = {"text_encoder": pipe.text_encoder, "image_encoder": ref.image_encoder,
-               "content_encoder": ref.content_encoder, "projection": pipe.unet.encoder_hid_proj,
-               "unet": pipe.unet, "vae_decoder": pipe.vae.decoder}
+    # torch forward hooks time each module call of a generation (no attribute is replaced): the UNet,
+    # the VAE decoder module (post_quant_conv, a 1x1 conv before it, is left out), the IP-Adapter
+    # projection (inside every UNet call in diffusers; timed, reported with the masking below).
+    modules = {"projection": pipe.unet.encoder_hid_proj, "unet": pipe.unet, "vae_decoder": pipe.vae.decoder}
     calls: dict[str, list] = {name: [] for name in modules}
     for name, module in modules.items():
         _time_module(module, calls[name])
+
+    def encoder_stages() -> dict[str, float]:
+        """The encoder stages, each timed on its own call with the request's inputs (the SDXL content
+        encoder can be the pipeline's text_encoder_2, so module hooks could not tell the stages apart)."""
+        clock, out = time.perf_counter, {}
+        with torch.no_grad():
+            t0 = clock()
+            pipe.encode_prompt(prompt=config.prompt, device="cpu", num_images_per_prompt=1,
+                               do_classifier_free_guidance=True, negative_prompt=config.negative_prompt or None)
+            out["text_encoder"] = (clock() - t0) * 1e3
+            t0 = clock()
+            ref.encode_images(images)
+            out["image_encoder"] = (clock() - t0) * 1e3
+            t0 = clock()
+            ref.encode_content(config.content)
+            out["content_encoder"] = (clock() - t0) * 1e3
+        return out
+
 
     runs, first_ms, result = [], None, None
     for i in _progress(range(settings.warmup + settings.repeats), job, "reference"):
@@ -322,8 +344,7 @@ def _run_reference(job: dict) -> dict:
             first_ms = elapsed
         if i < settings.warmup:
             continue
-        runs.append({"end_to_end": elapsed, "text_encoder": sum(calls["text_encoder"]),
-                     "image_encoder": sum(calls["image_encoder"]), "content_encoder": sum(calls["content_encoder"]),
+        runs.append({"end_to_end": elapsed, **encoder_stages(),
                      "projection": calls["projection"][0] if calls["projection"] else 0.0,
                      "unet_step": _median(calls["unet"]), "unet_calls": len(calls["unet"]),
                      "vae_decoder": sum(calls["vae_decoder"])})

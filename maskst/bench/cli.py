@@ -11,28 +11,44 @@ import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
+from maskst.families import FAMILIES
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PRESETS = ("tiny", "tiny-wide", "full")
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def fixture_preset(family: str, preset: str) -> str:
+    """The maskst-fixtures preset of a bench preset for a model family (sdxl + full -> sdxl-full; SD 1.5's
+    presets carry no prefix)."""
+    return preset if family == "sd15" else f"{family}-{preset}"
 
 
 def _model_options(func):
     """Where the models come from: checkpoints, a prebuilt engines folder, or random weights."""
     options = [
-        click.option("--base", type=click.Path(path_type=Path), help="diffusers SD 1.5 folder (as for maskst-export)."),
-        click.option("--ip-adapter", type=click.Path(path_type=Path), help="IP-Adapter file (ip-adapter_sd15.safetensors)."),
+        click.option("--base", type=click.Path(path_type=Path),
+                     help="diffusers SD 1.5 or SDXL folder (as for maskst-export)."),
+        click.option("--ip-adapter", type=click.Path(path_type=Path),
+                     help="IP-Adapter file (ip-adapter_sd15.safetensors, sdxl_models/ip-adapter_sdxl.safetensors)."),
         click.option("--image-encoder", type=click.Path(path_type=Path),
                      help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file."),
-        click.option("--content-encoder", type=click.Path(path_type=Path), help="CLIP ViT-H/14 folder for the content text."),
+        click.option("--content-encoder", type=click.Path(path_type=Path),
+                     help="CLIP ViT-H/14 folder for the content text (as for maskst-export: not needed for "
+                          "ip-adapter_sdxl, whose content encoder is the base's text_encoder_2)."),
         click.option("--engines", type=click.Path(path_type=Path, file_okay=False),
                      help="Prebuilt engines folder. Without checkpoints, the reference uses the checkpoint paths "
                           "its manifest records (if they exist here)."),
         click.option("--random-full-size", is_flag=True,
-                     help="Real SD 1.5 / ViT-H architectures with random weights, built once into --cache-dir "
-                          "(first time: 7 min on a 2-core machine, 8 GB peak RSS, 17 GB on disk; compute cost does not depend on the weights)."),
+                     help="Real architectures of --family with random weights, built once into --cache-dir "
+                          "(SD 1.5 / ViT-H, first time: 7 min on a 2-core machine, 8 GB peak RSS, 17 GB on disk; "
+                          "SDXL / ViT-bigG: about 3x that; compute cost does not depend on the weights)."),
         click.option("--preset", type=click.Choice(PRESETS),
                      help="Random-weight preset instead of --random-full-size: tiny is a smoke run of well under a minute."),
+        click.option("--family", type=click.Choice(FAMILY_NAMES), default="sd15", show_default=True,
+                     help="Model family of --random-full-size / --preset: sd15 (SD 1.5 + ViT-H) or sdxl (SDXL base "
+                          "1.0 + ip-adapter_sdxl, ViT-bigG). Checkpoints and engines carry their own family."),
         click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
                      help="Where random models and exported engines are cached. Default: ~/.cache/maskst."),
     ]
@@ -62,7 +78,7 @@ def _request_options(func):
 
 
 def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
-                   progress: bool):
+                   progress: bool, family: str = "sd15"):
     """BenchModels from the model options (building random models or engines into the cache once)."""
     from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
     from maskst.cli.embedded import default_cache_dir
@@ -76,10 +92,13 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         if any(given) or engines:
             raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
                              "--content-encoder and --engines, or drop the preset")
-        return random_models(cache, preset, progress=progress)
-    if any(given) and not all(given):
-        raise InputError("checkpoints need all of --base, --ip-adapter and --content-encoder (as for maskst-export)")
-    if all(given):
+        return random_models(cache, fixture_preset(family, preset), progress=progress)
+    if family != "sd15":
+        raise InputError(f"--family {family} selects the random-weight models of --random-full-size / --preset; "
+                         "checkpoints and engines folders carry their own family: drop --family")
+    if any(given) and not (base and ip_adapter):
+        raise InputError("checkpoints need --base and --ip-adapter, and --content-encoder where maskst-export needs it")
+    if base and ip_adapter:
         if engines is None:
             engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress)
         return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
@@ -119,7 +138,7 @@ def _command(program: str) -> str:
 @click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
 @run_cli
-def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
+def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
                backends, no_reference, no_cold_start, json_out):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
@@ -132,6 +151,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     \b
     maskst-bench --preset tiny --steps 2 --repeats 1                 # smoke run
     maskst-bench --random-full-size --height 256 --width 256 --steps 10 --json out.json
+    maskst-bench --random-full-size --family sdxl --height 512 --width 512 --steps 10 --json sdxl.json
     maskst-bench --engines eng/ --backends ort-cpu,openvino --repeats 5
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
@@ -158,7 +178,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
                              scheduler=scheduler)
     settings.config()  # every request value checked before any model loads
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
-                            cache_dir, progress=not quiet)
+                            cache_dir, progress=not quiet, family=family)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"))
     if json_out is not None:
@@ -191,13 +211,14 @@ def _check_backends(names: list[str]) -> None:
 @click.option("--out-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for profile.txt, profile.json, trace.json (chrome://tracing / Perfetto) and profile.png.")
 @run_cli
-def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
-                 height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, backend, warmup,
+def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family,
+                 cache_dir, height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, backend, warmup,
                  top, out_dir):
     """Profile one generation: stage timeline, top operators, a trace file and a chart.
 
     \b
     maskst-profile --preset tiny --steps 2 --out-dir prof/
+    maskst-profile --preset tiny --family sdxl --steps 2 --out-dir prof-sdxl/
     maskst-profile --engines eng/ --height 256 --width 256 --steps 10 --out-dir prof/
     maskst-profile --engines eng/ --backend openvino --out-dir prof-ov/
 
@@ -214,7 +235,7 @@ def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, rand
                              scheduler=scheduler)
     settings.config()
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
-                            cache_dir, progress=not quiet)
+                            cache_dir, progress=not quiet, family=family)
     summary = profile_generation(models.engines, backend, settings, out_dir, top=top, progress=not quiet,
                                  command=_command("maskst-profile"))
     click.echo(format_profile(summary))

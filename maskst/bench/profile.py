@@ -31,7 +31,8 @@ from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
 from maskst.bench.bench import BenchSettings, _inputs, _say, clear_request_caches
 
-STAGE_OF_GRAPH = {"text_encoder": "text_encoder", "image_encoder": "image_encoder", "content_encoder": "content_encoder",
+STAGE_OF_GRAPH = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "image_encoder": "image_encoder",
+                  "content_encoder": "content_encoder",
                   "image_conditioner": "image_conditioner", "unet": "unet", "vae_decoder": "vae_decoder"}
 
 

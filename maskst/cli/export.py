@@ -13,25 +13,40 @@ from maskst.export.options import ExportOptions, Precision, Target
 DEFAULTS = ExportOptions()  # the one source of the export defaults
 
 
+def _family_sizes(index: int) -> str:
+    """The families' default export sizes, for --help (from maskst.families: one source)."""
+    from maskst.families import FAMILIES
+
+    return "[default: the model family's: " + ", ".join(f"{f.name} {f.export_sizes[index]}" for f in FAMILIES.values()) + "]"
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=EXIT_CODES_HELP)
 @click.option("--base", required=True, type=click.Path(path_type=Path),
-              help="diffusers Stable Diffusion 1.5 folder (model_index.json, unet/, vae/, text_encoder/, ...).")
+              help="diffusers Stable Diffusion 1.5 or SDXL folder (model_index.json, unet/, vae/, text_encoder/, ...); "
+                   "the model family is read from its model_index.json.")
 @click.option("--ip-adapter", required=True, type=click.Path(path_type=Path),
-              help="IP-Adapter file, e.g. IP-Adapter/models/ip-adapter_sd15.safetensors (or .bin).")
+              help="IP-Adapter file, e.g. IP-Adapter/models/ip-adapter_sd15.safetensors (or .bin), "
+                   "IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors.")
 @click.option("--image-encoder", type=click.Path(path_type=Path),
-              help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file.")
-@click.option("--content-encoder", required=True, type=click.Path(path_type=Path),
-              help="transformers CLIP folder of the same CLIP (ViT-H/14), for the content text.")
+              help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file "
+                   "(the SDXL *_vit-h adapters need IP-Adapter/models/image_encoder).")
+@click.option("--content-encoder", type=click.Path(path_type=Path),
+              help="transformers CLIP folder of the same CLIP as the image encoder, for the content text "
+                   "(ViT-H/14: laion/CLIP-ViT-H-14-laion2B-s32B-b79K). Required for SD 1.5 and the SDXL *_vit-h adapters; "
+                   "default for ip-adapter_sdxl (ViT-bigG): the base's own text_encoder_2 (pooled, projected).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Engines folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing engines folder (only once the new one is complete).")
 @click.option("--precision", type=click.Choice([p.value for p in Precision]), default=DEFAULTS.precision.value,
               show_default=True)
 @click.option("--target", type=click.Choice([t.value for t in Target]), default=DEFAULTS.target.value, show_default=True,
               help="onnx: ONNX graphs for ONNX Runtime; trt: plus TensorRT plans (NVIDIA GPU required).")
-@click.option("--min-size", type=int, default=DEFAULTS.min_size, show_default=True, help="Smallest image side the engines accept (px).")
-@click.option("--opt-size", type=int, default=DEFAULTS.opt_size, show_default=True, help="Image side to optimise for (px).")
-@click.option("--max-size", type=int, default=DEFAULTS.max_size, show_default=True, help="Largest image side (px).")
+@click.option("--min-size", type=int, default=None,
+              help="Smallest image side the engines accept (px). " + _family_sizes(0))
+@click.option("--opt-size", type=int, default=None,
+              help="Image side to optimise for (px; TensorRT profiles). " + _family_sizes(1))
+@click.option("--max-size", type=int, default=None,
+              help="Largest image side (px). " + _family_sizes(2))
 @click.option("--max-batch", type=int, default=DEFAULTS.max_batch, show_default=True, help="Most images per request.")
 @click.option("--max-regions", type=int, default=DEFAULTS.max_regions, show_default=True,
               help="Most style regions per request (maskst-run --region); 1..N run on one engine set.")
@@ -44,15 +59,21 @@ DEFAULTS = ExportOptions()  # the one source of the export defaults
 @run_cli
 def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision, target, min_size, opt_size,
          max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
-    """Export the six networks to ONNX, check each against PyTorch, write the manifest.
+    """Export the model family's networks to ONNX, check each against PyTorch, write the manifest.
 
     \b
     maskst-export --base stable-diffusion-v1-5 \\
                   --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/sd15
+    maskst-export --base stable-diffusion-xl-base-1.0 \\
+                  --ip-adapter IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors --out engines/sdxl
     """
     from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.families import detect_family
 
+    family_sizes = detect_family(base).export_sizes  # a base that is no pipeline folder: a clear error, no work
+    min_size, opt_size, max_size = (given if given is not None else default
+                                    for given, default in zip((min_size, opt_size, max_size), family_sizes))
     options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)

@@ -63,7 +63,8 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
                 unknown = set(job) - set(JOB_FIELDS)
                 if unknown:
                     raise InputError(f"unknown job field(s) {sorted(unknown)}; known: {', '.join(JOB_FIELDS)}")
-                config = GenerationConfig.create(**{**_defaults_for(job, defaults), **job})
+                # open sizes: the engines' family default
+                config = pipeline.resolve(GenerationConfig.create(**{**_defaults_for(job, defaults), **job}))
                 started = time.perf_counter()
                 result = pipeline.generate(config)
                 record.update(status="ok", images=_write_images(out_dir / f"{name}.png", config, result, pipeline),
@@ -149,6 +150,7 @@ def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache,
             bar.total = total
             bar.update(1)
 
+        config = pipeline.resolve(config)  # open sizes: the engines' family default (what the metadata records)
         result = pipeline.generate(config, progress=advance)
         bar.close()
         paths = _write_images(out, config, result, pipeline)

@@ -29,7 +29,7 @@ from maskst.contract.spec import GraphSpec
 class ExportRequest:
     base: Path
     ip_adapter: Path
-    content_encoder: Path
+    content_encoder: Path | None  # None: the family's default (SDXL + bigG adapter: the base's text_encoder_2)
     out: Path
     image_encoder: Path | None = None
     force: bool = False
@@ -138,7 +138,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
         require_trt_build_support()
     family = detect_family(request.base)
     ckpt = family.preflight(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
-    builders = [GRAPH_BUILDERS[name] for name in family.graphs]
+    builders = [GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)]
     options = request.options
     options.validate(ckpt.vae_scale_factor)
     out = Path(request.out)
@@ -196,6 +196,9 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 "num_adapters": 1,
                 "adapter_kind": ckpt.adapter.kind.value,
                 "image_embed_dim": ckpt.image_embed_dim,
+                # the graph output that embeds the content text (its own graph, or a prompt encoder's)
+                "content_embedding": {"graph": ckpt.content_graph[0], "output": ckpt.content_graph[1]},
+                "force_zeros_for_empty_prompt": ckpt.force_zeros_for_empty_prompt,
                 "cross_attention_layers": list(ckpt.cross_attention_layers),
                 # regional multi-style (maskst.regions): each layer's latent stride, at most max_regions regions
                 "cross_attention_strides": list(checkpoint_strides(ckpt)),

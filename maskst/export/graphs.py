@@ -9,8 +9,16 @@ one module plus one entry below.
 
 from __future__ import annotations
 
-from maskst.export import content_encoder, image_conditioner, image_encoder, text_encoder, unet, vae_decoder
+from maskst.export import (
+    content_encoder,
+    image_conditioner,
+    image_encoder,
+    text_encoder,
+    text_encoder_2,
+    unet,
+    vae_decoder,
+)
 
 GRAPH_BUILDERS = {module.NAME: module for module in (
-    text_encoder, image_encoder, content_encoder, image_conditioner, unet, vae_decoder,
+    text_encoder, text_encoder_2, image_encoder, content_encoder, image_conditioner, unet, vae_decoder,
 )}

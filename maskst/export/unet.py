@@ -1,11 +1,12 @@
 """unet: UNet2DConditionModel with IP-Adapter decoupled cross-attention, image tokens as their own input.
 
 Inputs: sample float32 [B, 4, h, w] (B = 2N: negative half first), timestep float32 [1],
-text_embeddings float32 [B, 77, C], ip_tokens float32 [B, R, k, C] (R style regions, 1..max_regions;
-R = 1 without regions), ip_scale float32 [L, R] (one scale per cross-attention layer in
-``unet.attn_processors`` order and region), region_mask_<s> float32 [R, ceil(h/s), ceil(w/s)] for each
-latent stride s of the cross-attention layers (all ones without regions). Output: noise_pred float32
-[B, 4, h, w].
+text_embeddings float32 [B, 77, C], then the family's added conditions (``ModelFamily.unet_added_inputs``;
+SD 1.5 none, SDXL ``text_embeds`` float32 [B, 1280] and ``time_ids`` float32 [B, 6], passed as diffusers'
+``added_cond_kwargs``), ip_tokens float32 [B, R, k, C] (R style regions, 1..max_regions; R = 1 without
+regions), ip_scale float32 [L, R] (one scale per cross-attention layer in ``unet.attn_processors`` order
+and region), region_mask_<s> float32 [R, ceil(h/s), ceil(w/s)] for each latent stride s of the
+cross-attention layers (all ones without regions). Output: noise_pred float32 [B, 4, h, w].
 
 Each cross-attention layer computes ``Attn(Q, K_text, V_text) + sum_r ip_scale[l, r] * (Attn(Q, W_k T_r,
 W_v T_r) * mask[r])`` exactly as diffusers' IPAdapterAttnProcessor2_0 with ``ip_adapter_masks``
@@ -18,6 +19,7 @@ from __future__ import annotations
 from maskst.checkpoints import CheckpointSet
 from maskst.export.options import ExportOptions
 from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
+from maskst.families import family_named
 from maskst.regions import checkpoint_strides, grid_dims, mask_input_name
 
 NAME = "unet"
@@ -41,6 +43,7 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
             TensorSpec("sample", "float32", ("B", channels, "h", "w"), low=-3.0, high=3.0),
             TensorSpec("timestep", "float32", (1,), low=1.0, high=999.0),
             TensorSpec("text_embeddings", "float32", ("B", seq, c)),
+            *family_named(ckpt.family).unet_added_inputs(ckpt),
             TensorSpec("ip_tokens", "float32", ("B", "R", ckpt.adapter.num_tokens, c)),
             TensorSpec("ip_scale", "float32", (layers, "R"), low=0.0, high=1.5),
             *masks,
@@ -76,7 +79,8 @@ def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
 
 
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
-    """torch module (sample, timestep, text_embeddings, ip_tokens, ip_scale, region_mask_<s>...) -> noise_pred."""
+    """torch module (sample, timestep, text_embeddings, *added conditions, ip_tokens, ip_scale,
+    region_mask_<s>...) -> noise_pred."""
     import torch
 
     from maskst import torch_models
@@ -92,9 +96,15 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
             self.inputs = LayerInputs()
             install_processors(self.unet, state["ip_adapter"], strides, self.inputs)
 
-        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale, *region_masks):
+        def forward(self, sample, timestep, text_embeddings, *rest):
+            added, (ip_tokens, ip_scale), region_masks = (rest[:len(added_names)],
+                                                          rest[len(added_names):len(added_names) + 2],
+                                                          rest[len(added_names) + 2:])
             self.inputs.tokens, self.inputs.scale = ip_tokens, ip_scale
             self.inputs.masks = dict(zip(mask_strides, region_masks))
-            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False)[0]
+            added_cond = dict(zip(added_names, added)) if added_names else None
+            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, added_cond_kwargs=added_cond,
+                             return_dict=False)[0]
 
+    added_names = [t.name for t in family_named(ckpt.family).unet_added_inputs(ckpt)]
     return UNetWithIPAdapter().eval()

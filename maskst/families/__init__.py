@@ -1,8 +1,10 @@
-"""Model families: one description each (SD 1.5 today), read by the builders and the runtime.
+"""Model families: one description each (SD 1.5, SDXL), read by the builders and the runtime.
 
 A :class:`ModelFamily` declares once what differs between families: how a base folder is recognised
 (``model_index.json`` ``_class_name``), the graphs exported for it (names the exporter's graph
-registry and the runtime both use), its tokenizers, default image size, the diffusers pipeline the
+registry and the runtime both use), its tokenizers, how the prompt is encoded (which text graphs,
+which of their outputs feed which UNet input), the UNet inputs beyond SD 1.5's and the per-request
+ones computed from the image size, default image size and export sizes, the diffusers pipeline the
 reference runs, and its pre-flight (checkpoint resolution and checks). The exporter and the runtime
 branch on none of these: they read them. Adding a family is one module plus one line in
 :data:`FAMILIES`.
@@ -19,6 +21,17 @@ from maskst.errors import CheckpointError, EngineError
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptEncoder:
+    """One text encoder of the prompt pair: its graph (input ``input_ids`` int64 [B, 77], from the
+    tokenizer the family lists for it) and where its outputs go: ``(graph output, UNet input)``.
+    Outputs of several encoders for one UNet input are concatenated on the last axis in the order the
+    family lists them (SDXL: ``text_embeddings`` [B, 77, 768] ++ [B, 77, 1280] -> [B, 77, 2048])."""
+
+    graph: str
+    outputs: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelFamily:
     name: str  # wire name: recorded in the manifest and the PNG metadata
     title: str
@@ -29,12 +42,25 @@ class ModelFamily:
     default_size: int  # image side in pixels when a request names none
     reference_pipeline: str  # diffusers pipeline class of the PyTorch reference
     preflight: Callable  # (base, ip_adapter, image_encoder, content_encoder) -> CheckpointSet, or CheckpointError
+    prompt_encoders: tuple[PromptEncoder, ...]  # how the (negative, prompt) pair becomes UNet inputs
+    prompt_hidden_state: str  # text_encoder output: "last" (last_hidden_state) or "penultimate" (hidden_states[-2])
+    unet_added_inputs: Callable  # CheckpointSet -> tuple[TensorSpec, ...]: UNet inputs after text_embeddings, [B, ...]
+    size_inputs: Callable  # (height, width) -> {UNet input: float32 [1, k]}: per-request rows (one per guidance half)
+    export_sizes: tuple[int, int, int]  # maskst-export's default (min, opt, max) image side in pixels
+    reference_options: tuple[tuple[str, object], ...] = ()  # from_pretrained keywords of the reference pipeline
+
+    def export_graphs(self, ckpt) -> tuple[str, ...]:
+        """The graphs exported for a checkpoint set: the family's, less ``content_encoder`` when the
+        content text is embedded by one of the base's own prompt encoders (SDXL + bigG adapter:
+        text_encoder_2's pooled output), so those weights are not exported and loaded twice."""
+        return tuple(g for g in self.graphs if not (g == "content_encoder" and ckpt.shared_content_encoder))
 
 
 def _families() -> dict[str, ModelFamily]:
     from maskst.families.sd15 import SD15
+    from maskst.families.sdxl import SDXL
 
-    return {family.name: family for family in (SD15,)}
+    return {family.name: family for family in (SD15, SDXL)}
 
 
 FAMILIES: dict[str, ModelFamily] = _families()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from maskst.checkpoints import resolve_checkpoints
-from maskst.families import ModelFamily
+from maskst.families import ModelFamily, PromptEncoder
 
 SD15 = ModelFamily(
     name="sd15",
@@ -15,4 +15,10 @@ SD15 = ModelFamily(
     default_size=512,
     reference_pipeline="StableDiffusionPipeline",
     preflight=resolve_checkpoints,
+    prompt_encoders=(PromptEncoder("text_encoder", (("text_embeddings", "text_embeddings"),)),),
+    prompt_hidden_state="last",
+    unet_added_inputs=lambda ckpt: (),
+    size_inputs=lambda height, width: {},
+    export_sizes=(256, 512, 1024),
+    reference_options=(("safety_checker", None), ("requires_safety_checker", False)),
 )

@@ -51,7 +51,7 @@ from maskst.runtime.runners import ORT_PROVIDERS, Runner
 PRECISIONS = ("auto", "bf16", "f32")
 # The default split of the ``openvino`` backend (see the module docstring for why).
 DEFAULT_GRAPH_CHOICES = {
-    "text_encoder": "auto", "image_encoder": "auto", "content_encoder": "auto",
+    "text_encoder": "auto", "text_encoder_2": "auto", "image_encoder": "auto", "content_encoder": "auto",
     "image_conditioner": "ort-cpu", "unet": "auto", "vae_decoder": "f32",
 }
 

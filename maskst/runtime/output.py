@@ -87,8 +87,10 @@ def region_metadata(config, result) -> list[dict]:
 
 
 def generation_metadata(config, result, pipeline) -> dict:
-    """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, engines
-    (and ``regions``, for a regional request)."""
+    """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, model
+    family, engines (and ``regions``, for a regional request). ``config`` as it ran (sizes resolved:
+    ``MaskstPipeline.resolve``)."""
+    config = pipeline.resolve(config)
     meta = {
         "prompt": config.prompt, "negative_prompt": config.negative_prompt, "content": config.content,
         "method": result.method.value, "mask_mode": config.mask_mode.value, "theta": config.theta,
@@ -96,7 +98,7 @@ def generation_metadata(config, result, pipeline) -> dict:
         "target_blocks": list(config.target_blocks), "seed": config.seed, "steps": config.steps,
         "guidance": config.guidance, "scheduler": result.scheduler, "height": config.height, "width": config.width,
         "init_latents": str(config.init_latents) if config.init_latents else None,
-        "style": [str(p) for p in config.style], "engines": str(pipeline.manifest.folder),
+        "style": [str(p) for p in config.style], "family": pipeline.family.name, "engines": str(pipeline.manifest.folder),
         "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
         "backend": pipeline.backend, "maskst_version": __version__,
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.engines.manifest import Manifest, load_manifest
-from maskst.errors import InputError, NonFiniteError
+from maskst.errors import EngineError, InputError, NonFiniteError
 from maskst.families import family_named
 from maskst.generation import (
     GenerationConfig,
@@ -106,10 +106,23 @@ class MaskstPipeline:
         self.preprocess = preprocessor_params_from_config(
             json.loads((self.manifest.folder / "preprocessor_config.json").read_text()))
         self.family = family_named(model.get("family"))
+        # the graph output that embeds the content text: its own graph, or a prompt encoder it shares (SDXL bigG)
+        content = model.get("content_embedding", {"graph": "content_encoder", "output": "content_embeds"})
+        self.content_graph, self.content_output = content["graph"], content["output"]
+        exported = self.manifest.data["graphs"]
+        missing = [name for name in self.family.graphs if name not in exported
+                   and not (name == "content_encoder" and self.content_graph != name)]
+        if missing:
+            raise EngineError(f"{self.manifest.folder}: the manifest lists no {', '.join(missing)} graph, which "
+                              f"{self.family.title} engines need; rebuild them with maskst-export --force")
+        graphs = [name for name in self.family.graphs if name in exported]
         # {graph: tokenizer of its input_ids}, from the family's declaration
-        self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder) for folder, graph in self.family.tokenizers}
+        self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder)
+                           for folder, graph in self.family.tokenizers if graph in graphs}
+        # an empty negative prompt is all-zero prompt embeddings (diffusers' SDXL force_zeros_for_empty_prompt)
+        self.zero_empty_negative = bool(model.get("force_zeros_for_empty_prompt", False))
         runtime_backend = parse_backend(backend)
-        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in self.family.graphs}
+        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in graphs}
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -150,9 +163,16 @@ class MaskstPipeline:
 
     # ---------------------------------------------------------------- checks before any compute
 
+    def resolve(self, config: GenerationConfig) -> GenerationConfig:
+        """The request with the sizes it leaves open (None) set to the engines' family default
+        (SD 1.5: 512, SDXL: 1024). What :meth:`generate` runs and what PNG metadata should record."""
+        return config.sized(self.family.default_size)
+
     def check_request(self, config: GenerationConfig) -> Scheduler:
         """Validate a request against these engines (sizes, batch, profile ranges) before any work;
-        returns the request's scheduler (built from the base config, which validates its options)."""
+        returns the request's scheduler (built from the base config, which validates its options).
+        Open sizes are checked as the family's default (:meth:`resolve`)."""
+        config = self.resolve(config)
         config.validate(self.vae_scale_factor)
         f = self.vae_scale_factor
         unet = self.runners["unet"].spec
@@ -206,28 +226,46 @@ class MaskstPipeline:
         return embeds.mean(axis=0, keepdims=True, dtype=np.float32)
 
     def encode_content(self, text: str) -> np.ndarray:
-        """float32 [1, D] content embedding, cached per text."""
+        """float32 [1, D] content embedding, cached per text: the manifest's content graph output
+        (``content_encoder.content_embeds``; SDXL with the bigG adapter ``text_encoder_2.text_embeds``)."""
         if text not in self._content_cache:
-            ids = tokenize(self.tokenizers["content_encoder"], [text], "content text",
-                           self.runners["content_encoder"].spec.inputs[0].shape[1])
-            embeds = self.run_graph("content_encoder", {"input_ids": ids})["content_embeds"].copy()
-            _check_finite("content_encoder", embeds)
+            graph = self.content_graph
+            ids = tokenize(self.tokenizers[graph], [text], "content text", self.runners[graph].spec.inputs[0].shape[1])
+            embeds = self.run_graph(graph, {"input_ids": ids})[self.content_output].copy()
+            _check_finite(graph, embeds)
             self._content_cache[text] = embeds
         return self._content_cache[text]
 
-    def encode_prompts(self, prompt: str, negative: str) -> np.ndarray:
-        """float32 [2, 77, C]: (negative, prompt) text embeddings, cached for recent pairs."""
+    def prompt_inputs(self, prompt: str, negative: str) -> dict[str, np.ndarray]:
+        """The UNet's text inputs of a (negative, prompt) pair, negative first, cached for recent pairs:
+        ``{UNet input: float32 [2, ...]}`` from the family's prompt encoders (SD 1.5:
+        ``text_embeddings`` [2, 77, 768]; SDXL: ``text_embeddings`` [2, 77, 2048] (both encoders,
+        concatenated) and ``text_embeds`` [2, 1280]). An empty negative prompt is all zeros when the
+        manifest says ``force_zeros_for_empty_prompt`` (as diffusers does for SDXL)."""
         key = (prompt, negative)
         if key not in self._prompt_cache:
-            length = self.runners["text_encoder"].spec.inputs[0].shape[1]
-            ids = np.concatenate([tokenize(self.tokenizers["text_encoder"], [negative], "negative prompt", length),
-                                  tokenize(self.tokenizers["text_encoder"], [prompt], "prompt", length)])
-            embeds = self.run_graph("text_encoder", {"input_ids": ids})["text_embeddings"].copy()
-            _check_finite("text_encoder", embeds)
-            self._prompt_cache[key] = embeds
+            zero_negative = self.zero_empty_negative and negative == ""
+            parts: dict[str, list[np.ndarray]] = {}
+            for encoder in self.family.prompt_encoders:
+                graph = encoder.graph
+                length = self.runners[graph].spec.inputs[0].shape[1]
+                texts = [("prompt", prompt)] if zero_negative else [("negative prompt", negative), ("prompt", prompt)]
+                ids = np.concatenate([tokenize(self.tokenizers[graph], [text], what, length) for what, text in texts])
+                out = self.run_graph(graph, {"input_ids": ids})
+                for output, unet_input in encoder.outputs:
+                    embeds = out[output]
+                    _check_finite(graph, embeds)
+                    if zero_negative:
+                        embeds = np.concatenate([np.zeros_like(embeds), embeds])
+                    parts.setdefault(unet_input, []).append(embeds.copy())
+            self._prompt_cache[key] = {name: np.concatenate(arrays, axis=-1) for name, arrays in parts.items()}
             if len(self._prompt_cache) > 32:
                 self._prompt_cache.popitem(last=False)
         return self._prompt_cache[key]
+
+    def encode_prompts(self, prompt: str, negative: str) -> np.ndarray:
+        """float32 [2, 77, C]: (negative, prompt) ``text_embeddings`` (see :meth:`prompt_inputs`)."""
+        return self.prompt_inputs(prompt, negative)["text_embeddings"]
 
     def condition(self, image_embeds: np.ndarray, content_embeds: np.ndarray, method: Method,
                   mode: MaskMode, theta: float, content_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +305,7 @@ class MaskstPipeline:
         ``latents``: diffusers' initial noise [N, C, h, w] before the init sigma; default from
         ``config.init_latents`` or the seed. ``progress``: optional callable(step, total).
         """
+        config = self.resolve(config)
         scheduler = self.check_request(config)
         timings: dict[str, float] = {}
         clock = time.perf_counter
@@ -286,7 +325,7 @@ class MaskstPipeline:
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
-        text = self.encode_prompts(config.prompt, config.negative_prompt)
+        text = self.prompt_inputs(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
         if config.regions:  # R styles, each with its own content text: R rows of one conditioner call
             e_i, e_c, region_methods = regional.encode_regions(self, config, timings)
@@ -303,13 +342,17 @@ class MaskstPipeline:
         timings["image_conditioner"] = (clock() - t0) * 1e3
         _check_finite("image_conditioner", tokens)
 
-        text_embeddings = np.repeat(text, n, axis=0)  # [neg]*N + [prompt]*N
+        # [neg]*N + [prompt]*N; the family's size inputs (SDXL time_ids) are the same for both halves
+        text_inputs = {name: np.repeat(value, n, axis=0) for name, value in text.items()}
+        size_inputs = {name: np.repeat(row, 2 * n, axis=0)
+                       for name, row in self.family.size_inputs(config.height, config.width).items()}
         ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [2N, R, k, C]; R = 1 without regions
         scheduler.set_timesteps(config.steps)
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         unet = self.runners["unet"]
-        feed = {"text_embeddings": text_embeddings, "ip_tokens": ip_tokens,
+        feed = {**text_inputs, **size_inputs, "ip_tokens": ip_tokens,
                 **regional.unet_region_feed(config, self.layer_names, self.layer_strides, h, w, pixels)}
+
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
         guidance = np.float32(config.guidance)

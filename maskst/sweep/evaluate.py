@@ -70,7 +70,8 @@ def _describe_encoders(pipeline, dim: int) -> dict:
                   "scores": "generated images and style images",
                   "preprocessing": {k: preprocessor.get(k) for k in ("size", "crop_size", "resample", "image_mean",
                                                                      "image_std") if k in preprocessor}},
-        "text": {"graph": "content_encoder", "output": "text_embeds (text tower of the image encoder's CLIP)",
+        "text": {"graph": pipeline.content_graph,
+                 "output": f"{pipeline.content_output} (text tower projecting into the image encoder's space)",
                  "dim": dim, "scores": "prompt and content text"},
         "space": "one CLIP embedding space (image_embeds and text_embeds of the same CLIP; laion ViT-H/14 for the "
                  "h94 ViT-H adapters); every embedding L2-normalised, scores are dot products (cosines)",
