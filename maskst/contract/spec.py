@@ -56,6 +56,9 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, DimRange]
     derived: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # dim -> (base dim, factor)
+    # dim -> (base dim, divisor): ceil(base / divisor), the size after k stride-2 convolutions (padding 1) as
+    # in a UNet's down path, e.g. a ControlNet residual at latent stride 4 has height ceil(h / 4)
+    divided: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     atol: float = 1e-4  # parity tolerances against the PyTorch module, per output
     rtol: float = 1e-3
 
@@ -70,11 +73,22 @@ class GraphSpec:
                     raise InputError(f"{self.name}: dimension {name}={out[name]} must be a multiple of {factor}")
                 out[base] = out[name] // factor
             out.setdefault(name, out[base] * factor)
+        for name, (base, divisor) in self.divided.items():
+            if base not in out:
+                continue
+            want = -(-out[base] // divisor)
+            if out.setdefault(name, want) != want:
+                raise InputError(f"{self.name}: dimension {name}={out[name]} must be ceil({base}/{divisor}) = {want} "
+                                 f"for {base}={out[base]}")
         return out
 
     def dim_range(self, name: str) -> DimRange:
         if name in self.dims:
             return self.dims[name]
+        if name in self.divided:
+            base, divisor = self.divided[name]
+            r = self.dim_range(base)
+            return DimRange(*(-(-v // divisor) for v in (r.min, r.opt, r.max)))
         base, factor = self.derived[name]
         r = self.dims[base]
         return DimRange(r.min * factor, r.opt * factor, r.max * factor)
@@ -155,7 +169,7 @@ class GraphSpec:
     def check_dims(self, dims: dict[str, int], what: dict[str, str] | None = None) -> None:
         """InputError if a dimension value lies outside the profile; ``what`` names dims for users."""
         for name, value in dims.items():
-            if name not in self.dims and name not in self.derived:
+            if name not in self.dims and name not in self.derived and name not in self.divided:
                 continue
             r = self.dim_range(name)
             if not r.min <= value <= r.max:
@@ -178,6 +192,7 @@ class GraphSpec:
             outputs=tuple(TensorSpec(**{**t, "shape": tuple(t["shape"])}) for t in data["outputs"]),
             dims={k: DimRange(**v) for k, v in data["dims"].items()},
             derived={k: tuple(v) for k, v in data.get("derived", {}).items()},
+            divided={k: tuple(v) for k, v in data.get("divided", {}).items()},
             atol=data["atol"],
             rtol=data["rtol"],
         )

@@ -121,8 +121,10 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
                     processors[name] = AttnProcessor2_0()
             self.unet.set_attn_processor(processors)
 
-        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale):
+        def forward(self, sample, timestep, text_embeddings, ip_tokens, ip_scale, **unet_kwargs):
+            # unet_kwargs: extra UNet2DConditionModel arguments of graphs built on this one (the ControlNet
+            # residuals of maskst.export.controlnet); the plain graph passes none
             self.inputs.tokens, self.inputs.scale = ip_tokens, ip_scale
-            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False)[0]
+            return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False, **unet_kwargs)[0]
 
     return UNetWithIPAdapter().eval()
