@@ -42,7 +42,10 @@ def diffusers_scheduler(name: str, base_config):
 class ReferencePipeline:
     """diffusers + IP-Adapter, fp32 on CPU, one thread-safe instance per process."""
 
-    def __init__(self, checkpoints: CheckpointSet):
+    def __init__(self, checkpoints: CheckpointSet, pipeline_class: str | None = None, **components):
+        """``pipeline_class`` / ``components``: another diffusers pipeline of the base folder and the
+        components it needs besides the base's (e.g. ``StableDiffusionControlNetPipeline`` with
+        ``controlnet=``; :mod:`maskst.reference_control`). Default: the family's reference pipeline."""
         import diffusers
         import torch
         from transformers import CLIPImageProcessor
@@ -51,10 +54,10 @@ class ReferencePipeline:
 
         self.checkpoints = checkpoints
         self.torch = torch
-        pipeline_class = getattr(diffusers, detect_family(checkpoints.base).reference_pipeline)
+        pipeline_class = getattr(diffusers, pipeline_class or detect_family(checkpoints.base).reference_pipeline)
         self.pipe = pipeline_class.from_pretrained(
             str(checkpoints.base), safety_checker=None, requires_safety_checker=False,
-            torch_dtype=torch.float32, local_files_only=True,
+            torch_dtype=torch.float32, local_files_only=True, **components,
         )
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.load_ip_adapter(
@@ -104,8 +107,10 @@ class ReferencePipeline:
         with self.torch.no_grad():
             return self.content_encoder(input_ids=self.torch.from_numpy(ids)).text_embeds[0].numpy()
 
-    def generate(self, config: GenerationConfig, style_images, latents: np.ndarray | None = None) -> ReferenceResult:
-        """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed."""
+    def generate(self, config: GenerationConfig, style_images, latents: np.ndarray | None = None,
+                 **call_kwargs) -> ReferenceResult:
+        """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed.
+        ``call_kwargs``: further arguments of the pipeline call (a ControlNet pipeline's ``image``, ...)."""
         torch = self.torch
         config.validate(self.checkpoints.vae_scale_factor)
         method = effective_method(config)
@@ -131,7 +136,7 @@ class ReferencePipeline:
                 prompt=config.prompt, negative_prompt=config.negative_prompt, height=config.height,
                 width=config.width, num_inference_steps=config.steps, guidance_scale=config.guidance,
                 num_images_per_prompt=config.num_images, latents=torch.from_numpy(noise),
-                ip_adapter_image_embeds=[embeds], output_type="np",
+                ip_adapter_image_embeds=[embeds], output_type="np", **call_kwargs,
             ).images
         images = (out * 255).round().astype(np.uint8)
         return ReferenceResult(images, e_i, e_c, e_hat, mask)

@@ -41,6 +41,8 @@ def _click_kwargs(hint) -> dict:
         item = args[0]
         if item is float:
             return {"type": str, "callback": _parse_floats}
+        if isinstance(item, type) and issubclass(item, enum.Enum):
+            return {"multiple": True, "type": click.Choice([m.value for m in item])}
         return {"multiple": True, "type": click.Path(path_type=Path) if item is Path else item}
     if hint is Path:
         return {"type": click.Path(path_type=Path, dir_okay=False)}

@@ -28,6 +28,7 @@ from maskst.generation import (
 )
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
 from maskst.runtime.backends import RunnerOptions, parse_backend
+from maskst.runtime.control import ControlStage, check_control_request, control_graphs
 from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
 from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
@@ -42,6 +43,7 @@ class GenerationResult:
     method: Method  # the method that ran (see generation.effective_method)
     scheduler: str
     timings_ms: dict[str, float]
+    control_images: tuple[np.ndarray, ...] = ()  # uint8 [H, W, 3] per control image: what conditioned the result
 
     @property
     def masked_elements(self) -> int:
@@ -102,7 +104,8 @@ class MaskstPipeline:
         # {graph: tokenizer of its input_ids}, from the family's declaration
         self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder) for folder, graph in self.family.tokenizers}
         runtime_backend = parse_backend(backend)
-        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in self.family.graphs}
+        graphs = self.family.graphs + control_graphs(self.manifest)  # ControlNets, lineart: as the manifest records
+        self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in graphs}
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -111,6 +114,7 @@ class MaskstPipeline:
         self._style_cache: collections.OrderedDict = collections.OrderedDict()
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
+        self.control = ControlStage(self.manifest, self.runners["unet"].spec, self.run_graph)
 
     def __enter__(self):
         return self
@@ -136,6 +140,7 @@ class MaskstPipeline:
         self._prompt_cache.clear()
         self._content_cache.clear()
         self._style_cache.clear()
+        self.control.clear()
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -158,6 +163,7 @@ class MaskstPipeline:
             raise InputError(plus_method_error(config.method))
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
+        check_control_request(self.manifest, config)
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
@@ -274,6 +280,10 @@ class MaskstPipeline:
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
+        control = self.control.prepare(config, n, h, w)  # control images first (a bad file fails before any encoder)
+        if control.active:
+            timings["control_preprocess"] = (clock() - t0) * 1e3
+        t0 = clock()
         text = self.encode_prompts(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
@@ -295,6 +305,7 @@ class MaskstPipeline:
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         unet = self.runners["unet"]
         feed = {"text_embeddings": text_embeddings, "ip_tokens": ip_tokens, "ip_scale": ip_scale}
+        feed.update(control.zeros)
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
         guidance = np.float32(config.guidance)
@@ -303,6 +314,8 @@ class MaskstPipeline:
             sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
             feed["sample"] = sample.astype(np.float32, copy=False)
             feed["timestep"] = np.array([t], dtype=np.float32)
+            if control.active:
+                feed.update(control.residuals(feed["sample"], feed["timestep"], text_embeddings, check_inputs=i == 0))
             noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
@@ -318,4 +331,4 @@ class MaskstPipeline:
         timings["vae_decoder"] = (clock() - t0) * 1e3
         _check_finite("vae_decoder", decoded, hint=" (fp16 VAEs overflow: rebuild with the VAE in fp32)")
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
-        return GenerationResult(images, mask[0], method, scheduler.name, timings)
+        return GenerationResult(images, mask[0], method, scheduler.name, timings, control.images)
