@@ -394,3 +394,52 @@ def test_openvino_runs_control_engines(wide_control_engines, pipeline, style_ima
     assert np.abs(got.control_images[0].astype(int) - want.control_images[0].astype(int)).max() <= 1
     diff = np.abs(got.images.astype(int) - want.images.astype(int))
     assert diff.max() <= 2, diff.max()
+
+
+def test_fp16_and_tensorrt_paths_run_control_engines(tiny, tmp_path, export_fn, style_image, images, monkeypatch):
+    """--precision fp16 converts and checks the ControlNet graph (lineart stays fp32); the image stays within the
+    fp16 tolerance of the fp32 reference; the TensorRT path (plans of every graph, maskst's TrtRunner) runs the
+    13-output ControlNet graph, on this GPU-less machine on tests/test_gpu_path.py's fake TensorRT."""
+    import shutil
+
+    from test_gpu_path import _check_fake_plans, _fake_plan_builder, _fake_tensorrt, _install_fake_gpu
+
+    from maskst.checkpoints import resolve_checkpoints
+    from maskst.engines import tensorrt as trt_engines
+    from maskst.engines.manifest import write_manifest
+    from maskst.export.options import ExportOptions, Precision
+    from maskst.reference_control import ControlNetReference
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    manifest = export_fn(tiny, tmp_path / "fp16", min_size=32, opt_size=64, max_size=64, precision=Precision.FP16,
+                         controlnets=(tiny.controlnet,), lineart_model=tiny.lineart_model)
+    graphs = manifest.data["graphs"]
+    assert graphs["controlnet_0"]["precision"] == "fp16" and graphs["lineart"]["precision"] == "fp32"
+    assert graphs["controlnet_0"]["fp16_parity"] and all(r["passed"] for r in graphs["controlnet_0"]["fp16_parity"])
+    assert manifest.data["fp16"]["fp32_graphs"] == ["image_conditioner", "vae_decoder", "lineart"]
+    config = GenerationConfig.create(prompt="a cat", content="a house", steps=3, height=48, width=64, seed=2,
+                                     control_image=[images["exact"]], control_preprocess="lineart", control_scale=0.7)
+    style = [load_image(style_image)]
+    ckpt = resolve_checkpoints(tiny.base, tiny.ip_adapter, tiny.image_encoder, tiny.content_encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ControlAspectWarning)
+        want = ControlNetReference(ckpt, (tiny.controlnet,), tiny.lineart_model).generate(config, style)
+        with MaskstPipeline(manifest.folder, threads=1) as pipe:
+            fp16_images = pipe.generate(config, style).images
+        diff = np.abs(fp16_images.astype(int) - want.images.astype(int))
+        assert want.images.std() > 10 and diff.max() <= 3 and diff.mean() <= 0.5, (diff.max(), diff.mean())
+
+        trt = _fake_tensorrt("10.8.0.43")
+        _install_fake_gpu(monkeypatch, trt)
+        folder = tmp_path / "trt"
+        shutil.copytree(manifest.folder, folder)
+        (folder / "manifest.json").unlink()
+        data = {k: v for k, v in manifest.data.items() if k not in ("format", "schema", "files")}
+        options = ExportOptions(precision=Precision.FP16, min_size=32, opt_size=64, max_size=64, max_batch=2)
+        section = trt_engines.build_plans(folder, data["graphs"], options, progress=False,
+                                          plan_builder=_fake_plan_builder(trt), plan_checker=_check_fake_plans)
+        assert {"controlnet_0", "lineart", "unet"} <= set(section["plans"])
+        assert section["parity"]["checked"] and all(r["passed"] for r in section["parity"]["results"])
+        write_manifest(folder, {**data, "tensorrt": section})
+        with MaskstPipeline(folder, backend="trt") as pipe:
+            np.testing.assert_array_equal(pipe.generate(config, style).images, fp16_images)
