@@ -443,3 +443,27 @@ def test_fp16_and_tensorrt_paths_run_control_engines(tiny, tmp_path, export_fn, 
         write_manifest(folder, {**data, "tensorrt": section})
         with MaskstPipeline(folder, backend="trt") as pipe:
             np.testing.assert_array_equal(pipe.generate(config, style).images, fp16_images)
+
+
+def test_bench_measures_image_driven_requests(wide_control_engines, wide_engines, tmp_path):
+    """maskst-bench --image-driven: the ControlNet-step row and an image-driven end to end, against the
+    diffusers ControlNet reference (its ControlNet folder read from the engines manifest)."""
+    from click.testing import CliRunner
+
+    from maskst.bench.bench import CONTROL_STAGE
+    from maskst.bench.cli import bench_main
+
+    out = tmp_path / "bench.json"
+    args = ["--engines", str(wide_control_engines), "--image-driven", "--height", "64", "--width", "64", "--steps", "2",
+            "--repeats", "1", "--warmup", "0", "--threads", "1", "--backends", "ort-cpu", "--no-cold-start",
+            "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["image_driven"] and report["models"]["controlnet"]
+    for name in ("reference", "ort-cpu"):
+        assert report["stages_ms"][name][CONTROL_STAGE] > 0
+    assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    assert "ControlNet step (CFG batch)" in result.output and "end to end, image-driven" in result.output
+    result = CliRunner().invoke(bench_main, ["--engines", str(wide_engines), "--image-driven", "--quiet"])
+    assert result.exit_code == 2 and "have no ControlNet" in result.output

@@ -62,7 +62,7 @@ def _request_options(func):
 
 
 def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
-                   progress: bool):
+                   progress: bool, image_driven: bool = False):
     """BenchModels from the model options (building random models or engines into the cache once)."""
     from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
     from maskst.cli.embedded import default_cache_dir
@@ -76,10 +76,13 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         if any(given) or engines:
             raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
                              "--content-encoder and --engines, or drop the preset")
-        return random_models(cache, preset, progress=progress)
+        return random_models(cache, preset, progress=progress, image_driven=image_driven)
     if any(given) and not all(given):
         raise InputError("checkpoints need all of --base, --ip-adapter and --content-encoder (as for maskst-export)")
     if all(given):
+        if image_driven and engines is None:
+            raise InputError("--image-driven with checkpoints: pass --engines exported from them with "
+                             "maskst-export --controlnet (or use --preset / --random-full-size)")
         if engines is None:
             engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress)
         return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
@@ -87,8 +90,14 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         raise InputError("no models given: pass --engines, the checkpoints (--base --ip-adapter --content-encoder), "
                          "--random-full-size, or --preset tiny for a smoke run")
     sources = engines_sources(Path(engines))
+    if image_driven and sources["controlnet"] is None:
+        from maskst.engines.manifest import load_manifest
+
+        if not (load_manifest(Path(engines), verify_hashes=False).data.get("control") or {}).get("controlnets"):
+            raise InputError(f"--image-driven: the engines {engines} have no ControlNet; export them with "
+                             "maskst-export ... --controlnet CONTROLNET_FOLDER")
     return BenchModels(Path(engines), sources["base"], sources["ip_adapter"], sources["image_encoder"],
-                       sources["content_encoder"], source="engines")
+                       sources["content_encoder"], source="engines", controlnet=sources["controlnet"])
 
 
 def _command(program: str) -> str:
@@ -118,10 +127,13 @@ def _command(program: str) -> str:
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch reference (no speedup column then).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
+@click.option("--image-driven", is_flag=True,
+              help="Image-driven requests: the bundled picture as control image (canny) through the engines' first "
+                   "ControlNet (presets build engines with their ControlNet); adds the ControlNet-step row.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, no_reference, no_cold_start, json_out):
+               backends, no_reference, no_cold_start, json_out, image_driven):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -133,6 +145,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     maskst-bench --preset tiny --steps 2 --repeats 1                 # smoke run
     maskst-bench --random-full-size --height 256 --width 256 --steps 10 --json out.json
     maskst-bench --engines eng/ --backends ort-cpu,openvino --repeats 5
+    maskst-bench --preset tiny --image-driven --steps 2 --repeats 1   # image-driven (ControlNet) smoke run
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
     """
@@ -155,10 +168,10 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         check_writable(json_out, "--json")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=repeats,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler)
+                             scheduler=scheduler, image_driven=image_driven)
     settings.config()  # every request value checked before any model loads
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
-                            cache_dir, progress=not quiet)
+                            cache_dir, progress=not quiet, image_driven=image_driven)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"))
     if json_out is not None:
@@ -211,7 +224,7 @@ def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, rand
         raise InputError(f"--top {top} must be >= 1 and --warmup {warmup} >= 0")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=1,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler)
+                             scheduler=scheduler, image_driven=image_driven)
     settings.config()
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet)
