@@ -24,6 +24,8 @@ DEFAULT_NEGATIVE_PROMPT = ""
 DEMO_PROMPT = "a photo of a cat"
 DEMO_CONTENT = "a house"
 DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
+# The image-driven fields: empty for a text-driven request, which then serialises as before they existed
+CONTROL_FIELDS = ("control_image", "control_preprocess", "control_scale")
 
 
 def _field(default, help: str, flag: str | None = None):
