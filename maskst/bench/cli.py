@@ -224,7 +224,7 @@ def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, rand
         raise InputError(f"--top {top} must be >= 1 and --warmup {warmup} >= 0")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=1,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler, image_driven=image_driven)
+                             scheduler=scheduler)
     settings.config()
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet)

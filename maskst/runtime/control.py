@@ -118,11 +118,8 @@ class ControlStage:
         self.controlnets = [entry["graph"] for entry in section["controlnets"]]
         self.lineart = section["lineart"]["graph"] if section["lineart"] else None
         self.unet_spec = unet_spec
-        plain = {"sample", "timestep", "text_embeddings", "ip_tokens", "ip_scale"}
-        residuals = set()
-        for entry in section["controlnets"]:
-            residuals |= set(entry["residuals"])
-        self.residual_names = tuple(t.name for t in unet_spec.inputs if t.name in residuals and t.name not in plain)
+        residuals = {name for entry in section["controlnets"] for name in entry["residuals"]}
+        self.residual_names = tuple(t.name for t in unet_spec.inputs if t.name in residuals)  # the UNet's order
         self.run_graph = run_graph
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._zeros: dict[tuple, dict[str, np.ndarray]] = {}
