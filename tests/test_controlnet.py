@@ -467,3 +467,26 @@ def test_bench_measures_image_driven_requests(wide_control_engines, wide_engines
     assert "ControlNet step (CFG batch)" in result.output and "end to end, image-driven" in result.output
     result = CliRunner().invoke(bench_main, ["--engines", str(wide_engines), "--image-driven", "--quiet"])
     assert result.exit_code == 2 and "have no ControlNet" in result.output
+
+
+def test_sweep_with_a_control_image_runs_and_resumes(wide_control_engines, style_image, images, tmp_path):
+    """maskst-sweep's run options are GenerationConfig's fields: a control image applies to every job, is part
+    of each job's key and metadata, and a rerun does no work."""
+    from click.testing import CliRunner
+
+    from maskst.sweep.cli import sweep_main
+
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    (tmp_path / "styles.csv").write_text(f"style,content\n{style_image},a ship\n")
+    args = [str(a) for a in ("--engines", wide_control_engines, "--prompts", tmp_path / "prompts.txt", "--styles",
+                             tmp_path / "styles.csv", "--methods", "maskst,ip-adapter", "--out-dir", tmp_path / "out",
+                             "--steps", "1", "--threads", "1", "--control-image", images["exact"],
+                             "--control-preprocess", "canny", "--quiet", "--json")]
+    first = CliRunner().invoke(sweep_main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 2 and all(Image.open(p).size == (120, 72) for p in pngs)  # the control image's size
+    assert json.loads(Image.open(pngs[0]).text["maskst"])["control_preprocess"] == ["canny"]
+    mtimes = [p.stat().st_mtime_ns for p in pngs]
+    again = CliRunner().invoke(sweep_main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and [p.stat().st_mtime_ns for p in pngs] == mtimes

@@ -74,7 +74,7 @@ def check_control_request(manifest: Manifest, config) -> None:
                              "maskst-export ... --lineart-model sk_model.pth (lllyasviel/Annotators)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ControlFeeds:
     """The control inputs of one request; :meth:`residuals` gives the UNet's residual inputs of one step."""
 
