@@ -9,7 +9,12 @@ through the same code that loads real checkpoints:
 - ``<root>/ip_adapter/models/``: ``ip-adapter_sd15.safetensors`` (flat keys) and ``.bin`` (nested
   dict), ``ip-adapter-plus_sd15.safetensors`` (Resampler, 16 tokens) and ``image_encoder/``;
 - ``<root>/content_encoder/``: a full transformers ``CLIPModel`` folder (like laion's ViT-H/14) with
-  its tokenizer.
+  its tokenizer;
+- ``<root>/controlnet/``: a diffusers ``ControlNetModel`` folder made from the base UNet as
+  ``ControlNetModel.from_unet`` does, with random (nonzero) zero-convolutions and conditioning
+  encoder, so its residuals change the image;
+- ``<root>/annotators/sk_model.pth``: an informative-drawings ``Generator(3, 1, 3)`` state dict
+  (the lineart annotator) with random weights.
 
 SDXL sets (presets ``sdxl-*``, :class:`SdxlFixturePaths`): ``<root>/base/`` a diffusers
 StableDiffusionXLPipeline folder (unet/, vae/, text_encoder/ (CLIPTextModel), text_encoder_2/
@@ -403,6 +408,37 @@ def write_content_encoder(folder: Path, spec: FixtureSpec, seed: int) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def write_controlnet(folder: Path, base: Path, spec: FixtureSpec, seed: int) -> None:
+    """``ControlNetModel.from_unet`` of the base UNet, saved as a diffusers ControlNet folder.
+
+    from_unet copies the UNet's encoder and zero-initialises the conditioning encoder's last conv and
+    every residual projection ("zero convolutions"); those are drawn at random here (as after training),
+    so the ControlNet's residuals are nonzero and parity tests see them.
+    """
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(base / "unet"), torch_dtype=torch.float32)
+    controlnet = ControlNetModel.from_unet(unet)
+    for i, module in enumerate((controlnet.controlnet_cond_embedding, controlnet.controlnet_down_blocks,
+                                controlnet.controlnet_mid_block)):
+        _randomize(module, seed + 40 + i)
+    controlnet.save_pretrained(folder)
+
+
+def write_lineart_model(path: Path, seed: int) -> None:
+    """A random-weight informative-drawings ``Generator(3, 1, 3)`` state dict (``sk_model.pth``)."""
+    import torch
+
+    from maskst.informative_drawings import lineart_generator
+
+    torch.manual_seed(seed + 50)
+    model = lineart_generator()
+    _randomize(model, seed + 50)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+
+
 @dataclasses.dataclass(frozen=True)
 class FixturePaths:
     """Where a fixture set lives; the arguments maskst-export takes."""
@@ -437,6 +473,14 @@ class FixturePaths:
     def default_content_encoder(self) -> Path:
         """What maskst-export needs as --content-encoder for ``ip_adapter``."""
         return self.content_encoder
+
+    @property
+    def controlnet(self) -> Path:
+        return self.root / "controlnet"
+
+    @property
+    def lineart_model(self) -> Path:
+        return self.root / "annotators" / "sk_model.pth"
 
 
 # ---------------------------------------------------------------- SDXL
@@ -697,7 +741,8 @@ ALL_PRESETS = (*PRESETS, *SDXL_PRESETS)
 
 
 def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
-    """Write a complete fixture set under ``root`` (base, ip_adapter, content_encoder).
+    """Write a complete fixture set under ``root`` (base, ip_adapter, content_encoder; SD 1.5 presets also a
+    ControlNet made from the base UNet and an informative-drawings lineart model).
 
     Written into a temporary sibling folder first and renamed into place, so an interrupted
     run never leaves a half-written set that later looks complete.
@@ -721,6 +766,8 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
                 write_base(staging / "base", spec, seed)
                 write_ip_adapter(staging / "ip_adapter", spec, seed)
                 write_content_encoder(staging / "content_encoder", spec, seed)
+                write_controlnet(staging / "controlnet", staging / "base", spec, seed)
+                write_lineart_model(staging / "annotators" / "sk_model.pth", seed)
         (staging / "fixture.json").write_text(json.dumps({"preset": preset, "seed": seed}))
         if root.exists():
             shutil.rmtree(root)
@@ -747,6 +794,8 @@ def main(out_dir: Path, preset: str, seed: int) -> None:
     names = ("base", "ip_adapter", "image_encoder", "content_encoder")
     if isinstance(paths, SdxlFixturePaths):
         names += ("ip_adapter_vit_h", "ip_adapter_plus", "image_encoder_vit_h")
+    else:
+        names += ("controlnet", "lineart_model")
     click.echo(json.dumps({k: str(getattr(paths, k)) for k in names if getattr(paths, k).exists()}, indent=2))
 
 

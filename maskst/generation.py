@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst.control import ControlPreprocess
 from maskst.errors import InputError
 from maskst.tokenization import check_text
 from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method, canonical_scheduler_name, parse_enum
@@ -23,6 +24,8 @@ DEFAULT_NEGATIVE_PROMPT = ""
 DEMO_PROMPT = "a photo of a cat"
 DEMO_CONTENT = "a house"
 DEMO_STYLE = Path(__file__).resolve().parent / "assets" / "style.png"
+# The image-driven fields: empty for a text-driven request, which then serialises as before they existed
+CONTROL_FIELDS = ("control_image", "control_preprocess", "control_scale")
 
 
 def _family_sizes() -> str:
@@ -139,6 +142,17 @@ class GenerationConfig:
                                              "Replaces --style/--content.", flag="--region")
     region_scales: tuple[float, ...] | None = _field(None, "Comma-separated adapter scale per --region (a factor on "
                                                            "--scale / --target-block / --layer-scales).")
+    # image-driven style transfer (ControlNet engines: maskst-export --controlnet); see maskst.control
+    control_image: tuple[Path, ...] = _field((), "Content image for the ControlNet (image-driven style transfer; engines "
+                                                 "exported with --controlnet). Sets the output size unless --height/--width "
+                                                 "are given. Repeat for several ControlNets, in export order.",
+                                             flag="--control-image")
+    control_preprocess: tuple[ControlPreprocess, ...] = _field(
+        (), "How the control image becomes the ControlNet's input: none (use it as is), canny (cv2.Canny 100/200), "
+            "lineart (informative-drawings sk_model, needs maskst-export --lineart-model) or lineart-inverted. One "
+            "value for all control images or one each.  [default: none]")
+    control_scale: tuple[float, ...] = _field((), "ControlNet conditioning scale: one value for all control images or "
+                                                  "comma-separated, one each.  [default: 1.0]")
 
     @classmethod
     def create(cls, **values) -> "GenerationConfig":
@@ -175,12 +189,23 @@ class GenerationConfig:
                 values["region_scales"] = tuple(float(v) for v in scales)
             except (TypeError, ValueError):
                 raise InputError(f"region_scales={scales!r} must be numbers, one per region (e.g. 1.0,0.6)") from None
+        _control_values(values)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"unknown option(s) {sorted(unknown)}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
         config = cls(**values)
         config.validate()
         return config
+
+    def control_preprocess_of(self, index: int) -> ControlPreprocess:
+        """The preprocessing of control image ``index`` (one value broadcasts; none by default)."""
+        values = self.control_preprocess or (ControlPreprocess.NONE,)
+        return values[index if len(values) > 1 else 0]
+
+    def control_scale_of(self, index: int) -> float:
+        """The conditioning scale of control image ``index`` (one value broadcasts; 1.0 by default)."""
+        values = self.control_scale or (1.0,)
+        return float(values[index if len(values) > 1 else 0])
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         """Raise InputError naming the field, the value and the fix, for the first bad value."""
@@ -212,6 +237,7 @@ class GenerationConfig:
                 f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
             )
         self._validate_regions()
+        self._validate_control()
 
     def _validate_regions(self) -> None:
         if not self.regions:
@@ -257,10 +283,52 @@ class GenerationConfig:
         return dataclasses.replace(self, height=default_size if self.height is None else self.height,
                                    width=default_size if self.width is None else self.width)
 
+    def _validate_control(self) -> None:
+        count = len(self.control_image)
+        for name in ("control_preprocess", "control_scale"):
+            values = getattr(self, name)
+            if values and not count:
+                raise InputError(f"{name}={[getattr(v, 'value', v) for v in values]} without a control image: "
+                                 "pass --control-image IMAGE (or leave the option out)")
+            if len(values) > 1 and len(values) != count:
+                raise InputError(f"{name} has {len(values)} values for {count} control image(s): give one value "
+                                 "for all or one per control image")
+        for value in self.control_scale:
+            if not np.isfinite(value) or value < 0:
+                raise InputError(f"control_scale={value} must be a finite number >= 0 (1.0: the ControlNet as trained)")
+
     @property
     def batch(self) -> int:
         """UNet batch: negative and positive halves."""
         return 2 * self.num_images
+
+
+def _control_values(values: dict) -> None:
+    """Normalise the control fields of loosely typed values in place (CLI strings, JSON scalars or lists),
+    and size the output after the first control image when height / width are not given (as diffusers)."""
+    from maskst.control import default_size, load_control_image
+
+    image = values.get("control_image")
+    if isinstance(image, (str, Path)):
+        image = (image,)
+    if image is not None:
+        values["control_image"] = tuple(Path(p) for p in image)
+    preprocess = values.get("control_preprocess")
+    if preprocess is not None:
+        preprocess = (preprocess,) if isinstance(preprocess, (str, ControlPreprocess)) else preprocess
+        values["control_preprocess"] = tuple(parse_enum(ControlPreprocess, v, "control preprocess") for v in preprocess)
+    scale = values.get("control_scale")
+    if scale is not None:
+        scale = (scale,) if isinstance(scale, (int, float)) else scale
+        try:
+            values["control_scale"] = tuple(float(v) for v in scale)
+        except (TypeError, ValueError):
+            raise InputError(f"control_scale={scale!r} must be a number or a list of numbers") from None
+    if values.get("control_image") and ("height" not in values or "width" not in values):
+        first = values["control_image"][0]
+        height, width = default_size(load_control_image(first), first)
+        values.setdefault("height", height)
+        values.setdefault("width", width)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -50,7 +50,10 @@ def diffusers_scheduler(name: str, base_config):
 class ReferencePipeline:
     """diffusers + IP-Adapter, fp32 on CPU, one thread-safe instance per process."""
 
-    def __init__(self, checkpoints: CheckpointSet):
+    def __init__(self, checkpoints: CheckpointSet, pipeline_class: str | None = None, **components):
+        """``pipeline_class`` / ``components``: another diffusers pipeline of the base folder and the
+        components it needs besides the base's (e.g. ``StableDiffusionControlNetPipeline`` with
+        ``controlnet=``; :mod:`maskst.reference_control`). Default: the family's reference pipeline."""
         import diffusers
         import torch
         from transformers import CLIPImageProcessor
@@ -60,10 +63,10 @@ class ReferencePipeline:
         self.checkpoints = checkpoints
         self.torch = torch
         self.family = detect_family(checkpoints.base)
-        pipeline_class = getattr(diffusers, self.family.reference_pipeline)
+        pipeline_class = getattr(diffusers, pipeline_class or self.family.reference_pipeline)
         self.pipe = pipeline_class.from_pretrained(
             str(checkpoints.base), **dict(self.family.reference_options), torch_dtype=torch.float32,
-            local_files_only=True,
+            local_files_only=True, **components,
         )
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.load_ip_adapter(
@@ -143,9 +146,11 @@ class ReferencePipeline:
         scales = [[[float(v) for v in row]] for row in region_layer_scales(self.checkpoints.cross_attention_layers, config)]
         return (np.stack([r[0] for r in rows]), masks, scales, e_i, e_c, np.stack([r[1] for r in rows]))
 
-    def generate(self, config: GenerationConfig, style_images=None, latents: np.ndarray | None = None) -> ReferenceResult:
+    def generate(self, config: GenerationConfig, style_images=None, latents: np.ndarray | None = None,
+                 **call_kwargs) -> ReferenceResult:
         """Run one request. ``latents``: diffusers' initial noise [N, 4, h, w]; default from the seed.
-        ``style_images``: PIL images (a regional request reads its files from ``config.regions``)."""
+        ``style_images``: PIL images (a regional request reads its files from ``config.regions``).
+        ``call_kwargs``: further arguments of the pipeline call (a ControlNet pipeline's ``image``, ...)."""
         torch = self.torch
         config = config.sized(self.family.default_size)
         config.validate(self.checkpoints.vae_scale_factor)
@@ -185,6 +190,7 @@ class ReferencePipeline:
                 width=config.width, num_inference_steps=config.steps, guidance_scale=config.guidance,
                 num_images_per_prompt=config.num_images, latents=torch.from_numpy(noise),
                 ip_adapter_image_embeds=[embeds], cross_attention_kwargs=attention_kwargs, output_type="np",
+                **call_kwargs,
             ).images
         images = (out * 255).round().astype(np.uint8)
         return ReferenceResult(images, e_i, e_c, e_hat, mask)

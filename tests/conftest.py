@@ -33,12 +33,13 @@ def _export_checkpoints(base, ip_adapter, image_encoder, content_encoder, out: P
     from maskst.export.options import ExportOptions
 
     defaults = dict(min_size=32, opt_size=64, max_size=128, max_batch=2)
+    control = {key: options.pop(key) for key in ("controlnets", "lineart_model") if key in options}
     defaults.update(options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings of the TorchScript exporter
         return export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
                                             content_encoder=content_encoder, out=out,
-                                            options=ExportOptions(**defaults)), progress=False)
+                                            options=ExportOptions(**defaults), **control), progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,13 @@ def tiny_engines(tiny, tmp_path_factory):
 @pytest.fixture(scope="session")
 def wide_engines(tiny_wide, tmp_path_factory):
     return _export(tiny_wide, tmp_path_factory.mktemp("engines") / "wide", min_size=64, opt_size=64, max_size=128).folder
+
+
+@pytest.fixture(scope="session")
+def wide_control_engines(tiny_wide, tmp_path_factory):
+    """tiny-wide engines with its ControlNet and the lineart annotator (maskst-export --controlnet --lineart-model)."""
+    return _export(tiny_wide, tmp_path_factory.mktemp("engines") / "wide_control", min_size=64, opt_size=64,
+                   max_size=128, controlnets=(tiny_wide.controlnet,), lineart_model=tiny_wide.lineart_model).folder
 
 
 @pytest.fixture(scope="session")

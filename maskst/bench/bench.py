@@ -60,6 +60,8 @@ STAGE_LABELS = {
     "content_encoder": "content encoder (CLIP text)", "image_conditioner": "masking + projection",
     "unet_step": "UNet step (CFG batch)", "vae_decoder": "VAE decode",
 }
+CONTROL_STAGE = "controlnet_step"  # image-driven runs (--image-driven): one ControlNet call, batch 2N
+STAGE_LABELS[CONTROL_STAGE] = "ControlNet step (CFG batch)"
 MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below timer noise of a generation
 # Engines built for benchmarks accept sizes 128..1024 px (64..512 for the tiny presets), up to 4 images.
 _EXPORT_SIZES = {"full": dict(min_size=128, opt_size=512, max_size=1024, max_batch=4),
@@ -82,6 +84,7 @@ class BenchModels:
     image_encoder: Path | None = None
     content_encoder: Path | None = None
     source: str = "checkpoints"  # how they were obtained: checkpoints, engines, random-<preset>
+    controlnet: Path | None = None  # the ControlNet folder of image-driven engines (for the reference)
 
     @property
     def has_checkpoints(self) -> bool:
@@ -102,7 +105,8 @@ def _quiet_tracer():
         yield
 
 
-def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = True) -> BenchModels:
+def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = True,
+                  image_driven: bool = False) -> BenchModels:
     """Random-weight checkpoints of ``preset`` and their engines, built once under ``cache_dir``.
 
     ``<cache>/bench-<preset>-<version>/`` holds ``fixtures/`` (with its ``fixture.json`` marker),
@@ -110,6 +114,8 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     together: the fixture marker it was built from and the manifest digest. Anything that does
     not check out is rebuilt (the fixtures only when their own marker is wrong), so an interrupted
     build is never half-used. The full preset took 7 min and 8 GB of RAM (peak RSS) on 2 cores.
+    ``image_driven``: engines with the fixtures' ControlNet (``maskst-export --controlnet``), cached
+    under ``bench-<preset>-control-<version>/``.
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
@@ -117,7 +123,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.export.options import ExportOptions
     from maskst.fixtures import fixture_paths, write_fixtures
 
-    root = Path(cache_dir) / f"bench-{preset}-{__version__}"
+    root = Path(cache_dir) / f"bench-{preset}{'-control' if image_driven else ''}-{__version__}"
     paths = fixture_paths(root / "fixtures", preset)
     content_encoder = paths.default_content_encoder  # SDXL ip-adapter_sdxl: None, the base's own text_encoder_2
     engines = root / "engines"
@@ -128,7 +134,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
 
     def models() -> BenchModels:
         return BenchModels(engines, paths.base, paths.ip_adapter, paths.image_encoder, content_encoder,
-                           source=f"random-{preset}")
+                           source=f"random-{preset}", controlnet=paths.controlnet if image_driven else None)
 
     def read_json(path: Path):
         try:
@@ -152,6 +158,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     with _quiet_tracer():
         manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
                                                 image_encoder=paths.image_encoder, content_encoder=content_encoder,
+                                                controlnets=(paths.controlnet,) if image_driven else (),
                                                 out=engines, force=True, lock_timeout=3600, options=options),
                                   progress=progress)
     tmp = marker.with_suffix(".tmp")
@@ -197,12 +204,15 @@ def engines_sources(engines: Path) -> dict[str, Path | None]:
     """Checkpoint paths recorded in an engines manifest (None where missing on this machine)."""
     from maskst.engines.manifest import load_manifest
 
-    sources = {n: Path(s["path"]) for n, s in load_manifest(engines, verify_hashes=False).data["sources"].items()}
+    data = load_manifest(engines, verify_hashes=False).data
+    sources = {n: Path(s["path"]) for n, s in data["sources"].items()}
+    controlnets = (data.get("control") or {}).get("controlnets") or []
     guess = {
         "base": sources["unet"].parent.parent if "unet" in sources else None,
         "ip_adapter": sources.get("ip_adapter"),
         "image_encoder": sources["image_encoder"].parent if "image_encoder" in sources else None,
         "content_encoder": sources["content_encoder"].parent if "content_encoder" in sources else None,
+        "controlnet": Path(controlnets[0]["folder"]) if controlnets else None,
     }
     return {k: (v if v is not None and v.exists() else None) for k, v in guess.items()}
 
@@ -225,6 +235,7 @@ class BenchSettings:
     content: str = DEMO_CONTENT
     seed: int = 0
     scheduler: str | None = None
+    image_driven: bool = False  # plus a control image (the bundled picture, canny) through the first ControlNet
 
     def config(self, **override):
         from maskst.generation import GenerationConfig
@@ -232,6 +243,8 @@ class BenchSettings:
         values = dict(prompt=self.prompt, style=(DEMO_STYLE,), content=self.content, steps=self.steps,
                       height=self.height, width=self.width, num_images=self.num_images, seed=self.seed,
                       scheduler=self.scheduler)
+        if self.image_driven:
+            values.update(control_image=(DEMO_STYLE,), control_preprocess="canny")
         values.update(override)
         return GenerationConfig.create(**values)
 
@@ -302,7 +315,12 @@ def _run_reference(job: dict) -> dict:
     _family, ckpt = resolve_checkpoints(Path(models["base"]), Path(models["ip_adapter"]),
                                         Path(models["image_encoder"]) if models.get("image_encoder") else None,
                                         Path(models["content_encoder"]) if models.get("content_encoder") else None)
-    ref = reference.ReferencePipeline(ckpt)
+    if settings.image_driven:
+        from maskst.reference_control import ControlNetReference
+
+        ref = ControlNetReference(ckpt, (Path(models["controlnet"]),))
+    else:
+        ref = reference.ReferencePipeline(ckpt)
     load_ms = (time.perf_counter() - t0) * 1e3
     config, images, latents = _inputs(settings, ref.pipe.unet.config.in_channels, ckpt.vae_scale_factor)
 
@@ -311,6 +329,8 @@ def _run_reference(job: dict) -> dict:
     # the VAE decoder module (post_quant_conv, a 1x1 conv before it, is left out), the IP-Adapter
     # projection (inside every UNet call in diffusers; timed, reported with the masking below).
     modules = {"projection": pipe.unet.encoder_hid_proj, "unet": pipe.unet, "vae_decoder": pipe.vae.decoder}
+    if settings.image_driven:
+        modules["controlnet"] = pipe.controlnet
     calls: dict[str, list] = {name: [] for name in modules}
     for name, module in modules.items():
         _time_module(module, calls[name])
@@ -348,6 +368,8 @@ def _run_reference(job: dict) -> dict:
                      "projection": calls["projection"][0] if calls["projection"] else 0.0,
                      "unet_step": _median(calls["unet"]), "unet_calls": len(calls["unet"]),
                      "vae_decoder": sum(calls["vae_decoder"])})
+        if settings.image_driven:
+            runs[-1][CONTROL_STAGE] = _median(calls["controlnet"])
 
     # masking + projection alone, many times (one call is far below the noise of a whole generation)
     from maskst.masking import Method, condition_embeds
@@ -391,10 +413,13 @@ def _run_maskst(job: dict) -> dict:
     # the scheduler's steps, which with PNDM makes one more UNet call than steps).
     unet_calls: list[float] = []
     pipeline.add_callback(GraphCallTimer("unet", unet_calls))
+    controlnet_calls: list[float] = []
+    pipeline.add_callback(GraphCallTimer("controlnet_0", controlnet_calls))
     with pipeline:
         for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
             clear_request_caches(pipeline)
             unet_calls.clear()
+            controlnet_calls.clear()
             t0 = time.perf_counter()
             result = pipeline.generate(config, images, latents)
             elapsed = (time.perf_counter() - t0) * 1e3
@@ -405,6 +430,8 @@ def _run_maskst(job: dict) -> dict:
             runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES},
                          "unet_step": _median(unet_calls), "unet_calls": len(unet_calls),
                          "denoise_loop_per_step": result.timings_ms["unet_step"]})
+            if settings.image_driven:
+                runs[-1][CONTROL_STAGE] = _median(controlnet_calls)
         e_i = pipeline.encode_style(images)
         e_c = pipeline.encode_content(config.content)
         micro = []
@@ -528,6 +555,9 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
     if reference and not models.has_checkpoints:
         raise InputError("the reference needs the checkpoints: pass --base, --ip-adapter and --content-encoder "
                          "(the engines manifest's source paths do not exist here), or --no-reference")
+    if settings.image_driven and reference and models.controlnet is None:
+        raise InputError("--image-driven with the reference needs the ControlNet folder the engines were exported "
+                         "with (recorded in their manifest, missing here), or --no-reference")
     started = time.time()
     t0 = time.perf_counter()
     load_manifest(models.engines, verify_hashes=True)
@@ -554,6 +584,10 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
     return _report(models, settings, results, cold, diffs, verify_ms, started, command)
 
 
+def _stages(settings) -> tuple[str, ...]:
+    return STAGES + ((CONTROL_STAGE,) if settings.image_driven else ())
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
@@ -567,7 +601,7 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command)
             errors[name] = result["error"]
             continue
         end_to_end[name] = _median(r["end_to_end"] for r in result["runs"])
-        stages[name] = {s: _median(r[s] for r in result["runs"]) for s in STAGES}
+        stages[name] = {s: _median(r[s] for r in result["runs"] if s in r) for s in _stages(settings)}
     ref = end_to_end.get("reference")
     speedup = {n: ref / v for n, v in end_to_end.items() if n != "reference" and ref and v}
     ok = {n: r for n, r in results.items() if "error" not in r}
@@ -635,11 +669,12 @@ def format_table(report: dict) -> str:
     """The report as a Markdown table (stages and end to end per contender), then the targets."""
     names = list(report["stages_ms"])
     lines = ["| stage (ms, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for stage in STAGES:
-        lines.append(f"| {STAGE_LABELS[stage]} | " + " | ".join(_fmt(report["stages_ms"][n][stage]) for n in names) + " |")
+    for stage in STAGES + ((CONTROL_STAGE,) if report["settings"].get("image_driven") else ()):
+        lines.append(f"| {STAGE_LABELS[stage]} | " + " | ".join(_fmt(report["stages_ms"][n].get(stage)) for n in names) + " |")
     lines.append("| masking + projection alone (200 calls) | "
                  + " | ".join(_fmt(report["masking_projection_ms"].get(n)) for n in names) + " |")
-    lines.append("| **end to end** | " + " | ".join(f"**{_fmt(report['end_to_end_ms'][n])}**" for n in names) + " |")
+    label = "**end to end, image-driven (ControlNet, canny)**" if report["settings"].get("image_driven") else "**end to end**"
+    lines.append(f"| {label} | " + " | ".join(f"**{_fmt(report['end_to_end_ms'][n])}**" for n in names) + " |")
     lines.append("| speedup vs reference | " + " | ".join(
         "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference"].get(n), "x") for n in names) + " |")
     lines.append("| peak RSS (MiB) | " + " | ".join(_fmt(report["peak_rss_mib"].get(n)) for n in names) + " |")

@@ -78,12 +78,14 @@ def _request_options(func):
 
 
 def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
-                   progress: bool, family: str = "sd15"):
+                   progress: bool, family: str = "sd15", image_driven: bool = False):
     """BenchModels from the model options (building random models or engines into the cache once)."""
     from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
     from maskst.cli.embedded import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if image_driven and family != "sd15":
+        raise InputError(f"--image-driven with --family {family}: maskst's ControlNet path is SD 1.5's; drop one")
     given = [base, ip_adapter, content_encoder]
     if random_full_size and preset not in (None, "full"):
         raise InputError(f"--random-full-size and --preset {preset} contradict each other; pass one of them")
@@ -92,13 +94,16 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         if any(given) or engines:
             raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
                              "--content-encoder and --engines, or drop the preset")
-        return random_models(cache, fixture_preset(family, preset), progress=progress)
+        return random_models(cache, fixture_preset(family, preset), progress=progress, image_driven=image_driven)
     if family != "sd15":
         raise InputError(f"--family {family} selects the random-weight models of --random-full-size / --preset; "
                          "checkpoints and engines folders carry their own family: drop --family")
     if any(given) and not (base and ip_adapter):
         raise InputError("checkpoints need --base and --ip-adapter, and --content-encoder where maskst-export needs it")
     if base and ip_adapter:
+        if image_driven and engines is None:
+            raise InputError("--image-driven with checkpoints: pass --engines exported from them with "
+                             "maskst-export --controlnet (or use --preset / --random-full-size)")
         if engines is None:
             engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress)
         return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
@@ -106,8 +111,14 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         raise InputError("no models given: pass --engines, the checkpoints (--base --ip-adapter --content-encoder), "
                          "--random-full-size, or --preset tiny for a smoke run")
     sources = engines_sources(Path(engines))
+    if image_driven and sources["controlnet"] is None:
+        from maskst.engines.manifest import load_manifest
+
+        if not (load_manifest(Path(engines), verify_hashes=False).data.get("control") or {}).get("controlnets"):
+            raise InputError(f"--image-driven: the engines {engines} have no ControlNet; export them with "
+                             "maskst-export ... --controlnet CONTROLNET_FOLDER")
     return BenchModels(Path(engines), sources["base"], sources["ip_adapter"], sources["image_encoder"],
-                       sources["content_encoder"], source="engines")
+                       sources["content_encoder"], source="engines", controlnet=sources["controlnet"])
 
 
 def _command(program: str) -> str:
@@ -137,10 +148,13 @@ def _command(program: str) -> str:
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch reference (no speedup column then).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
+@click.option("--image-driven", is_flag=True,
+              help="Image-driven requests: the bundled picture as control image (canny) through the engines' first "
+                   "ControlNet (presets build engines with their ControlNet); adds the ControlNet-step row.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, no_reference, no_cold_start, json_out):
+               backends, no_reference, no_cold_start, json_out, image_driven):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -153,6 +167,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     maskst-bench --random-full-size --height 256 --width 256 --steps 10 --json out.json
     maskst-bench --random-full-size --family sdxl --height 512 --width 512 --steps 10 --json sdxl.json
     maskst-bench --engines eng/ --backends ort-cpu,openvino --repeats 5
+    maskst-bench --preset tiny --image-driven --steps 2 --repeats 1   # image-driven (ControlNet) smoke run
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
     """
@@ -175,10 +190,10 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         check_writable(json_out, "--json")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=repeats,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler)
+                             scheduler=scheduler, image_driven=image_driven)
     settings.config()  # every request value checked before any model loads
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
-                            cache_dir, progress=not quiet, family=family)
+                            cache_dir, progress=not quiet, family=family, image_driven=image_driven)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"))
     if json_out is not None:

@@ -35,6 +35,13 @@ def _family_sizes(index: int) -> str:
               help="transformers CLIP folder of the same CLIP as the image encoder, for the content text "
                    "(ViT-H/14: laion/CLIP-ViT-H-14-laion2B-s32B-b79K). Required for SD 1.5 and the SDXL *_vit-h adapters; "
                    "default for ip-adapter_sdxl (ViT-bigG): the base's own text_encoder_2 (pooled, projected).")
+@click.option("--controlnet", "controlnets", multiple=True, type=click.Path(path_type=Path),
+              help="diffusers ControlNetModel folder for this base (e.g. a canny or lineart ControlNet for SD 1.5): adds its "
+                   "graph and a UNet that takes its residuals, for maskst-run --control-image. Repeat for several "
+                   "(their residuals are summed, one --control-image each, in this order).")
+@click.option("--lineart-model", type=click.Path(path_type=Path, dir_okay=False),
+              help="informative-drawings sk_model.pth (lllyasviel/Annotators): adds the lineart graph, for "
+                   "maskst-run --control-preprocess lineart.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Engines folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing engines folder (only once the new one is complete).")
 @click.option("--precision", type=click.Choice([p.value for p in Precision]), default=DEFAULTS.precision.value,
@@ -57,9 +64,10 @@ def _family_sizes(index: int) -> str:
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
-def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision, target, min_size, opt_size,
-         max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
-    """Export the model family's networks to ONNX, check each against PyTorch, write the manifest.
+def main(base, ip_adapter, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision, target,
+         min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
+    """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
+    check each against PyTorch, write the manifest.
 
     \b
     maskst-export --base stable-diffusion-v1-5 \\
@@ -67,6 +75,7 @@ def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/sd15
     maskst-export --base stable-diffusion-xl-base-1.0 \\
                   --ip-adapter IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors --out engines/sdxl
+    maskst-export ... --controlnet control_v11p_sd15_canny --lineart-model Annotators/sk_model.pth --out engines/cn
     """
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.families import detect_family
@@ -78,7 +87,8 @@ def main(base, ip_adapter, image_encoder, content_encoder, out, force, precision
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
-                            content_encoder=content_encoder, out=out, force=force, lock_timeout=wait, options=options)
+                            content_encoder=content_encoder, controlnets=tuple(controlnets),
+                            lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)
     manifest = export_engines(request, progress=not quiet)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
     summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}

@@ -44,6 +44,8 @@ def _click_kwargs(hint) -> dict:
             return {"multiple": True, "type": click.Tuple([path, path, str]), "metavar": "STYLE MASK CONTENT"}
         if item is float:
             return {"type": str, "callback": _parse_floats}
+        if isinstance(item, type) and issubclass(item, enum.Enum):
+            return {"multiple": True, "type": click.Choice([m.value for m in item])}
         return {"multiple": True, "type": click.Path(path_type=Path) if item is Path else item}
     if hint is Path:
         return {"type": click.Path(path_type=Path, dir_okay=False)}

@@ -17,7 +17,14 @@ from maskst.cli.embedded import DEFAULT_SIZE
 from maskst.cli.options import REQUEST_FIELDS, given_request, request_from, request_options
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, GenerationConfig
 from maskst.regions import load_region_masks
-from maskst.runtime.output import check_writable, check_writable_dir, generation_metadata, image_paths, save_png
+from maskst.runtime.output import (
+    check_writable,
+    check_writable_dir,
+    generation_metadata,
+    image_paths,
+    save_control_images,
+    save_png,
+)
 
 # Options a batch-job line may carry: the GenerationConfig fields.
 JOB_FIELDS = REQUEST_FIELDS
@@ -79,12 +86,24 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
     return 1 if failures else 0
 
 
+def _check_save_control(save_control, batch, request: dict) -> None:
+    if save_control is None:
+        return
+    if batch is not None:
+        raise InputError("--save-control applies to one request; in --batch mode it is not available")
+    if not request.get("control_image"):
+        raise InputError("--save-control needs --control-image (it writes the preprocessed control image)")
+    check_writable(save_control, "--save-control")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=EXIT_CODES_HELP)
 @click.option("--engines", type=click.Path(path_type=Path, file_okay=False),
               help="Engines folder built by maskst-export. Default: the embedded tiny demo engines (built once, cached).")
 @request_options()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Output PNG (several images: OUT-0.png, ...).")
+@click.option("--save-control", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the preprocessed control image(s) that conditioned the result (with --control-image).")
 @click.option("--batch", "batch", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="JSONL file: one job per line with the option names above (prompt, style, content, seed, ...).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
@@ -99,7 +118,7 @@ def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: 
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result line instead of text.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @run_cli
-def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify,
+def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify,
          cache_dir, json_out, quiet, **request):
     """Generate PROMPT in the style of --style without copying its --content (MaskST).
 
@@ -132,11 +151,20 @@ def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache,
                 load_region_masks(config.regions, config.height, config.width)
         else:
             raise InputError("--prompt is required with --engines")
+    _check_save_control(save_control, batch, defaults)
     require_backend(backend, allow_fallback)  # unknown names and missing GPUs / packages: before any work
     if embedded:
         from maskst.cli.embedded import default_engines
 
         engines = default_engines(cache_dir, progress=not quiet)
+    if batch is None and config.control_image:  # control images and the engines' ControlNets, before any session loads
+        from maskst.control import load_control_image
+        from maskst.engines.manifest import load_manifest
+        from maskst.runtime.control import check_control_request
+
+        for path in config.control_image:
+            load_control_image(path)  # unreadable / empty / truncated: exit 2 now
+        check_control_request(load_manifest(engines, verify_hashes=False), config)
     from maskst.runtime.pipeline import MaskstPipeline
 
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
@@ -154,9 +182,12 @@ def main(engines, out, batch, out_dir, backend, compile_cache, no_compile_cache,
         result = pipeline.generate(config, progress=advance)
         bar.close()
         paths = _write_images(out, config, result, pipeline)
+        control_paths = save_control_images(save_control, config, result) if save_control else []
     summary = {"status": "ok", "images": paths, "method": result.method.value,
                "masked_elements": result.masked_elements, "scheduler": result.scheduler,
                "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}}
+    if control_paths:
+        summary["control_images"] = control_paths
     if json_out:
         click.echo(json.dumps(summary))
     else:

@@ -56,8 +56,8 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, DimRange]
     derived: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # dim -> (base dim, factor)
-    # dim -> (base dim, divisor): ceil(base / divisor), e.g. a UNet level's grid (stride-2 convolutions
-    # with padding 1 give ceil(h / 2), and ceil(ceil(h / 2) / 2) = ceil(h / 4))
+    # dim -> (base dim, divisor): ceil(base / divisor), the size after k stride-2 convolutions (padding 1) as
+    # in a UNet's down path, e.g. a UNet level's grid or a ControlNet residual at latent stride 4: ceil(h / 4)
     divided: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     atol: float = 1e-4  # parity tolerances against the PyTorch module, per output
     rtol: float = 1e-3

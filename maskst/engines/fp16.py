@@ -14,7 +14,9 @@ What stays fp32, and why (see docs/gpu.md for the measured effect):
   and up-blocks: the NaN/black-image failure every SD fp16 deployment knows) and
   ``image_conditioner`` (the MaskST mask is a discrete decision, a 2-means split or a quantile of
   1024 products; fp16 rounding of ``p`` moves elements across the split, and the graph costs
-  microseconds anyway).
+  microseconds anyway);
+  ``lineart`` (the control-image annotator: its output is quantised to uint8 like an image, once per
+  request, so fp16 would only move pixels across quantisation steps for no measurable time).
 * op types (:data:`DEFAULT_FP32_OPS`, plus ``ExportOptions.fp32_ops``): the normalisations and the
   reductions that make up decomposed ones. A variance is a sum of squares over hundreds to
   thousands of activations and overflows fp16's 65504 long before the activations do; E[x^2]-E[x]^2
@@ -56,7 +58,7 @@ from maskst.errors import EngineError
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
 
-FP32_GRAPHS = ("image_conditioner", "vae_decoder")
+FP32_GRAPHS = ("image_conditioner", "vae_decoder", "lineart")
 DEFAULT_FP32_OPS = (
     "LayerNormalization", "InstanceNormalization", "GroupNormalization",  # the normalisations
     "ReduceMean", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt",  # decomposed norms / variances / L2 norms
@@ -397,7 +399,7 @@ def convert_staged_graphs(staging: Path, graphs: dict[str, dict], options) -> di
                    "keep more op types in fp32 (maskst-export --fp32-op Softmax --fp32-op Erf ...) or build with --precision fp32")
     return {
         "converter": f"onnxruntime.transformers.float16 (onnxruntime {onnxruntime.__version__}), keep_io_types=True",
-        "fp32_graphs": list(FP32_GRAPHS),
+        "fp32_graphs": [name for name in FP32_GRAPHS if name in graphs],  # those this folder has
         "fp32_ops": blocked,
         "fp32_sinusoid_chains": True,
         "parity": {"reference": "fp32 ONNX graph on ONNX Runtime CPU", "atol": FP16_ATOL, "rtol": FP16_RTOL,

@@ -20,6 +20,7 @@ from maskst.engines.onnx_files import save_graph
 from maskst.errors import CheckpointError
 from maskst.regions import checkpoint_strides
 from maskst.families import detect_family
+from maskst.export.controlnet import control_manifest, control_sources, with_control
 from maskst.export.graphs import GRAPH_BUILDERS
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
@@ -32,6 +33,8 @@ class ExportRequest:
     content_encoder: Path | None  # None: the family's default (SDXL + bigG adapter: the base's text_encoder_2)
     out: Path
     image_encoder: Path | None = None
+    controlnets: tuple[Path, ...] = ()  # diffusers ControlNet folders (--controlnet, in order)
+    lineart_model: Path | None = None  # informative-drawings sk_model.pth (--lineart-model)
     force: bool = False
     lock_timeout: float = 0.0
     options: ExportOptions = ExportOptions()
@@ -128,6 +131,16 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def preflight_control(ckpt: CheckpointSet, controlnets, lineart_model):
+    """(ControlNetInfo per --controlnet folder, the lineart graph builder or None), checked against ``ckpt``."""
+    from maskst.control_checkpoints import inspect_controlnet, load_lineart_state
+    from maskst.export.lineart import LineartGraph
+
+    infos = tuple(inspect_controlnet(Path(folder), ckpt) for folder in controlnets)
+    lineart = LineartGraph(Path(lineart_model), load_lineart_state(Path(lineart_model))) if lineart_model else None
+    return infos, lineart
+
+
 def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder."""
     import json
@@ -138,7 +151,8 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
         require_trt_build_support()
     family = detect_family(request.base)
     ckpt = family.preflight(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
-    builders = [GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)]
+    controlnets, lineart = preflight_control(ckpt, request.controlnets, request.lineart_model)
+    builders = with_control([GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)], controlnets, lineart)
     options = request.options
     options.validate(ckpt.vae_scale_factor)
     out = Path(request.out)
@@ -180,6 +194,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
         for folder, source in family.tokenizer_sources(ckpt).items():
             _copy_tokenizer(source, staging / folder)
         scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())
+        sources = {**ckpt.weight_files(), **control_sources(controlnets, lineart)}
         write_manifest(staging, {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "build_seconds": round(time.time() - started, 1),
@@ -187,7 +202,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             "target": options.target.value,
             "options": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()},
             "sources": {name: {"path": str(path.resolve()), "sha256": sha256(path)}
-                        for name, path in ckpt.weight_files().items()},
+                        for name, path in sources.items()},
             "model": {
                 "family": family.name,
                 "vae_scale_factor": ckpt.vae_scale_factor,
@@ -206,6 +221,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
                 "scheduler_config": scheduler_config,
             },
             "graphs": graphs,
+            "control": control_manifest(controlnets, lineart),
             "wire_format": {"image_conditioner": conditioner_wire_format()},
             **extra,
             "versions": library_versions(),

@@ -96,7 +96,10 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
             self.inputs = LayerInputs()
             install_processors(self.unet, state["ip_adapter"], strides, self.inputs)
 
-        def forward(self, sample, timestep, text_embeddings, *rest):
+        def forward(self, sample, timestep, text_embeddings, *rest, **unet_kwargs):
+            # rest: the family's added conditions, ip_tokens, ip_scale, the region masks (spec order);
+            # unet_kwargs: extra UNet2DConditionModel arguments of graphs built on this one (the ControlNet
+            # residuals of maskst.export.controlnet); the plain graph passes none
             added, (ip_tokens, ip_scale), region_masks = (rest[:len(added_names)],
                                                           rest[len(added_names):len(added_names) + 2],
                                                           rest[len(added_names) + 2:])
@@ -104,7 +107,7 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
             self.inputs.masks = dict(zip(mask_strides, region_masks))
             added_cond = dict(zip(added_names, added)) if added_names else None
             return self.unet(sample, timestep, encoder_hidden_states=text_embeddings, added_cond_kwargs=added_cond,
-                             return_dict=False)[0]
+                             return_dict=False, **unet_kwargs)[0]
 
     added_names = [t.name for t in family_named(ckpt.family).unet_added_inputs(ckpt)]
     return UNetWithIPAdapter().eval()

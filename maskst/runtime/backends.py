@@ -220,9 +220,9 @@ class _OpenVinoBackend(Backend):
             raise BackendError(f"backend {self.spec} needs the openvino package: pip install 'maskst[openvino]'")
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
-        from maskst.runtime.openvino_runner import OpenVinoRunner
+        from maskst.runtime.openvino_runner import OpenVinoRunner, graph_choice
 
-        choice = self.choices[graph]
+        choice = graph_choice(self.choices, graph)
         if choice in ORT_PROVIDERS:  # a graph kept on ONNX Runtime (the exact masking)
             return BACKENDS[choice]().runner(manifest, graph, options)
         return OpenVinoRunner(manifest.graph_spec(graph), manifest.graph_path(graph), precision=choice,

@@ -53,7 +53,17 @@ PRECISIONS = ("auto", "bf16", "f32")
 DEFAULT_GRAPH_CHOICES = {
     "text_encoder": "auto", "text_encoder_2": "auto", "image_encoder": "auto", "content_encoder": "auto",
     "image_conditioner": "ort-cpu", "unet": "auto", "vae_decoder": "f32",
+    # ControlNet engines: every controlnet_<i> graph follows "controlnet"; the lineart annotator stays f32 (its
+    # output is quantised to uint8 like an image: bf16 would move pixels across steps, for a once-per-request cost)
+    "controlnet": "auto", "lineart": "f32",
 }
+
+
+def graph_choice(choices: dict[str, str], graph: str) -> str:
+    """The choice of one graph of an engines folder (``controlnet_<i>`` graphs share ``controlnet``'s)."""
+    if graph in choices:
+        return choices[graph]
+    return choices[graph.rsplit("_", 1)[0]]
 
 
 def _import_openvino():

@@ -101,7 +101,28 @@ def generation_metadata(config, result, pipeline) -> dict:
         "style": [str(p) for p in config.style], "family": pipeline.family.name, "engines": str(pipeline.manifest.folder),
         "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
         "backend": pipeline.backend, "maskst_version": __version__,
+        **control_metadata(config),  # image-driven requests only: a text-driven PNG is as before
     }
     if config.regions:
         meta["regions"] = region_metadata(config, result)
     return meta
+
+
+def control_metadata(config) -> dict:
+    """The control images, their preprocessing and scales of an image-driven request; {} otherwise."""
+    if not config.control_image:
+        return {}
+    count = len(config.control_image)
+    return {"control_image": [str(p) for p in config.control_image],
+            "control_preprocess": [config.control_preprocess_of(i).value for i in range(count)],
+            "control_scale": [config.control_scale_of(i) for i in range(count)]}
+
+
+def save_control_images(out: Path, config, result) -> list[str]:
+    """``--save-control``: the preprocessed control image(s) that conditioned ``result`` (uint8 [H, W, 3],
+    exactly what the ControlNet got, times 255), as PNGs (several: OUT-0.png, ...), with their metadata."""
+    paths = image_paths(out, len(result.control_images))
+    meta = {"maskst_version": __version__, **control_metadata(config)}
+    for index, (path, image) in enumerate(zip(paths, result.control_images)):
+        save_png(path, image, {**meta, "control_index": index})
+    return [str(p) for p in paths]

@@ -29,6 +29,7 @@ from maskst.generation import (
 from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
 from maskst.runtime.backends import RunnerOptions, parse_backend
 from maskst.runtime import regional
+from maskst.runtime.control import ControlStage, check_control_request, control_graphs
 from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
 from maskst.runtime.schedulers import Scheduler, make_scheduler
 from maskst.tokenization import load_tokenizer, tokenize
@@ -46,6 +47,7 @@ class GenerationResult:
     region_masks: np.ndarray | None = None  # regional requests: bool [R, D], each region's zeroed elements
     region_methods: tuple[Method, ...] = ()  # regional requests: the method each region ran
     region_coverage: tuple[float, ...] = ()  # regional requests: fraction of output pixels each mask covers
+    control_images: tuple[np.ndarray, ...] = ()  # uint8 [H, W, 3] per control image: what conditioned the result
 
     @property
     def masked_elements(self) -> int:
@@ -122,6 +124,7 @@ class MaskstPipeline:
         # an empty negative prompt is all-zero prompt embeddings (diffusers' SDXL force_zeros_for_empty_prompt)
         self.zero_empty_negative = bool(model.get("force_zeros_for_empty_prompt", False))
         runtime_backend = parse_backend(backend)
+        graphs = [*graphs, *control_graphs(self.manifest)]  # ControlNets, lineart: as the manifest records
         self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in graphs}
         for runner in self.runners.values():
             runner.activate()
@@ -131,6 +134,7 @@ class MaskstPipeline:
         self._style_cache: collections.OrderedDict = collections.OrderedDict()
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
+        self.control = ControlStage(self.manifest, self.runners["unet"].spec, self.run_graph)
 
     def __enter__(self):
         return self
@@ -156,6 +160,7 @@ class MaskstPipeline:
         self._prompt_cache.clear()
         self._content_cache.clear()
         self._style_cache.clear()
+        self.control.clear()
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -187,6 +192,7 @@ class MaskstPipeline:
             raise InputError(plus_method_error(config.method))
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
+        check_control_request(self.manifest, config)
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
@@ -325,6 +331,10 @@ class MaskstPipeline:
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
+        control = self.control.prepare(config, n, h, w)  # control images first (a bad file fails before any encoder)
+        if control.active:
+            timings["control_preprocess"] = (clock() - t0) * 1e3
+        t0 = clock()
         text = self.prompt_inputs(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
         if config.regions:  # R styles, each with its own content text: R rows of one conditioner call
@@ -352,6 +362,7 @@ class MaskstPipeline:
         unet = self.runners["unet"]
         feed = {**text_inputs, **size_inputs, "ip_tokens": ip_tokens,
                 **regional.unet_region_feed(config, self.layer_names, self.layer_strides, h, w, pixels)}
+        feed.update(control.zeros)
 
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
@@ -361,6 +372,9 @@ class MaskstPipeline:
             sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
             feed["sample"] = sample.astype(np.float32, copy=False)
             feed["timestep"] = np.array([t], dtype=np.float32)
+            if control.active:
+                feed.update(control.residuals(feed["sample"], feed["timestep"], feed["text_embeddings"],
+                                              check_inputs=i == 0))
             noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
@@ -378,5 +392,6 @@ class MaskstPipeline:
         images = (decoded.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
         if config.regions:
             return GenerationResult(images, mask.any(axis=0), method, scheduler.name, timings, region_masks=mask,
-                                    region_methods=region_methods, region_coverage=pixels.coverage)
-        return GenerationResult(images, mask[0], method, scheduler.name, timings)
+                                    region_methods=region_methods, region_coverage=pixels.coverage,
+                                    control_images=control.images)
+        return GenerationResult(images, mask[0], method, scheduler.name, timings, control_images=control.images)

@@ -74,6 +74,8 @@ def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, back
     run_options = given_request(request)  # the options given; GenerationConfig's defaults for the rest
     if run_options.get("init_latents"):
         run_options["init_latents"] = run_options["init_latents"].absolute()
+    if run_options.get("control_image"):  # as init latents: workers may start elsewhere (Ray)
+        run_options["control_image"] = tuple(Path(p).absolute() for p in run_options["control_image"])
     spec = SweepSpec.create(prompts_file, styles_file, methods=methods, seeds=seeds, run_options=run_options)
     pipeline = PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify,
                                allow_fallback=allow_fallback)

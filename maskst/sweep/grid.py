@@ -133,8 +133,17 @@ class SweepSpec:
         return {"prompts": list(self.prompts),
                 "styles": [{"style": str(s.path), "content": s.content} for s in self.styles],
                 "methods": list(self.methods), "seeds": list(self.seeds),
-                "run_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.run_options},
+                "run_options": {k: _jsonable(v) for k, v in self.run_options},
                 "order": "prompt, style, method, seed", "jobs": self.size}
+
+
+def _jsonable(value):
+    """A run-option value as JSON: paths as text, enums by value, tuples (control images, scales) as lists."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return getattr(value, "value", value)
 
 
 def read_prompts(path: Path) -> tuple[str, ...]:

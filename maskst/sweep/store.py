@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from maskst.errors import EngineError
+from maskst.generation import CONTROL_FIELDS
 
 UNREADABLE = "unreadable"
 MANIFEST_NAME = "manifest.json"
@@ -33,6 +34,8 @@ def config_values(config) -> dict:
     values = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
+        if field.name in CONTROL_FIELDS and value == ():
+            continue  # text-driven: the job key of a sweep made before ControlNet support stays the same
         if isinstance(value, enum.Enum):
             value = value.value
         elif isinstance(value, Path):
