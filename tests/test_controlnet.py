@@ -492,3 +492,32 @@ def test_sweep_with_a_control_image_runs_and_resumes(wide_control_engines, style
     mtimes = [p.stat().st_mtime_ns for p in pngs]
     again = CliRunner().invoke(sweep_main, args, catch_exceptions=False)
     assert again.exit_code == 0 and [p.stat().st_mtime_ns for p in pngs] == mtimes
+
+
+@pytest.mark.parametrize("method,mode", [("maskst", "kmeans"), ("instantstyle", "quantile")])
+def test_regions_with_a_control_image_match_diffusers(reference, pipeline, style_image, images, tmp_path, method, mode):
+    """Image-driven and regional at once: two styles in two masks, each masked with its own content, on the
+    ControlNet engines, against diffusers' ControlNet pipeline with ip_adapter_masks (same noise)."""
+    from maskst.regions import RegionMaskWarning
+
+    y, x = np.mgrid[0:64, 0:96]
+    masks = []
+    for name, inside in (("left", x < 56), ("right", x > 40)):
+        masks.append(tmp_path / f"{name}.png")
+        Image.fromarray(np.where(inside, 230, 20).astype(np.uint8)).convert("RGB").save(masks[-1])
+    second = tmp_path / "style2.png"
+    Image.fromarray(_pattern(112, 80, seed=9)).save(second)
+    config = GenerationConfig.create(prompt="a photo of a dog in the city", method=method, mask_mode=mode, theta=0.6,
+                                     content_scale=0.8, steps=4, num_images=1, seed=7, height=64, width=96,
+                                     regions=[(style_image, masks[0], "a ship"), (second, masks[1], "a cat")],
+                                     region_scales="1.0,0.6", control_image=[images["wide"]], control_scale=0.8)
+    noise = initial_noise(7, (1, 4, 8, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ControlAspectWarning)
+        warnings.simplefilter("ignore", RegionMaskWarning)
+        got = pipeline.generate(config, latents=noise)
+        want = reference.generate(config, None, latents=noise)
+    np.testing.assert_array_equal(got.region_masks, want.mask)
+    diff = np.abs(got.images.astype(int) - want.images.astype(int))
+    assert diff.max() <= 2, f"max pixel difference {diff.max()}/255"
+    assert want.images.std() > 10
