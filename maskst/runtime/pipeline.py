@@ -334,7 +334,7 @@ class MaskstPipeline:
         else:
             t0 = clock()
             e_i = self.style.embeds(config, style_images)
-            timings["image_encoder"] = (clock() - t0) * 1e3
+            timings[self.style.graph] = (clock() - t0) * 1e3  # image_encoder (StyleShot: style_encoder)
             t0 = clock()
             e_c = self.encode_content(config.content) if not method.is_plain else self._zero_content()
             timings["content_encoder"] = (clock() - t0) * 1e3
