@@ -310,6 +310,9 @@ def _control_values(values: dict) -> None:
     and size the output after the first control image when height / width are not given (as diffusers)."""
     from maskst.control import default_size, load_control_image
 
+    for key in CONTROL_FIELDS:  # a JSON job's null: the option not given
+        if key in values and values[key] is None:
+            del values[key]
     image = values.get("control_image")
     if isinstance(image, (str, Path)):
         image = (image,)
