@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskst.control import ControlAspectWarning
-from maskst.errors import CheckpointError, InputError
+from maskst.errors import CheckpointError, EngineError, InputError
 from maskst.generation import EmptyContentWarning, GenerationConfig, initial_noise
 from maskst.images import load_image
 
@@ -378,7 +378,7 @@ def test_requests_styleshot_engines_refuse_or_adapt(pipeline, images):
     with pytest.warns(EmptyContentWarning, match="running as 'styleshot'"):
         result = pipeline.generate(_config(style=style, content="", steps=1, num_images=1))
     assert result.method.value == "styleshot" and result.masked_elements == 0
-    with pytest.raises(Exception, match="no CLIP image encoder"):
+    with pytest.raises(EngineError, match="no CLIP image encoder"):
         pipeline.encode_style([load_image(images["style"])])
 
 
@@ -450,3 +450,34 @@ def test_export_and_run_cli_text_and_image_driven_and_batch(ss_tiny, images, tmp
     assert [line["status"] for line in lines] == ["ok", "ok", "error"]
     assert "one style image per request" in lines[2]["error"] and lines[2]["exit_code"] == 2
     assert json.loads(Image.open(tmp_path / "batch" / "dog.png").text["maskst"])["shuffle_seed"] == 0
+
+
+# ---------------------------------------------------------------- other backends and precisions
+
+
+def test_fp16_engines_and_openvino_run_styleshot_close_to_fp32(ss_tiny, pipeline, images, tmp_path):
+    """fp16 engines (the conditioner and VAE stay fp32) and OpenVINO f32 on an image-driven maskst request."""
+    from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.options import ExportOptions, Precision
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    config = _config(method="maskst", control_image=[images["control"]], style=[images["style"]], steps=3)
+    noise = initial_noise(7, NOISE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ControlAspectWarning)
+        want = pipeline.generate(config, latents=noise)
+        with MaskstPipeline(pipeline.manifest.folder, backend="openvino-f32") as ov:
+            got = ov.generate(config, latents=noise)
+        assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+        np.testing.assert_array_equal(got.mask, want.mask)  # the conditioner runs on ONNX Runtime
+        options = ExportOptions(min_size=64, opt_size=64, max_size=128, max_batch=2, precision=Precision.FP16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manifest = export_engines(ExportRequest(base=ss_tiny.base, ip_adapter=None, styleshot=ss_tiny.styleshot,
+                                                    content_encoder=ss_tiny.content_encoder, out=tmp_path / "fp16",
+                                                    options=options), progress=False)
+        assert "image_conditioner" in manifest.data["fp16"]["fp32_graphs"]
+        with MaskstPipeline(manifest.folder) as fp16:
+            result = fp16.generate(_config(method="maskst", control_image=[images["control"]], style=[images["style"]],
+                                           steps=2, num_images=1), latents=initial_noise(7, (1, 4, 9, 15)))
+    assert result.images.shape == (1, 72, 120, 3) and np.isfinite(result.images).all()
