@@ -33,6 +33,7 @@ class AdapterKind(str, enum.Enum):
 
     BASE = "base"  # ImageProjModel: Linear(D -> k*C), LayerNorm; consumes image_embeds
     PLUS = "plus"  # Resampler: consumes the penultimate hidden states [N, 257, H]
+    STYLESHOT = "styleshot"  # StyleShot: 3 ImageProjModels (2 tokens each) on the style-aware encoder's [N, 3, P]
 
 
 def _family(width: int) -> str:
@@ -216,6 +217,12 @@ class CheckpointSet:
     content_graph: tuple[str, str] = ("content_encoder", "content_embeds")
     base_weights: tuple[str, ...] = ("unet", "vae", "text_encoder")  # base components with weights
     force_zeros_for_empty_prompt: bool = False  # model_index.json: an empty negative prompt is all-zero embeddings
+    # adapters that are not one IP-Adapter file plus a CLIP image-encoder folder (StyleShot): their weights
+    # files by manifest source name, replacing "ip_adapter" / "image_encoder" in weight_files()
+    adapter_files: tuple[tuple[str, Path], ...] = ()
+    # ControlNets that come with the adapter itself (StyleShot's content-fusion encoder, weights in ip.bin):
+    # maskst.control_checkpoints.ControlNetInfo, exported before any --controlnet
+    builtin_controlnets: tuple = ()
 
     @property
     def vae_scale_factor(self) -> int:
@@ -237,8 +244,11 @@ class CheckpointSet:
     def weight_files(self) -> dict[str, Path]:
         """Every weights file the set is built from, by component (for manifest hashes)."""
         files = {name: find_weights(self.base / name, f"base {name}") for name in self.base_weights}
-        files["ip_adapter"] = self.ip_adapter
-        files["image_encoder"] = find_weights(self.image_encoder, "image encoder")
+        if self.adapter_files:
+            files.update(self.adapter_files)
+        else:
+            files["ip_adapter"] = self.ip_adapter
+            files["image_encoder"] = find_weights(self.image_encoder, "image encoder")
         if not self.shared_content_encoder:
             files["content_encoder"] = find_weights(self.content_encoder, "content encoder")
         return files
@@ -329,25 +339,20 @@ def read_config(path: Path, what: str) -> dict:
     return _read_json(path, what)
 
 
+def text_tower_config(folder: Path) -> dict:
+    """The text tower's config of a CLIP folder (a full CLIPModel or a text-only one), with its projection_dim."""
+    return _text_tower_config(folder)
+
+
 def check_tokenizer(folder: Path, what: str) -> None:
     """CheckpointError unless ``folder`` holds a CLIP tokenizer (vocab.json + merges.txt, or tokenizer.json)."""
     _check_tokenizer(folder, what)
 
 
-def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None) -> CheckpointSet:
-    """Validate a base folder, an IP-Adapter file, its image encoder and a content encoder.
-
-    Args:
-        base: diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, ...).
-        ip_adapter: ``models/ip-adapter_sd15.safetensors`` (or ``.bin``, or a Plus variant).
-        image_encoder: CLIPVisionModelWithProjection folder; default ``<adapter dir>/image_encoder``.
-        content_encoder: transformers CLIP folder with the text tower of the *same* CLIP.
-    """
-    base, ip_adapter = Path(base), Path(ip_adapter)
-    image_encoder = Path(image_encoder) if image_encoder else ip_adapter.parent / "image_encoder"
-    if content_encoder is None:
-        raise CheckpointError("content encoder: no folder given; pass the ViT-H/14 CLIP folder (--content-encoder)")
-    content_encoder = Path(content_encoder)
+def check_sd_base(base: Path) -> tuple[dict, dict]:
+    """Pre-flight of a diffusers Stable Diffusion 1.x/2.x folder: every component folder, config, tokenizer
+    and weights file, a UNet without SDXL conditioning, a text encoder as wide as the UNet's cross-attention.
+    Returns (unet config, vae config); CheckpointError naming the file otherwise."""
     if not base.is_dir():
         raise CheckpointError(f"base model folder {base} does not exist")
     _read_json(base / "model_index.json", "base model")
@@ -377,7 +382,25 @@ def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=No
             f"{base / 'text_encoder' / 'config.json'}: hidden_size {text_config['hidden_size']} but the UNet's "
             f"cross_attention_dim is {cross}; the base folder mixes components of different models"
         )
+    return unet_config, vae_config
 
+
+def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None) -> CheckpointSet:
+    """Validate a base folder, an IP-Adapter file, its image encoder and a content encoder.
+
+    Args:
+        base: diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, ...).
+        ip_adapter: ``models/ip-adapter_sd15.safetensors`` (or ``.bin``, or a Plus variant).
+        image_encoder: CLIPVisionModelWithProjection folder; default ``<adapter dir>/image_encoder``.
+        content_encoder: transformers CLIP folder with the text tower of the *same* CLIP.
+    """
+    base, ip_adapter = Path(base), Path(ip_adapter)
+    image_encoder = Path(image_encoder) if image_encoder else ip_adapter.parent / "image_encoder"
+    if content_encoder is None:
+        raise CheckpointError("content encoder: no folder given; pass the ViT-H/14 CLIP folder (--content-encoder)")
+    content_encoder = Path(content_encoder)
+    unet_config, vae_config = check_sd_base(base)
+    cross = int(unet_config["cross_attention_dim"])
     adapter, layers = check_adapter(base, ip_adapter, unet_config)
     enc_config = check_image_encoder(image_encoder, ip_adapter, adapter,
                                      lambda field: "ViT-H/14" if adapter.input_dim in (1024, 1280) and cross == 768

@@ -58,6 +58,11 @@ class ControlNetInfo:
     channel_order: str  # "rgb" or "bgr" (flipped inside the graph, as diffusers does)
     down: tuple[Residual, ...]
     mid: Residual
+    name: str | None = None  # graph name; None: controlnet_<index> (the --controlnet order)
+    # the UNet inputs its encoder_hidden_states come from: the text embeddings (diffusers' ControlNet
+    # pipeline), or the image tokens (StyleShot's content-fusion encoder cross-attends the style tokens)
+    context: str = "text_embeddings"
+    state_group: str | None = None  # weights in this group of the adapter's state dict (ip.bin) instead of folder/
 
 
 def _read_config(path: Path, what: str) -> dict:

@@ -24,6 +24,16 @@ StableDiffusionXLPipeline folder (unet/, vae/, text_encoder/ (CLIPTextModel), te
 whose ViT-H encoder is ``<root>/ip_adapter/models/image_encoder/``; ``<root>/content_encoder/`` the
 laion ViT-H CLIP of the ViT-H adapters.
 
+StyleShot sets (presets ``styleshot-*``, :class:`StyleShotFixturePaths`): ``<root>/base/`` (SD 1.5, as
+above), ``<root>/content_encoder/`` (the full CLIPModel whose vision config describes the style-aware
+transformer), ``<root>/styleshot/pretrained_weight/ip.bin`` (``style_image_proj_modules.{0,1,2}``,
+``adapter_modules``, ``controlnet`` = ``ControlNetModel.from_unet`` of the base UNet with random
+zero-convolutions, and ``unet``, ignored as in StyleShot's file; the full preset leaves ``unet.*`` out)
+and ``style_aware_encoder.bin`` (patch CNNs of the preset's widths, class tokens, position embedding and
+the whole CLIP vision transformer; ``styleshot-tiny-wide`` also saves
+``image_encoder.vision_model.embeddings.position_ids``, as older transformers did), and
+``<root>/annotators/sk_model.pth``.
+
 Presets: ``tiny`` and ``tiny-wide`` (other widths, depths and head sizes) for tests, and ``full``
 (the real SD 1.5 / ViT-H / ViT-L architectures, random weights) for benchmarks; likewise
 ``sdxl-tiny``, ``sdxl-tiny-wide`` and ``sdxl-full`` (SDXL base 1.0 + ViT-bigG). Everything is
@@ -107,6 +117,28 @@ PRESETS = {
         content_hidden=1024, content_layers=24, content_heads=16, plus_heads=12,
         full_size=True,
     ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleShotFixtureSpec:
+    """A StyleShot set: an SD 1.5 fixture spec (base, content encoder) plus the style-aware encoder's CNN widths."""
+
+    name: str
+    sd: str  # the PRESETS entry of the base and the content encoder
+    cnn_widths: tuple[int, int, int]  # StyleShot: (320, 640, 1280)
+    save_position_ids: bool = False  # style_aware_encoder.bin with embeddings.position_ids (older transformers)
+    unet_copy: bool = True  # ip.bin with the unet.* copy StyleShot's file has (ignored by every loader)
+
+    @property
+    def full_size(self) -> bool:
+        return PRESETS[self.sd].full_size
+
+
+STYLESHOT_PRESETS = {
+    "styleshot-tiny": StyleShotFixtureSpec("styleshot-tiny", "tiny", (8, 16, 24)),
+    "styleshot-tiny-wide": StyleShotFixtureSpec("styleshot-tiny-wide", "tiny-wide", (12, 20, 36), save_position_ids=True),
+    "styleshot-full": StyleShotFixtureSpec("styleshot-full", "full", (320, 640, 1280), unet_copy=False),
 }
 
 
@@ -426,6 +458,56 @@ def write_controlnet(folder: Path, base: Path, spec: FixtureSpec, seed: int) -> 
     controlnet.save_pretrained(folder)
 
 
+def write_styleshot(folder: Path, base: Path, content_encoder: Path, spec: "StyleShotFixtureSpec", seed: int) -> None:
+    """``pretrained_weight/ip.bin`` and ``pretrained_weight/style_aware_encoder.bin`` in StyleShot's layout
+    (random weights; the style-aware transformer is the content encoder's vision config)."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from maskst.styleshot_checkpoints import vision_tower_config
+    from maskst.styleshot_model import style_aware_encoder, style_projections
+
+    weights = folder / "pretrained_weight"
+    weights.mkdir(parents=True, exist_ok=True)
+    full = spec.full_size
+    unet = UNet2DConditionModel.from_pretrained(str(base / "unet"), torch_dtype=torch.float32)
+    cross = int(unet.config.cross_attention_dim)
+    vision = vision_tower_config(content_encoder / "config.json", json.loads((content_encoder / "config.json").read_text()))
+    _seeded(seed + 60)
+    state = {}
+    projections = style_projections(vision["projection_dim"], cross)
+    if not full:
+        _randomize(projections, seed + 60)
+    state.update({f"style_image_proj_modules.{k}": v for k, v in projections.state_dict().items()})
+    layer = 0
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            width = int(unet.get_submodule(name[: -len(".processor")]).to_q.out_features)
+            gen = torch.Generator().manual_seed(seed + 61 + layer)
+            for kind in ("to_k_ip", "to_v_ip"):
+                state[f"adapter_modules.{2 * layer + 1}.{kind}.weight"] = torch.randn(width, cross, generator=gen) / np.sqrt(cross)
+            layer += 1
+    controlnet = ControlNetModel.from_unet(unet)
+    if not full:  # from_unet zero-initialises these; trained ones are not zero
+        for i, module in enumerate((controlnet.controlnet_cond_embedding, controlnet.controlnet_down_blocks,
+                                    controlnet.controlnet_mid_block)):
+            _randomize(module, seed + 70 + i)
+    state.update({f"controlnet.{k}": v for k, v in controlnet.state_dict().items()})
+    if spec.unet_copy:
+        state.update({f"unet.{k}": v for k, v in unet.state_dict().items()})
+    torch.save(state, weights / "ip.bin")
+    del state, controlnet, unet
+    _seeded(seed + 80)
+    encoder = style_aware_encoder(vision, spec.cnn_widths)
+    if not full:
+        _randomize(encoder, seed + 80)
+    encoder_state = encoder.state_dict()
+    if spec.save_position_ids:
+        embeddings = encoder.image_encoder.vision_model.embeddings
+        encoder_state["image_encoder.vision_model.embeddings.position_ids"] = torch.arange(embeddings.num_positions)[None]
+    torch.save(encoder_state, weights / "style_aware_encoder.bin")
+
+
 def write_lineart_model(path: Path, seed: int) -> None:
     """A random-weight informative-drawings ``Generator(3, 1, 3)`` state dict (``sk_model.pth``)."""
     import torch
@@ -732,12 +814,46 @@ class SdxlFixturePaths:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class StyleShotFixturePaths:
+    """Where a StyleShot fixture set lives; the arguments of ``maskst-export --styleshot``."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def styleshot(self) -> Path:
+        return self.root / "styleshot"
+
+    @property
+    def ip_bin(self) -> Path:
+        return self.styleshot / "pretrained_weight" / "ip.bin"
+
+    @property
+    def style_aware_encoder(self) -> Path:
+        return self.styleshot / "pretrained_weight" / "style_aware_encoder.bin"
+
+    @property
+    def content_encoder(self) -> Path:
+        """The laion-like CLIPModel: vision config of the style-aware transformer, text tower for e_c."""
+        return self.root / "content_encoder"
+
+    @property
+    def lineart_model(self) -> Path:
+        return self.root / "annotators" / "sk_model.pth"
+
+
 def fixture_paths(root: Path, preset: str):
-    """FixturePaths (SD 1.5 presets) or SdxlFixturePaths (``sdxl-*``) of a fixture set."""
+    """FixturePaths (SD 1.5 presets), SdxlFixturePaths (``sdxl-*``) or StyleShotFixturePaths (``styleshot-*``)."""
+    if preset in STYLESHOT_PRESETS:
+        return StyleShotFixturePaths(Path(root))
     return SdxlFixturePaths(Path(root)) if preset in SDXL_PRESETS else FixturePaths(Path(root))
 
 
-ALL_PRESETS = (*PRESETS, *SDXL_PRESETS)
+ALL_PRESETS = (*PRESETS, *SDXL_PRESETS, *STYLESHOT_PRESETS)
 
 
 def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
@@ -749,7 +865,7 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
     """
     if preset not in ALL_PRESETS:
         raise InputError(f"preset={preset!r}; choose one of {', '.join(ALL_PRESETS)}")
-    spec = PRESETS.get(preset) or SDXL_PRESETS[preset]
+    spec = PRESETS.get(preset) or SDXL_PRESETS.get(preset) or STYLESHOT_PRESETS[preset]
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -757,7 +873,13 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
 
     try:
         with quiet_transformers():
-            if isinstance(spec, SdxlFixtureSpec):
+            if isinstance(spec, StyleShotFixtureSpec):
+                sd = PRESETS[spec.sd]
+                write_base(staging / "base", sd, seed)
+                write_content_encoder(staging / "content_encoder", sd, seed)
+                write_styleshot(staging / "styleshot", staging / "base", staging / "content_encoder", spec, seed)
+                write_lineart_model(staging / "annotators" / "sk_model.pth", seed)
+            elif isinstance(spec, SdxlFixtureSpec):
                 write_sdxl_base(staging / "base", spec, seed)
                 write_sdxl_ip_adapter(staging / "ip_adapter", spec, seed)
                 if not spec.full_size:  # the laion ViT-H CLIP of the *_vit-h adapters
@@ -786,13 +908,18 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
                    "small random SDXL sets (base with both text encoders, ip-adapter_sdxl with its ViT-bigG "
                    "encoder, ip-adapter_sdxl_vit-h and ip-adapter-plus_sdxl_vit-h with the ViT-H encoder, the "
                    "laion content encoder); sdxl-full: the real SDXL base 1.0 + ViT-bigG architectures, "
-                   "ip-adapter_sdxl only (about 18 GB).")
+                   "ip-adapter_sdxl only (about 18 GB). styleshot-tiny / styleshot-tiny-wide: small random StyleShot "
+                   "sets (SD 1.5 base, the laion-like content encoder, pretrained_weight/ip.bin and "
+                   "style_aware_encoder.bin); styleshot-full: the real StyleShot widths (SD 1.5, ViT-H/14, CNNs "
+                   "320/640/1280; about 11 GB).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out_dir: Path, preset: str, seed: int) -> None:
     """Write random-weight checkpoints in the real folder layouts into OUT_DIR."""
     paths = write_fixtures(out_dir, preset, seed)
     names = ("base", "ip_adapter", "image_encoder", "content_encoder")
-    if isinstance(paths, SdxlFixturePaths):
+    if isinstance(paths, StyleShotFixturePaths):
+        names = ("base", "styleshot", "content_encoder", "lineart_model")
+    elif isinstance(paths, SdxlFixturePaths):
         names += ("ip_adapter_vit_h", "ip_adapter_plus", "image_encoder_vit_h")
     else:
         names += ("controlnet", "lineart_model")

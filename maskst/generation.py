@@ -115,7 +115,8 @@ class GenerationConfig:
     content: str = _field("", "What the style image shows that must NOT leak (e.g. 'a ship').")
     negative_prompt: str = _field(DEFAULT_NEGATIVE_PROMPT, "Negative prompt (the unconditional half of guidance).")
     method: Method = _field(Method.MASKST, "maskst (mask content elements), instantstyle (subtract the content "
-                                           "embedding) or ip-adapter (plain).")
+                                           "embedding) or ip-adapter (plain); on StyleShot engines styleshot (plain "
+                                           "StyleShot), maskst or instantstyle.")
     mask_mode: MaskMode = _field(MaskMode.KMEANS, "kmeans: exact 2-means split (the paper's default); quantile: "
                                                   "p > quantile(p, theta).")
     theta: float = _field(0.7, "Quantile level for --mask-mode quantile.")
@@ -129,7 +130,8 @@ class GenerationConfig:
     guidance: float = _field(7.5, "Classifier-free guidance scale (>= 1).")
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
-    seed: int = _field(0, "Seed of the initial noise (numpy PCG64).")
+    seed: int = _field(0, "Seed of the initial noise (numpy PCG64); on StyleShot engines also of the style patches' "
+                          "shuffle (torch.Generator().manual_seed(seed) randperm, reproduced without torch).")
     height: int | None = _field(None, "Image height in pixels (a multiple of 8). Default: the engines' model family's "
                                       f"({_FAMILY_SIZES}).")
     width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
@@ -308,6 +310,9 @@ def _control_values(values: dict) -> None:
     and size the output after the first control image when height / width are not given (as diffusers)."""
     from maskst.control import default_size, load_control_image
 
+    for key in CONTROL_FIELDS:  # a JSON job's null: the option not given
+        if key in values and values[key] is None:
+            del values[key]
     image = values.get("control_image")
     if isinstance(image, (str, Path)):
         image = (image,)
@@ -393,8 +398,10 @@ class EmptyContentWarning(UserWarning):
     """Method maskst / instantstyle with an empty content text: run as plain ip-adapter."""
 
 
-def effective_method(config: GenerationConfig) -> Method:
-    """Documented policy: with no content text there is nothing to mask or subtract.
+def effective_method(config: GenerationConfig, plain: Method = Method.IP_ADAPTER) -> Method:
+    """Documented policy: with no content text there is nothing to mask or subtract: the request runs as
+    ``plain``, the method of the engines' family that leaves the embedding unchanged (``ip-adapter``;
+    StyleShot engines: ``styleshot``).
 
     Regional requests: the request's method if any region has a content text (each region's own
     method: :func:`region_methods`), else ``ip-adapter``."""
@@ -402,13 +409,13 @@ def effective_method(config: GenerationConfig) -> Method:
         if config.method is not Method.IP_ADAPTER and not any(r.content.strip() for r in config.regions):
             return Method.IP_ADAPTER
         return config.method
-    if config.method is not Method.IP_ADAPTER and not config.content.strip():
+    if not config.method.is_plain and not config.content.strip():
         warnings.warn(
-            f"method {config.method.value!r} with an empty content text masks nothing: running as 'ip-adapter'",
+            f"method {config.method.value!r} with an empty content text masks nothing: running as {plain.value!r}",
             EmptyContentWarning,
             stacklevel=3,
         )
-        return Method.IP_ADAPTER
+        return plain
     return config.method
 
 

@@ -174,7 +174,7 @@ def condition_embeds(
     method = parse_enum(Method, method, "method")
     e_i, single = _as_batch(image_embeds, "image_embeds")
     mask = np.zeros(e_i.shape, dtype=bool)
-    if method is Method.IP_ADAPTER:
+    if method.is_plain:  # ip-adapter (and styleshot, its StyleShot name)
         e_hat = e_i
     else:
         if content_embeds is None:

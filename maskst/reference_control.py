@@ -27,6 +27,37 @@ from maskst.generation import GenerationConfig
 from maskst.reference import ReferencePipeline, ReferenceResult
 
 
+def reference_control_image(path: Path, preprocess: ControlPreprocess, height: int, width: int, lineart=None):
+    """The PIL image a diffusers ControlNet pipeline's ``image`` argument gets for one control image
+    (``lineart``: the torch informative-drawings generator, for the lineart preprocessings)."""
+    import torch
+    from PIL import Image
+
+    image = load_control_image(path)
+    if preprocess is ControlPreprocess.NONE:
+        return image  # diffusers resizes it
+    rgb = resize_control(image, height, width, name=f"control image {path}")
+    if preprocess is ControlPreprocess.CANNY:
+        return Image.fromarray(canny(rgb))
+    if lineart is None:
+        raise InputError(f"control preprocess {preprocess.value} needs the lineart model: pass lineart_model")
+    with torch.no_grad():
+        line = lineart(torch.from_numpy(lineart_input(rgb))).numpy()
+    return Image.fromarray(lineart_image(line, invert=preprocess is ControlPreprocess.LINEART_INVERTED))
+
+
+def load_lineart(lineart_model: Path | None):
+    """The torch informative-drawings generator with ``sk_model.pth``'s weights, or None."""
+    if lineart_model is None:
+        return None
+    from maskst.control_checkpoints import load_lineart_state
+    from maskst.informative_drawings import lineart_generator
+
+    model = lineart_generator()
+    model.load_state_dict(load_lineart_state(Path(lineart_model)))
+    return model.eval()
+
+
 class ControlNetReference(ReferencePipeline):
     """diffusers ControlNet pipeline + IP-Adapter, fp32 on CPU."""
 
@@ -40,30 +71,11 @@ class ControlNetReference(ReferencePipeline):
                 for folder in controlnets]
         super().__init__(checkpoints, pipeline_class="StableDiffusionControlNetPipeline",
                          controlnet=nets[0] if len(nets) == 1 else nets)
-        self.lineart = None
-        if lineart_model is not None:
-            from maskst.control_checkpoints import load_lineart_state
-            from maskst.informative_drawings import lineart_generator
-
-            self.lineart = lineart_generator()
-            self.lineart.load_state_dict(load_lineart_state(Path(lineart_model)))
-            self.lineart.eval()
+        self.lineart = load_lineart(lineart_model)
 
     def control_image(self, path: Path, preprocess: ControlPreprocess, height: int, width: int):
         """The PIL image handed to diffusers' ``image`` argument for one control image."""
-        from PIL import Image
-
-        image = load_control_image(path)
-        if preprocess is ControlPreprocess.NONE:
-            return image  # diffusers resizes it
-        rgb = resize_control(image, height, width, name=f"control image {path}")
-        if preprocess is ControlPreprocess.CANNY:
-            return Image.fromarray(canny(rgb))
-        if self.lineart is None:
-            raise InputError(f"control preprocess {preprocess.value} needs the lineart model: pass lineart_model")
-        with self.torch.no_grad():
-            line = self.lineart(self.torch.from_numpy(lineart_input(rgb))).numpy()
-        return Image.fromarray(lineart_image(line, invert=preprocess is ControlPreprocess.LINEART_INVERTED))
+        return reference_control_image(path, preprocess, height, width, self.lineart)
 
     def generate(self, config: GenerationConfig, style_images, latents: np.ndarray | None = None,
                  **call_kwargs) -> ReferenceResult:

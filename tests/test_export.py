@@ -142,12 +142,14 @@ def test_conditioner_wire_format_is_recorded_and_checked_on_load(tiny_engines, t
     """Reordering or renumbering Method / MaskMode must never silently change what built engines compute."""
     import shutil
 
-    from maskst.contract.wire import MASK_MODE_CODES, METHOD_CODES
+    from maskst.contract.wire import MASK_MODE_CODES, METHOD_CODE_ALIASES, METHOD_CODES
     from maskst.engines.manifest import load_manifest
 
     manifest = json.loads((tiny_engines / "manifest.json").read_text())
     assert manifest["wire_format"]["image_conditioner"] == {"method": METHOD_CODES, "mask_mode": MASK_MODE_CODES}
-    assert [m.index for m in Method] == [METHOD_CODES[m.value] for m in Method]
+    assert [m.index for m in Method] == [METHOD_CODES[METHOD_CODE_ALIASES.get(m.value, m.value)] for m in Method]
+    # StyleShot's plain method is a name for the plain code, not a code of its own: manifests are unchanged
+    assert Method.STYLESHOT.index == Method.IP_ADAPTER.index and "styleshot" not in METHOD_CODES
     copy = tmp_path / "copy"
     shutil.copytree(tiny_engines, copy)
     swapped = dict(manifest)

@@ -11,12 +11,13 @@ import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
-from maskst.families import FAMILIES
+from maskst.families import FAMILIES, IP_ADAPTER_LAYOUT
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PRESETS = ("tiny", "tiny-wide", "full")
-FAMILY_NAMES = tuple(FAMILIES)
+# the IP-Adapter families: the benchmark's presets and reference have no StyleShot models (docs/styleshot.md)
+FAMILY_NAMES = tuple(name for name, family in FAMILIES.items() if family.adapter_layout == IP_ADAPTER_LAYOUT)
 
 
 def fixture_preset(family: str, preset: str) -> str:

@@ -25,15 +25,21 @@ def _family_sizes(index: int) -> str:
 @click.option("--base", required=True, type=click.Path(path_type=Path),
               help="diffusers Stable Diffusion 1.5 or SDXL folder (model_index.json, unet/, vae/, text_encoder/, ...); "
                    "the model family is read from its model_index.json.")
-@click.option("--ip-adapter", required=True, type=click.Path(path_type=Path),
+@click.option("--ip-adapter", type=click.Path(path_type=Path),
               help="IP-Adapter file, e.g. IP-Adapter/models/ip-adapter_sd15.safetensors (or .bin), "
-                   "IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors.")
+                   "IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors. One of --ip-adapter / --styleshot is required.")
+@click.option("--styleshot", type=click.Path(path_type=Path),
+              help="StyleShot folder (e.g. a download of Gaojunyao/StyleShot or StyleShot_lineart) holding "
+                   "pretrained_weight/ip.bin and pretrained_weight/style_aware_encoder.bin, instead of --ip-adapter: "
+                   "StyleShot engines for an SD 1.5 --base (style-aware encoder, 6 style tokens, content-fusion "
+                   "ControlNet); --content-encoder is then the laion ViT-H/14 CLIP folder.")
 @click.option("--image-encoder", type=click.Path(path_type=Path),
               help="CLIP image encoder folder. Default: image_encoder/ beside the adapter file "
                    "(the SDXL *_vit-h adapters need IP-Adapter/models/image_encoder).")
 @click.option("--content-encoder", type=click.Path(path_type=Path),
               help="transformers CLIP folder of the same CLIP as the image encoder, for the content text "
-                   "(ViT-H/14: laion/CLIP-ViT-H-14-laion2B-s32B-b79K). Required for SD 1.5 and the SDXL *_vit-h adapters; "
+                   "(ViT-H/14: laion/CLIP-ViT-H-14-laion2B-s32B-b79K). Required for SD 1.5, StyleShot (whose style-aware "
+                   "transformer its vision config describes) and the SDXL *_vit-h adapters; "
                    "default for ip-adapter_sdxl (ViT-bigG): the base's own text_encoder_2 (pooled, projected).")
 @click.option("--controlnet", "controlnets", multiple=True, type=click.Path(path_type=Path),
               help="diffusers ControlNetModel folder for this base (e.g. a canny or lineart ControlNet for SD 1.5): adds its "
@@ -64,8 +70,8 @@ def _family_sizes(index: int) -> str:
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
-def main(base, ip_adapter, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision, target,
-         min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
+def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
+         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -76,17 +82,21 @@ def main(base, ip_adapter, image_encoder, content_encoder, controlnets, lineart_
     maskst-export --base stable-diffusion-xl-base-1.0 \\
                   --ip-adapter IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors --out engines/sdxl
     maskst-export ... --controlnet control_v11p_sd15_canny --lineart-model Annotators/sk_model.pth --out engines/cn
+    maskst-export --base stable-diffusion-v1-5 --styleshot StyleShot \\
+                  --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/styleshot
     """
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.families import detect_family
 
-    family_sizes = detect_family(base).export_sizes  # a base that is no pipeline folder: a clear error, no work
+    request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, content_encoder=content_encoder, out=out)
+    layout, _ = request.adapter()  # exactly one of --ip-adapter / --styleshot: a clear error, no work
+    family_sizes = detect_family(base, layout).export_sizes  # a base that is no pipeline folder: a clear error, no work
     min_size, opt_size, max_size = (given if given is not None else default
                                     for given, default in zip((min_size, opt_size, max_size), family_sizes))
     options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
-    request = ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
+    request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)
     manifest = export_engines(request, progress=not quiet)

@@ -24,11 +24,18 @@ class Method(str, enum.Enum):
     IP_ADAPTER = "ip-adapter"  # e_hat = e_i
     INSTANTSTYLE = "instantstyle"  # e_hat = e_i - s * e_c
     MASKST = "maskst"  # e_hat = e_i * (1 - M)
+    STYLESHOT = "styleshot"  # StyleShot engines' unmasked baseline: e_hat_k = e_k (the conditioner's plain code)
 
     @property
     def index(self) -> int:
-        """int64 code fed to the exported conditioner graph (:data:`METHOD_CODES`)."""
-        return METHOD_CODES[self.value]
+        """int64 code fed to the exported conditioner graph (:data:`METHOD_CODES`; a name of
+        :data:`METHOD_CODE_ALIASES` feeds the code of the method it names)."""
+        return METHOD_CODES[METHOD_CODE_ALIASES.get(self.value, self.value)]
+
+    @property
+    def is_plain(self) -> bool:
+        """True for the methods that pass the image embedding on unchanged (ip-adapter, styleshot)."""
+        return self.index == METHOD_CODES["ip-adapter"]
 
 
 class MaskMode(str, enum.Enum):
@@ -46,6 +53,11 @@ class MaskMode(str, enum.Enum):
 # The conditioner graph's codes. Append new members with new codes; never renumber.
 METHOD_CODES: dict[str, int] = {"ip-adapter": 0, "instantstyle": 1, "maskst": 2}
 MASK_MODE_CODES: dict[str, int] = {"kmeans": 0, "quantile": 1}
+# User-facing method names that compute what another method's code computes (not recorded in manifests:
+# the graph only ever sees the codes above). StyleShot's baseline is the plain, unconditioned embedding.
+METHOD_CODE_ALIASES: dict[str, str] = {"styleshot": "ip-adapter"}
+# The methods with a code of their own: what a conditioner graph distinguishes (parity feeds, specs).
+CONDITIONER_METHODS: tuple[Method, ...] = tuple(m for m in Method if m.value in METHOD_CODES)
 
 
 def parse_enum(enum_cls, value, name: str):

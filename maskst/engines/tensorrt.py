@@ -182,7 +182,9 @@ def rebuild_command(data: dict, folder: Path) -> str:
     parts = ["maskst-export"]
     if "unet" in sources:
         parts += ["--base", str(sources["unet"].parent.parent)]
-    if "ip_adapter" in sources:
+    if "style_aware_encoder" in sources:  # StyleShot: FOLDER/pretrained_weight/style_aware_encoder.bin
+        parts += ["--styleshot", str(sources["style_aware_encoder"].parent.parent)]
+    elif "ip_adapter" in sources:
         parts += ["--ip-adapter", str(sources["ip_adapter"])]
     if "image_encoder" in sources:
         parts += ["--image-encoder", str(sources["image_encoder"].parent)]

@@ -19,9 +19,19 @@ connection exactly as it was (``x + 0 == x`` in floating point).
   ``conditioning_scale`` (diffusers' ``ControlNetModel.forward`` with ``guess_mode=False``).
 
 Several ControlNets: the runtime sums their residuals (diffusers' ``MultiControlNetModel``).
+
+A ControlNet that comes with the adapter (``CheckpointSet.builtin_controlnets``: StyleShot's
+content-fusion encoder, ``ControlNetModel.from_unet`` of the base UNet with the weights of ``ip.bin``'s
+``controlnet.*``) is a graph of the same kind, named by its :class:`ControlNetInfo` (``content_fusion``),
+whose cross-attention reads the UNet's ``ip_tokens`` [B, 1, k, C] (the style tokens, T0 for the
+negative half) instead of the text embeddings: ``ControlNetInfo.context``. The manifest's ``control``
+entry of each graph lists the UNet inputs it reads (``reads``), so the runtime feeds it from the UNet's
+feed by name.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from maskst.checkpoints import CheckpointSet
 from maskst.contract.spec import GraphSpec, TensorSpec
@@ -52,12 +62,26 @@ def _residual_specs(down: tuple[Residual, ...], mid: Residual) -> tuple[tuple[Te
     return tuple(specs), divided
 
 
+def _context_spec(base: GraphSpec, context: str) -> TensorSpec:
+    """The UNet input a ControlNet's cross-attention reads: ``text_embeddings`` as the UNet has it, or
+    ``ip_tokens`` of one region ([B, 1, k, C]: the style tokens of a non-regional request)."""
+    spec = {t.name: t for t in base.inputs}[context]
+    if context == "ip_tokens":
+        return dataclasses.replace(spec, shape=(spec.shape[0], 1, *spec.shape[2:]))
+    return spec
+
+
 class ControlNetGraph:
-    """The graph of one ControlNet folder, with the registry's module interface (NAME, spec, build_module)."""
+    """The graph of one ControlNet (a folder, or the adapter's own), with the registry's module interface
+    (NAME, spec, build_module)."""
 
     def __init__(self, index: int, info: ControlNetInfo):
-        self.NAME = f"controlnet_{index}"
+        self.NAME = info.name or f"controlnet_{index}"
         self.info = info
+
+    def reads(self) -> tuple[str, ...]:
+        """The UNet inputs this graph takes as they are (the runtime feeds them by name)."""
+        return ("sample", "timestep", self.info.context)
 
     def spec(self, ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
         base = unet.spec(ckpt, options)
@@ -66,7 +90,7 @@ class ControlNetGraph:
         outputs, divided = _residual_specs(self.info.down, self.info.mid)
         return GraphSpec(
             name=self.NAME,
-            inputs=(inputs["sample"], inputs["timestep"], inputs["text_embeddings"],
+            inputs=(inputs["sample"], inputs["timestep"], _context_spec(base, self.info.context),
                     TensorSpec("controlnet_cond", "float32", ("B", self.info.conditioning_channels, "H", "W"),
                                low=0.0, high=1.0),
                     TensorSpec("conditioning_scale", "float32", (1,), low=0.0, high=2.0)),
@@ -77,23 +101,39 @@ class ControlNetGraph:
             atol=base.atol, rtol=base.rtol,
         )
 
-    def build_module(self, ckpt: CheckpointSet, state: dict, options: ExportOptions):
-        """torch module (sample, timestep, text_embeddings, controlnet_cond, conditioning_scale) -> 13 residuals."""
+    def _load(self, ckpt: CheckpointSet, state: dict):
+        """The diffusers ControlNetModel: from its folder, or ``from_unet`` of the base UNet with the
+        adapter state's weights (``state[info.state_group]``, checked at pre-flight)."""
         import torch
         from diffusers import ControlNetModel
+
+        if self.info.state_group is None:
+            return ControlNetModel.from_pretrained(str(self.info.folder), torch_dtype=torch.float32,
+                                                   local_files_only=True).eval()
+        from maskst import torch_models
+
+        controlnet = ControlNetModel.from_unet(torch_models.unet(ckpt.base), load_weights_from_unet=False)
+        controlnet.load_state_dict(state[self.info.state_group], strict=True)
+        return controlnet.float().eval()
+
+    def build_module(self, ckpt: CheckpointSet, state: dict, options: ExportOptions):
+        """torch module (sample, timestep, context, controlnet_cond, conditioning_scale) -> 13 residuals;
+        context: text_embeddings [B, 77, C] or (StyleShot) ip_tokens [B, 1, k, C]."""
+        import torch
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        folder = self.info.folder
+        controlnet = self._load(ckpt, state)
 
         class ControlNetResiduals(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                self.controlnet = ControlNetModel.from_pretrained(str(folder), torch_dtype=torch.float32,
-                                                                  local_files_only=True).eval()
+                self.controlnet = controlnet
                 self.controlnet.set_attn_processor(AttnProcessor2_0())
 
-            def forward(self, sample, timestep, text_embeddings, controlnet_cond, conditioning_scale):
-                down, mid = self.controlnet(sample, timestep, encoder_hidden_states=text_embeddings,
+            def forward(self, sample, timestep, context, controlnet_cond, conditioning_scale):
+                if context.dim() == 4:  # ip_tokens [B, 1, k, C] -> [B, k, C]
+                    context = context.flatten(1, 2)
+                down, mid = self.controlnet(sample, timestep, encoder_hidden_states=context,
                                             controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale,
                                             return_dict=False)
                 return (*down, mid)
@@ -157,7 +197,7 @@ def control_manifest(controlnets: tuple[ControlNetInfo, ...], lineart=None) -> d
     return {
         "controlnets": [{"graph": graph.NAME, "folder": str(info.folder.resolve()),
                          "conditioning_channels": info.conditioning_channels, "channel_order": info.channel_order,
-                         "residuals": list(residual_names(len(info.down)))}
+                         "residuals": list(residual_names(len(info.down))), "reads": list(graph.reads())}
                         for graph, info in zip(controlnet_graphs(controlnets), controlnets)],
         "lineart": None if lineart is None else {"graph": lineart.NAME, "source": str(lineart.path.resolve())},
     }
@@ -165,7 +205,8 @@ def control_manifest(controlnets: tuple[ControlNetInfo, ...], lineart=None) -> d
 
 def control_sources(controlnets: tuple[ControlNetInfo, ...], lineart=None) -> dict:
     """{manifest source name: weights file} of the control checkpoints (hashed into ``sources``)."""
-    files = {graph.NAME: info.weights for graph, info in zip(controlnet_graphs(controlnets), controlnets)}
+    files = {graph.NAME: info.weights for graph, info in zip(controlnet_graphs(controlnets), controlnets)
+             if info.state_group is None}  # the adapter's own ControlNet: hashed with the adapter's files
     if lineart is not None:
         files[lineart.NAME] = lineart.path
     return files

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet, load_adapter_state_dict
+from maskst.checkpoints import TOKENIZER_FILES, CheckpointSet
 from maskst.contract.files import sha256
 from maskst.contract.wire import conditioner_wire_format
 from maskst.engines.folder import build_lock, check_destination, publish, staging_folder
 from maskst.engines.manifest import Manifest, library_versions, load_manifest, write_manifest
 from maskst.engines.onnx_files import save_graph
-from maskst.errors import CheckpointError
+from maskst.errors import CheckpointError, InputError
 from maskst.regions import checkpoint_strides
-from maskst.families import detect_family
+from maskst.families import IP_ADAPTER_LAYOUT, STYLESHOT_LAYOUT, detect_family
 from maskst.export.controlnet import control_manifest, control_sources, with_control
 from maskst.export.graphs import GRAPH_BUILDERS
 from maskst.export.options import ExportOptions, Precision, Target
@@ -29,7 +29,7 @@ from maskst.contract.spec import GraphSpec
 @dataclasses.dataclass(frozen=True)
 class ExportRequest:
     base: Path
-    ip_adapter: Path
+    ip_adapter: Path | None  # h94 IP-Adapter file (--ip-adapter); None with --styleshot
     content_encoder: Path | None  # None: the family's default (SDXL + bigG adapter: the base's text_encoder_2)
     out: Path
     image_encoder: Path | None = None
@@ -38,6 +38,21 @@ class ExportRequest:
     force: bool = False
     lock_timeout: float = 0.0
     options: ExportOptions = ExportOptions()
+    styleshot: Path | None = None  # StyleShot folder (--styleshot): pretrained_weight/ip.bin + style_aware_encoder.bin
+
+    def adapter(self) -> tuple[str, Path]:
+        """(adapter layout, its path): an IP-Adapter file or a StyleShot folder; InputError unless exactly one."""
+        if self.styleshot is not None and self.ip_adapter is not None:
+            raise InputError("--styleshot and --ip-adapter exclude each other: a StyleShot folder brings its own "
+                             "adapter (pretrained_weight/ip.bin)")
+        if self.styleshot is not None:
+            if self.controlnets:
+                raise InputError("--controlnet with --styleshot: StyleShot engines have their own ControlNet (the "
+                                 "content-fusion encoder of ip.bin); extra ControlNets are not supported")
+            return STYLESHOT_LAYOUT, Path(self.styleshot)
+        if self.ip_adapter is None:
+            raise InputError("no adapter given: pass --ip-adapter FILE (IP-Adapter) or --styleshot FOLDER (StyleShot)")
+        return IP_ADAPTER_LAYOUT, Path(self.ip_adapter)
 
 
 def _dims(spec: GraphSpec, export: bool) -> dict[str, int]:
@@ -149,15 +164,17 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
         from maskst.engines.tensorrt import require_trt_build_support
 
         require_trt_build_support()
-    family = detect_family(request.base)
-    ckpt = family.preflight(request.base, request.ip_adapter, request.image_encoder, request.content_encoder)
+    layout, adapter = request.adapter()
+    family = detect_family(request.base, layout)
+    ckpt = family.preflight(request.base, adapter, request.image_encoder, request.content_encoder)
     controlnets, lineart = preflight_control(ckpt, request.controlnets, request.lineart_model)
+    controlnets = ckpt.builtin_controlnets + controlnets  # the adapter's own first (StyleShot's content fusion)
     builders = with_control([GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)], controlnets, lineart)
     options = request.options
     options.validate(ckpt.vae_scale_factor)
     out = Path(request.out)
     check_destination(out, request.force)
-    state = load_adapter_state_dict(ckpt.ip_adapter)
+    state = family.adapter_state(ckpt)
     specs = {m.NAME: m.spec(ckpt, options) for m in builders}  # every contract, before any export work
     preprocessor = style_preprocessor_config(ckpt)
     started = time.time()

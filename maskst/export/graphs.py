@@ -13,6 +13,7 @@ from maskst.export import (
     content_encoder,
     image_conditioner,
     image_encoder,
+    style_encoder,
     text_encoder,
     text_encoder_2,
     unet,
@@ -20,5 +21,5 @@ from maskst.export import (
 )
 
 GRAPH_BUILDERS = {module.NAME: module for module in (
-    text_encoder, text_encoder_2, image_encoder, content_encoder, image_conditioner, unet, vae_decoder,
+    text_encoder, text_encoder_2, image_encoder, style_encoder, content_encoder, image_conditioner, unet, vae_decoder,
 )}

@@ -8,6 +8,12 @@ ones computed from the image size, default image size and export sizes, the diff
 reference runs, and its pre-flight (checkpoint resolution and checks). The exporter and the runtime
 branch on none of these: they read them. Adding a family is one module plus one line in
 :data:`FAMILIES`.
+
+A family also names the adapter layout it exports (``adapter_layout``: an h94 IP-Adapter file, or a
+StyleShot folder), how the exporter reads that adapter's weights (``adapter_state``), how the runtime
+turns style images into the conditioner's input (``style_input``: a name of
+``maskst.runtime.style_inputs.STYLE_INPUTS``) and the methods it offers (``methods``; ``plain_method``
+is the one that leaves the embedding unchanged, what an empty content text falls back to).
 """
 
 from __future__ import annotations
@@ -17,7 +23,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from maskst.contract.wire import Method
 from maskst.errors import CheckpointError, EngineError
+
+IP_ADAPTER_LAYOUT = "ip-adapter"  # one h94 IP-Adapter file (--ip-adapter) with a CLIP image encoder folder
+STYLESHOT_LAYOUT = "styleshot"  # a StyleShot folder (--styleshot): pretrained_weight/ip.bin + style_aware_encoder.bin
+CLIP_METHODS = (Method.IP_ADAPTER, Method.INSTANTSTYLE, Method.MASKST)
+
+
+def _ip_adapter_state(ckpt) -> dict:
+    from maskst.checkpoints import load_adapter_state_dict
+
+    return load_adapter_state_dict(ckpt.ip_adapter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +65,11 @@ class ModelFamily:
     size_inputs: Callable  # (height, width) -> {UNet input: float32 [1, k]}: per-request rows (one per guidance half)
     export_sizes: tuple[int, int, int]  # maskst-export's default (min, opt, max) image side in pixels
     reference_options: tuple[tuple[str, object], ...] = ()  # from_pretrained keywords of the reference pipeline
+    adapter_layout: str = IP_ADAPTER_LAYOUT  # which adapter checkpoints select this family (with pipeline_classes)
+    adapter_state: Callable = _ip_adapter_state  # CheckpointSet -> the adapter state dict graph builders get
+    style_input: str = "clip"  # runtime style stage: "clip" (image_encoder graph) or "styleshot" (patches)
+    methods: tuple[Method, ...] = CLIP_METHODS  # the --method values its engines run
+    plain_method: Method = Method.IP_ADAPTER  # the method that leaves the embedding unchanged
 
     def export_graphs(self, ckpt) -> tuple[str, ...]:
         """The graphs exported for a checkpoint set: the family's, less ``content_encoder`` when the
@@ -59,8 +81,9 @@ class ModelFamily:
 def _families() -> dict[str, ModelFamily]:
     from maskst.families.sd15 import SD15
     from maskst.families.sdxl import SDXL
+    from maskst.families.styleshot import STYLESHOT
 
-    return {family.name: family for family in (SD15, SDXL)}
+    return {family.name: family for family in (SD15, SDXL, STYLESHOT)}
 
 
 FAMILIES: dict[str, ModelFamily] = _families()
@@ -74,8 +97,9 @@ def family_named(name: str | None) -> ModelFamily:
     return FAMILIES[name]
 
 
-def detect_family(base: Path) -> ModelFamily:
-    """The family of a diffusers base folder, from its ``model_index.json`` ``_class_name``."""
+def detect_family(base: Path, adapter_layout: str = IP_ADAPTER_LAYOUT) -> ModelFamily:
+    """The family of a diffusers base folder, from its ``model_index.json`` ``_class_name``, for an adapter
+    of ``adapter_layout`` (an IP-Adapter file, or a StyleShot folder)."""
     path = Path(base) / "model_index.json"
     try:
         class_name = json.loads(path.read_text()).get("_class_name")
@@ -83,11 +107,14 @@ def detect_family(base: Path) -> ModelFamily:
         raise CheckpointError(f"base model {base} has no model_index.json; it must be a diffusers pipeline folder") from None
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"base model {path} could not be read as JSON ({exc})") from None
-    for family in FAMILIES.values():
+    families = [f for f in FAMILIES.values() if f.adapter_layout == adapter_layout]
+    for family in families:
         if class_name in family.pipeline_classes:
             return family
-    known = "; ".join(f"{f.name}: {', '.join(f.pipeline_classes)}" for f in FAMILIES.values())
-    raise CheckpointError(f"base model {path}: _class_name {class_name!r} is not a pipeline maskst exports ({known})")
+    known = "; ".join(f"{f.name}: {', '.join(f.pipeline_classes)}" for f in families)
+    with_adapter = "" if adapter_layout == IP_ADAPTER_LAYOUT else f" with a {adapter_layout} adapter"
+    raise CheckpointError(f"base model {path}: _class_name {class_name!r} is not a pipeline maskst exports"
+                          f"{with_adapter} ({known})")
 
 
 def resolve_checkpoints(base, ip_adapter, image_encoder=None, content_encoder=None):

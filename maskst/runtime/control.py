@@ -10,8 +10,9 @@ size and preprocessed (:mod:`maskst.control`; lineart on the ``lineart`` graph),
 identity, preprocessing and size like style embeddings, and turned into ``controlnet_cond`` float32
 [2N, 3, H, W] (the same image for every image and both guidance halves, as diffusers' ``prepare_image``
 with ``guess_mode=False``). Per step (:meth:`ControlFeeds.residuals`): every ControlNet graph runs on
-the UNet's own ``sample`` / ``timestep`` / ``text_embeddings`` and its residuals are summed in order
-(diffusers' ``MultiControlNetModel``). A request without control image on a UNet that takes residuals
+the UNet inputs its manifest entry lists (``reads``: ``sample`` / ``timestep`` / ``text_embeddings``,
+or for StyleShot's content-fusion encoder ``ip_tokens``, the style tokens) and its residuals are
+summed in order (diffusers' ``MultiControlNetModel``). A request without control image on a UNet that takes residuals
 feeds zeros once (the skips stay exactly as without ControlNet).
 """
 
@@ -37,6 +38,7 @@ from maskst.errors import InputError
 
 CONTROL_CACHE_SIZE = 16  # preprocessed control images kept (uint8 [H, W, 3]: 768 KB at 512 px)
 EXPORT_HINT = "maskst-export ... --controlnet CONTROLNET_FOLDER"
+DEFAULT_READS = ("sample", "timestep", "text_embeddings")  # engines written before "reads" was recorded
 
 
 def control_section(manifest: Manifest) -> dict:
@@ -81,23 +83,25 @@ class ControlFeeds:
     stage: "ControlStage"
     names: tuple[str, ...]  # the UNet's residual inputs (empty: a UNet without them)
     zeros: dict[str, np.ndarray]  # residual inputs without control (all zeros)
-    conds: list[tuple[str, np.ndarray, np.ndarray]]  # (graph, controlnet_cond [2N, 3, H, W], scale [1])
+    # (graph, controlnet_cond [2N, 3, H, W], scale [1], the UNet inputs the graph reads)
+    conds: list[tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]]
     images: tuple[np.ndarray, ...]  # uint8 [H, W, 3]: what conditioned the result, per control image
 
     @property
     def active(self) -> bool:
         return bool(self.conds)
 
-    def residuals(self, sample: np.ndarray, timestep: np.ndarray, text_embeddings: np.ndarray,
-                  check_inputs: bool = False) -> dict[str, np.ndarray]:
-        """{residual name: float32 [2N, c, h/s, w/s]} for one UNet call: the sum over this request's
-        ControlNets, or zeros. One ControlNet: its output buffers themselves (valid until its next call)."""
+    def residuals(self, unet_feed: dict[str, np.ndarray], check_inputs: bool = False) -> dict[str, np.ndarray]:
+        """{residual name: float32 [2N, c, h/s, w/s]} for one UNet call (``unet_feed``: that call's inputs,
+        which each ControlNet reads by name: ``sample``, ``timestep``, ``text_embeddings`` or ``ip_tokens``):
+        the sum over this request's ControlNets, or zeros. One ControlNet: its output buffers themselves
+        (valid until its next call)."""
         if not self.conds:
             return self.zeros
         total: dict[str, np.ndarray] | None = None
-        for graph, cond, scale in self.conds:
-            out = self.stage.run_graph(graph, {"sample": sample, "timestep": timestep, "text_embeddings": text_embeddings,
-                                               "controlnet_cond": cond, "conditioning_scale": scale},
+        for graph, cond, scale, reads in self.conds:
+            feed = {name: unet_feed[name] for name in reads}
+            out = self.stage.run_graph(graph, {**feed, "controlnet_cond": cond, "conditioning_scale": scale},
                                        check_inputs=check_inputs)
             if total is None:
                 total = {name: out[name] for name in self.names}
@@ -116,6 +120,7 @@ class ControlStage:
         section = control_section(manifest)
         self.manifest = manifest
         self.controlnets = [entry["graph"] for entry in section["controlnets"]]
+        self.reads = [tuple(entry.get("reads") or DEFAULT_READS) for entry in section["controlnets"]]
         self.lineart = section["lineart"]["graph"] if section["lineart"] else None
         self.unet_spec = unet_spec
         residuals = {name for entry in section["controlnets"] for name in entry["residuals"]}
@@ -176,6 +181,7 @@ class ControlStage:
             rgb = self.control_image(path, config.control_preprocess_of(index), config.height, config.width)
             images.append(rgb)
             cond = np.ascontiguousarray(np.repeat(control_tensor(rgb), 2 * n, axis=0))
-            conds.append((self.controlnets[index], cond, np.array([config.control_scale_of(index)], np.float32)))
+            conds.append((self.controlnets[index], cond, np.array([config.control_scale_of(index)], np.float32),
+                          self.reads[index]))
         return ControlFeeds(self, self.residual_names, self.zero_residuals(n, h, w) if self.residual_names else {},
                             conds, tuple(images))

@@ -56,6 +56,8 @@ DEFAULT_GRAPH_CHOICES = {
     # ControlNet engines: every controlnet_<i> graph follows "controlnet"; the lineart annotator stays f32 (its
     # output is quantised to uint8 like an image: bf16 would move pixels across steps, for a once-per-request cost)
     "controlnet": "auto", "lineart": "f32",
+    # StyleShot engines: the style-aware encoder and the content-fusion ControlNet
+    "style_encoder": "auto", "content_fusion": "auto",
 }
 
 

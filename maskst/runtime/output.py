@@ -88,7 +88,8 @@ def region_metadata(config, result) -> list[dict]:
 
 def generation_metadata(config, result, pipeline) -> dict:
     """The PNG metadata of one generation (the ``maskst`` JSON text chunk): request, method that ran, model
-    family, engines (and ``regions``, for a regional request). ``config`` as it ran (sizes resolved:
+    family, engines (and ``regions``, for a regional request; the style input's facts, e.g. StyleShot's
+    ``shuffle_seed``). ``config`` as it ran (sizes resolved:
     ``MaskstPipeline.resolve``)."""
     config = pipeline.resolve(config)
     meta = {
@@ -102,6 +103,7 @@ def generation_metadata(config, result, pipeline) -> dict:
         "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
         "backend": pipeline.backend, "maskst_version": __version__,
         **control_metadata(config),  # image-driven requests only: a text-driven PNG is as before
+        **result.style_metadata,  # StyleShot engines: style_input, shuffle_seed, style_crop; {} otherwise
     }
     if config.regions:
         meta["regions"] = region_metadata(config, result)

@@ -26,15 +26,14 @@ from maskst.generation import (
     load_init_latents,
     plus_method_error,
 )
-from maskst.images import clip_preprocess, load_image, preprocessor_params_from_config
+from maskst.images import preprocessor_params_from_config
 from maskst.runtime.backends import RunnerOptions, parse_backend
 from maskst.runtime import regional
 from maskst.runtime.control import ControlStage, check_control_request, control_graphs
 from maskst.contract.wire import MaskMode, Method, scheduler_name_from_config
 from maskst.runtime.schedulers import Scheduler, make_scheduler
+from maskst.runtime.style_inputs import STYLE_CACHE_SIZE, style_input_for  # noqa: F401 (STYLE_CACHE_SIZE re-exported)
 from maskst.tokenization import load_tokenizer, tokenize
-
-STYLE_CACHE_SIZE = 512  # embeddings kept (4 KB each for ViT-H image_embeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +47,7 @@ class GenerationResult:
     region_methods: tuple[Method, ...] = ()  # regional requests: the method each region ran
     region_coverage: tuple[float, ...] = ()  # regional requests: fraction of output pixels each mask covers
     control_images: tuple[np.ndarray, ...] = ()  # uint8 [H, W, 3] per control image: what conditioned the result
+    style_metadata: dict = dataclasses.field(default_factory=dict)  # the style input's facts (StyleShot: shuffle seed)
 
     @property
     def masked_elements(self) -> int:
@@ -129,9 +129,10 @@ class MaskstPipeline:
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
-        # style embeddings by file identity: a sweep (StyleBench: 40 contents x 490 references)
-        # encodes each reference once, and an edited file (new mtime or size) is encoded again
-        self._style_cache: collections.OrderedDict = collections.OrderedDict()
+        # style embeddings by file identity (the family's style input: CLIP image encoder, StyleShot patches):
+        # a sweep (StyleBench: 40 contents x 490 references) encodes each reference once, and an edited
+        # file (new mtime or size) is encoded again
+        self.style = style_input_for(self.family.style_input, self)
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
         self.control = ControlStage(self.manifest, self.runners["unet"].spec, self.run_graph)
@@ -159,7 +160,7 @@ class MaskstPipeline:
         """Forget cached prompt, content and style embeddings: the next request runs every encoder."""
         self._prompt_cache.clear()
         self._content_cache.clear()
-        self._style_cache.clear()
+        self.style.cache.clear()
         self.control.clear()
 
     def close(self) -> None:
@@ -185,9 +186,10 @@ class MaskstPipeline:
                         what={"N": "num_images", "h": f"height/{f}", "w": f"width/{f}"})
         if config.regions:
             regional.check_region_count(config, self.max_regions, unet)
-        if len(config.style) > self.runners["image_encoder"].spec.dims["S"].max:
-            raise InputError(f"{len(config.style)} style images given; these engines take at most "
-                             f"{self.runners['image_encoder'].spec.dims['S'].max} per request")
+        if config.method not in self.family.methods:
+            raise InputError(f"method {config.method.value!r} does not run on {self.family.title} engines; choose one "
+                             f"of: {', '.join(m.value for m in self.family.methods)}")
+        self.style.check(config)
         if self.plus and config.method is not Method.IP_ADAPTER:
             raise InputError(plus_method_error(config.method))
         if config.layer_scales is not None or config.target_blocks:
@@ -198,38 +200,27 @@ class MaskstPipeline:
     # ---------------------------------------------------------------- stages
 
     @staticmethod
-    def _style_key(paths) -> tuple | None:
-        """Identity of the style files (resolved path, size, mtime of each); None if one is unreadable
-        (not cached: load_image then names the problem)."""
-        key = []
-        for path in paths:
-            try:
-                stat = Path(path).stat()
-            except OSError:
-                return None
-            key.append((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
-        return tuple(key)
+    def check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
+        """NonFiniteError naming ``stage`` if ``array`` holds NaN or infinity."""
+        _check_finite(stage, array, hint)
 
     def encode_style(self, images) -> np.ndarray:
-        """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL)."""
-        return self._encode_pixels(clip_preprocess(list(images), **self.preprocess))
+        """float32 [1, D] (Plus: [1, T, H]): mean CLIP image embedding of the style images (PIL).
+        Engines of a family with another style input (StyleShot): EngineError."""
+        return self._clip_style().encode_images(images)
 
     def encode_style_files(self, paths) -> np.ndarray:
         """:meth:`encode_style` of image files, cached by file identity (path, size, mtime)."""
-        key = self._style_key(paths)
-        if key is not None and key in self._style_cache:
-            return self._style_cache[key]
-        embeds = self.encode_style([load_image(p) for p in paths])
-        if key is not None:
-            self._style_cache[key] = embeds
-            if len(self._style_cache) > STYLE_CACHE_SIZE:
-                self._style_cache.popitem(last=False)
-        return embeds
+        return self._clip_style().encode_files(paths)
+
+    def _clip_style(self):
+        if not hasattr(self.style, "encode_images"):
+            raise EngineError(f"{self.manifest.folder}: {self.family.title} engines have no CLIP image encoder "
+                              f"(their style input is {self.family.style_input!r})")
+        return self.style
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        embeds = self.run_graph("image_encoder", {"pixel_values": pixels})["image_embeds"]
-        _check_finite("image_encoder", embeds)
-        return embeds.mean(axis=0, keepdims=True, dtype=np.float32)
+        return self._clip_style().encode_pixels(pixels)
 
     def encode_content(self, text: str) -> np.ndarray:
         """float32 [1, D] content embedding, cached per text: the manifest's content graph output
@@ -286,6 +277,11 @@ class MaskstPipeline:
         })
         return out["ip_tokens"].copy(), out["mask"].copy()
 
+    def _zero_content(self) -> np.ndarray:
+        """float32 [1, D]: a zero content embedding (plain methods, the unconditional tokens); Plus: unused."""
+        inputs = self.runners["image_conditioner"].spec.inputs
+        return np.zeros((1,) + tuple(inputs[1 if len(inputs) > 1 else 0].shape[1:]), np.float32)
+
     def uncond_tokens(self) -> np.ndarray:
         """Image tokens of the negative half, a constant of the adapter (computed once).
 
@@ -293,13 +289,9 @@ class MaskstPipeline:
         image encoder's hidden states of an all-zero pixel input.
         """
         if self._uncond_tokens is None:
-            spec = self.runners["image_conditioner"].spec
-            if self.plus:
-                pixels = np.zeros((1,) + self.runners["image_encoder"].spec.inputs[0].shape[1:], np.float32)
-                embeds = self._encode_pixels(pixels)
-            else:
-                embeds = np.zeros((1, spec.inputs[0].shape[1]), np.float32)
-            self._uncond_tokens, _ = self.condition(embeds, embeds, Method.IP_ADAPTER, MaskMode.KMEANS, 0.7, 0.0)
+            embeds = self.style.uncond_embeds()
+            self._uncond_tokens, _ = self.condition(embeds, self._zero_content(), Method.IP_ADAPTER, MaskMode.KMEANS,
+                                                    0.7, 0.0)
         return self._uncond_tokens
 
     # ---------------------------------------------------------------- one request
@@ -327,7 +319,7 @@ class MaskstPipeline:
         if style_images is None and not config.style and not config.regions:
             raise InputError("no style image given; pass --style IMAGE (or --region STYLE MASK CONTENT)")
         pixels = regional.prepare_masks(config) if config.regions else None  # mask files checked before any work
-        method = effective_method(config)
+        method = effective_method(config, self.family.plain_method)
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
@@ -341,10 +333,10 @@ class MaskstPipeline:
             e_i, e_c, region_methods = regional.encode_regions(self, config, timings)
         else:
             t0 = clock()
-            e_i = self.encode_style(style_images) if style_images is not None else self.encode_style_files(config.style)
-            timings["image_encoder"] = (clock() - t0) * 1e3
+            e_i = self.style.embeds(config, style_images)
+            timings[self.style.graph] = (clock() - t0) * 1e3  # image_encoder (StyleShot: style_encoder)
             t0 = clock()
-            e_c = self.encode_content(config.content) if method is not Method.IP_ADAPTER else np.zeros_like(e_i)
+            e_c = self.encode_content(config.content) if not method.is_plain else self._zero_content()
             timings["content_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
         tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
@@ -373,8 +365,7 @@ class MaskstPipeline:
             feed["sample"] = sample.astype(np.float32, copy=False)
             feed["timestep"] = np.array([t], dtype=np.float32)
             if control.active:
-                feed.update(control.residuals(feed["sample"], feed["timestep"], feed["text_embeddings"],
-                                              check_inputs=i == 0))
+                feed.update(control.residuals(feed, check_inputs=i == 0))
             noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
@@ -394,4 +385,5 @@ class MaskstPipeline:
             return GenerationResult(images, mask.any(axis=0), method, scheduler.name, timings, region_masks=mask,
                                     region_methods=region_methods, region_coverage=pixels.coverage,
                                     control_images=control.images)
-        return GenerationResult(images, mask[0], method, scheduler.name, timings, control_images=control.images)
+        return GenerationResult(images, mask[0], method, scheduler.name, timings, control_images=control.images,
+                                style_metadata=self.style.metadata(config))

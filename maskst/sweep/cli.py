@@ -25,7 +25,8 @@ SWEEP_EXIT_CODES = EXIT_CODES_HELP.replace("some batch jobs failed", "some jobs 
               help="CSV with a header and columns style,content: image path (relative to the CSV's folder) and "
                    "the text of what the image shows (the content to mask).")
 @click.option("--methods", default="maskst,instantstyle,ip-adapter", show_default=True,
-              help="Comma-separated methods: maskst, instantstyle, ip-adapter.")
+              help="Comma-separated methods: maskst, instantstyle, ip-adapter (StyleShot engines: styleshot, maskst, "
+                   "instantstyle).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1.")
 @click.option("--out-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder: PNGs, sweep.json, results.jsonl. Rerunning into it skips finished jobs.")
