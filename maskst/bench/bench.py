@@ -258,6 +258,46 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class CpuShare:
+    """How busy the machine was with other work during a timed window (a shared machine's noise, measured).
+
+    From /proc/stat (all CPUs' busy and steal time) and this process's own CPU time: ``others_cores`` is
+    the CPU time other processes used per second of the window (0: quiet; 1: one core's worth of other
+    work), ``steal_cores`` what the hypervisor took. Off Linux the fields are None.
+    """
+
+    def __init__(self):
+        self._start = None
+
+    @staticmethod
+    def _machine() -> tuple[float, float] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        steal = fields[7] if len(fields) > 7 else 0
+        return (sum(fields[:8]) - idle - steal) / tick, steal / tick
+
+    @staticmethod
+    def _own() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> None:
+        self._start = (time.perf_counter(), self._machine(), self._own())
+
+    def stop(self) -> dict:
+        wall0, machine0, own0 = self._start
+        wall, machine, own = time.perf_counter() - wall0, self._machine(), self._own() - own0
+        if machine is None or machine0 is None or wall <= 0:
+            return {"wall_s": wall, "own_cpu_s": own, "others_cores": None, "steal_cores": None}
+        busy, steal = machine[0] - machine0[0], machine[1] - machine0[1]
+        return {"wall_s": round(wall, 3), "own_cpu_s": round(own, 3), "own_cores": round(own / wall, 3),
+                "others_cores": round(max(0.0, busy - own) / wall, 3), "steal_cores": round(steal / wall, 3)}
+
+
 def _median(values) -> float | None:
     values = list(values)
     return statistics.median(values) if values else None
@@ -401,9 +441,12 @@ def _run_reference(job: dict) -> dict:
     for i in _progress(range(settings.warmup + settings.repeats), job, "reference"):
         for record in calls.values():
             record.clear()
+        share = CpuShare()
+        share.start()
         t0 = time.perf_counter()
         result = ref.generate(config, images, latents)
         elapsed = (time.perf_counter() - t0) * 1e3
+        load = share.stop()
         if i == 0:
             first_ms = elapsed
         if i < settings.warmup:
@@ -413,7 +456,7 @@ def _run_reference(job: dict) -> dict:
         runs.append({"end_to_end": elapsed, **encoder_stages(),
                      "projection": calls["projection"][0] if calls["projection"] else 0.0,
                      "unet_step": _median(calls["unet"]), "unet_calls": len(calls["unet"]),
-                     "vae_decoder": sum(calls["vae_decoder"])})
+                     "vae_decoder": sum(calls["vae_decoder"]), "cpu_share": load})
         if settings.image_driven:
             runs[-1][CONTROL_STAGE] = _median(calls["controlnet"])
 
@@ -475,16 +518,19 @@ def _run_maskst(job: dict) -> dict:
             unet_calls.clear()
             controlnet_calls.clear()
             recorder.active = i >= settings.warmup
+            share = CpuShare()
+            share.start()
             t0 = time.perf_counter()
             result = pipeline.generate(config, images, latents)
             elapsed = (time.perf_counter() - t0) * 1e3
+            load = share.stop()
             if i == 0:
                 first_ms = elapsed  # includes OpenVINO's compile (or cache load) for these shapes
             if i < settings.warmup:
                 continue
             runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES},
                          "unet_step": _median(unet_calls), "unet_calls": len(unet_calls),
-                         "denoise_loop_per_step": result.timings_ms["unet_step"]})
+                         "denoise_loop_per_step": result.timings_ms["unet_step"], "cpu_share": load})
             if settings.image_driven:
                 runs[-1][CONTROL_STAGE] = _median(controlnet_calls)
         recorder.active = False  # the calls below are not part of a generation
@@ -541,7 +587,10 @@ def _run_ceilings(job: dict) -> dict:
     from maskst.bench.ceilings import measure_ceilings
 
     settings = BenchSettings(**job["settings"])
-    return {"ceilings": measure_ceilings(settings.threads, repeats=job["repeats"]), "peak_rss_mib": _peak_rss_mib()}
+    share = CpuShare()
+    share.start()
+    ceilings = measure_ceilings(settings.threads, repeats=job["repeats"])
+    return {"ceilings": ceilings, "peak_rss_mib": _peak_rss_mib(), "cpu_share": share.stop()}
 
 
 def _run_flops(job: dict) -> dict:
@@ -733,6 +782,7 @@ def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
     return {"ceilings": merge_samples([p["ceilings"] for p in ceiling_passes if "ceilings" in p]),
             "ceiling_passes": len([p for p in ceiling_passes if "ceilings" in p]),
             "ceiling_peak_rss_mib": max((p.get("peak_rss_mib", 0) for p in ceiling_passes), default=None),
+            "ceiling_other_load_cores": [p["cpu_share"].get("others_cores") for p in ceiling_passes if "cpu_share" in p],
             "flop_counts": flops.get("counts", []), "errors": errors}
 
 
@@ -762,6 +812,7 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
                 where = precisions.get(graph, {})
                 row = {**where, "calls_per_generation": entry["calls_per_generation"], "ms_median": entry["ms_median"],
                        "ms_min": min(entry["ms_samples"]), "ms_max": max(entry["ms_samples"]),
+                       "ms_samples": entry["ms_samples"],
                        "shapes": entry["shapes"] if entry["shapes"] is not None else (count or {}).get("shapes")}
                 if count is not None and entry["ms_median"]:
                     row["gflop"] = count["flops"] / 1e9
@@ -819,12 +870,17 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "masked_elements": {n: r["masked_elements"] for n, r in ok.items()},
         "runners": {n: r["runners"] for n, r in ok.items() if "runners" in r},
         "runs": {n: r["runs"] for n, r in ok.items()},
+        # other processes' CPU use during the timed generations (cores' worth, median over generations)
+        "other_load_cores": {n: _median(r["cpu_share"]["others_cores"] for r in res["runs"]
+                                        if (r.get("cpu_share") or {}).get("others_cores") is not None)
+                             for n, res in ok.items()},
         "errors": errors,
     }
     limits = limits or {"ceilings": {}, "ceiling_passes": 0, "flop_counts": [], "errors": []}
     report["ceilings"] = limits["ceilings"]
     report["ceiling_passes"] = limits["ceiling_passes"]
     report["ceiling_peak_rss_mib"] = limits.get("ceiling_peak_rss_mib")
+    report["ceiling_other_load_cores"] = limits.get("ceiling_other_load_cores")
     report["flop_counts"] = limits["flop_counts"]
     report["graph_efficiency"] = graph_efficiency(ok, limits)
     # a missing ceiling or FLOP count is reported, not a failed contender (no openvino: no FLOP counts)
@@ -890,6 +946,8 @@ def format_table(report: dict) -> str:
     lines.append("| speedup vs reference | " + " | ".join(
         "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference"].get(n), "x") for n in names) + " |")
     lines.append("| peak RSS (MiB) | " + " | ".join(_fmt(report["peak_rss_mib"].get(n)) for n in names) + " |")
+    others = report.get("other_load_cores") or {}
+    lines.append("| other processes' load (cores) | " + " | ".join(_fmt(others.get(n)) for n in names) + " |")
     lines.append("| load (ms) | " + " | ".join(_fmt(report["load_ms"].get(n)) for n in names) + " |")
     lines.append("| first request (ms) | " + " | ".join(_fmt(report["first_request_ms"].get(n)) for n in names) + " |")
     lines.append("| cold start to 1st UNet step (ms) | "
