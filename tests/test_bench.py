@@ -39,7 +39,7 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     out = tmp_path / "bench.json"
     args = _checkpoint_args(tiny, tiny_engines) + [
         "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
-        "--backends", "ort-cpu", "--json", str(out), "--quiet"]
+        "--backends", "ort-cpu", "--ceiling-repeats", "1", "--json", str(out), "--quiet"]
     result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -63,6 +63,38 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     # the fp32 ONNX Runtime path draws the reference's image (DESIGN section 7)
     assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
     assert "masking + projection" in result.output and "end to end" in result.output
+    _check_limits(report, result.output)
+
+
+def _check_limits(report: dict, output: str) -> None:
+    """The machine, its ceilings, the FLOP counts and the per-graph efficiency (structure and sanity only)."""
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and isinstance(machine["isa_flags"], list) and machine["physical_cores"] >= 1
+    ceilings = report["ceilings"]
+    assert report["ceiling_passes"] == 2  # before the first and after the last contender
+    assert set(ceilings["onnxruntime"]) == {"f32"} and set(ceilings["torch"]) >= {"f32"}
+    for runtime, by_precision in ceilings.items():
+        for precision, kinds in by_precision.items():
+            assert set(kinds) == {"matmul", "conv"}, (runtime, precision)
+            for summary in kinds.values():
+                assert summary["gflops"] > 0 and summary["gflops_min"] <= summary["gflops"] <= summary["gflops_max"]
+                assert len(summary["ms_samples"]) == 2  # one per pass at --ceiling-repeats 1
+    assert "ceiling (GFLOP/s" in output
+    if not HAVE_OPENVINO:  # FLOPs are counted with OpenVINO's shape propagation
+        assert report["machine_limits_errors"]
+        return
+    assert set(ceilings["openvino"]) >= {"f32"}
+    assert not report["machine_limits_errors"]
+    counted = {c["graph"] for c in report["flop_counts"]}
+    assert {"text_encoder", "image_encoder", "unet", "vae_decoder"} <= counted
+    for name in ("reference", "ort-cpu"):
+        unet = report["graph_efficiency"][name]["unet"][0]
+        assert unet["runtime"] == ("torch" if name == "reference" else "onnxruntime") and unet["precision"] == "f32"
+        assert unet["gflop"] > 0 and unet["gflops"] > 0 and unet["pct_of_ceiling"] > 0
+        assert unet["calls_per_generation"] == 3  # PNDM: 2 steps make 3 UNet calls
+    ort_unet = report["graph_efficiency"]["ort-cpu"]["unet"][0]
+    assert ort_unet["shapes"]["sample"] == [2, 4, 8, 8]  # CFG batch of one 64 px image
+    assert "% of ceiling" in output
 
 
 def test_bench_refuses_bad_options(tiny_engines):
@@ -131,6 +163,20 @@ def test_openvino_backend_names_parse():
     for bad in ("openvino:unet", "openvino:vae=f32", "openvino:unet=int4", "openvino-fast", "ort-cpu:x=1"):
         with pytest.raises(InputError):
             parse_backend(bad)
+
+
+def test_default_backends_are_this_machines_cpu_backends():
+    from maskst.runtime.backends import BACKENDS, default_cpu_backends
+
+    names = default_cpu_backends()
+    assert names[0] == "ort-cpu" and all(BACKENDS[n].device == "cpu" for n in names)
+    if HAVE_OPENVINO:
+        from maskst.runtime.openvino_runner import native_bf16
+
+        assert "openvino-f32" in names
+        assert ("openvino-bf16" in names) == ("openvino" in names) == native_bf16()
+    else:
+        assert names == ["ort-cpu"]
 
 
 def test_backend_registry_is_the_one_list_of_names():

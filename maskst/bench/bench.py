@@ -258,6 +258,46 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class CpuShare:
+    """How busy the machine was with other work during a timed window (a shared machine's noise, measured).
+
+    From /proc/stat (all CPUs' busy and steal time) and this process's own CPU time: ``others_cores`` is
+    the CPU time other processes used per second of the window (0: quiet; 1: one core's worth of other
+    work), ``steal_cores`` what the hypervisor took. Off Linux the fields are None.
+    """
+
+    def __init__(self):
+        self._start = None
+
+    @staticmethod
+    def _machine() -> tuple[float, float] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        steal = fields[7] if len(fields) > 7 else 0
+        return (sum(fields[:8]) - idle - steal) / tick, steal / tick
+
+    @staticmethod
+    def _own() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> None:
+        self._start = (time.perf_counter(), self._machine(), self._own())
+
+    def stop(self) -> dict:
+        wall0, machine0, own0 = self._start
+        wall, machine, own = time.perf_counter() - wall0, self._machine(), self._own() - own0
+        if machine is None or machine0 is None or wall <= 0:
+            return {"wall_s": wall, "own_cpu_s": own, "others_cores": None, "steal_cores": None}
+        busy, steal = machine[0] - machine0[0], machine[1] - machine0[1]
+        return {"wall_s": round(wall, 3), "own_cpu_s": round(own, 3), "own_cores": round(own / wall, 3),
+                "others_cores": round(max(0.0, busy - own) / wall, 3), "steal_cores": round(steal / wall, 3)}
+
+
 def _median(values) -> float | None:
     values = list(values)
     return statistics.median(values) if values else None
@@ -289,6 +329,49 @@ class GraphCallTimer(PipelineCallback):
     def on_infer_end(self, graph: str) -> None:
         if graph == self.graph:
             self.record.append((time.perf_counter() - self._start) * 1e3)
+
+
+class GraphCallRecorder(PipelineCallback):
+    """Pipeline callback: every graph call's input shapes and duration (ms), while ``active``."""
+
+    def __init__(self):
+        self.calls: dict[str, list[tuple[tuple, float]]] = {}
+        self.active = False
+        self._shapes: tuple = ()
+        self._start = 0.0
+
+    def on_infer_inputs(self, graph: str, feed) -> None:
+        self._shapes = tuple(sorted((name, tuple(int(d) for d in array.shape)) for name, array in feed.items()))
+
+    def on_infer_start(self, graph: str) -> None:
+        self._start = time.perf_counter()
+
+    def on_infer_end(self, graph: str) -> None:
+        if self.active:
+            self.calls.setdefault(graph, []).append((self._shapes, (time.perf_counter() - self._start) * 1e3))
+
+    def summary(self, generations: int) -> dict[str, list[dict]]:
+        """{graph: [{shapes, calls_per_generation, ms_median, ms_samples}]} (one entry per shape set)."""
+        out: dict[str, list[dict]] = {}
+        for graph, calls in self.calls.items():
+            by_shape: dict[tuple, list[float]] = {}
+            for shapes, ms in calls:
+                by_shape.setdefault(shapes, []).append(ms)
+            out[graph] = [{"shapes": {name: list(shape) for name, shape in shapes},
+                           "calls_per_generation": len(samples) / max(1, generations),
+                           "ms_median": _median(samples), "ms_samples": [round(v, 3) for v in samples]}
+                          for shapes, samples in by_shape.items()]
+        return out
+
+
+def runner_precision(runner) -> dict:
+    """{"runtime", "precision"} a runner computes in (what its graph's ceiling is looked up by)."""
+    precision = getattr(runner, "precision", None)
+    if type(runner).__name__ == "OpenVinoRunner":
+        return {"runtime": "openvino", "precision": precision}
+    if type(runner).__name__ == "OrtRunner":
+        return {"runtime": "onnxruntime", "precision": "f32", "provider": runner.backend}
+    return {"runtime": type(runner).__name__, "precision": precision}
 
 
 def _time_module(module, record: list) -> None:
@@ -354,20 +437,26 @@ def _run_reference(job: dict) -> dict:
 
 
     runs, first_ms, result = [], None, None
+    timed_samples: dict[str, list[float]] = {"unet": [], "vae_decoder": []}  # every timed generation's calls
     for i in _progress(range(settings.warmup + settings.repeats), job, "reference"):
         for record in calls.values():
             record.clear()
+        share = CpuShare()
+        share.start()
         t0 = time.perf_counter()
         result = ref.generate(config, images, latents)
         elapsed = (time.perf_counter() - t0) * 1e3
+        load = share.stop()
         if i == 0:
             first_ms = elapsed
         if i < settings.warmup:
             continue
+        for module in timed_samples:
+            timed_samples[module] += calls[module]
         runs.append({"end_to_end": elapsed, **encoder_stages(),
                      "projection": calls["projection"][0] if calls["projection"] else 0.0,
                      "unet_step": _median(calls["unet"]), "unet_calls": len(calls["unet"]),
-                     "vae_decoder": sum(calls["vae_decoder"])})
+                     "vae_decoder": sum(calls["vae_decoder"]), "cpu_share": load})
         if settings.image_driven:
             runs[-1][CONTROL_STAGE] = _median(calls["controlnet"])
 
@@ -387,9 +476,15 @@ def _run_reference(job: dict) -> dict:
         run["image_conditioner"] = _median(micro)
         del run["projection"]
     np.save(job["images_out"], result.images)
+    # per-call samples of the timed generations' UNet and VAE decoder: the same arithmetic as maskst's
+    # unet / vae_decoder graphs at the same request shapes (achieved GFLOP/s against torch's ceiling)
+    graph_calls = {graph: [{"shapes": None, "calls_per_generation": len(samples) / max(1, settings.repeats),
+                            "ms_median": _median(samples), "ms_samples": [round(v, 3) for v in samples]}]
+                   for graph, samples in timed_samples.items() if samples}
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
             "masked_elements": int(result.mask.sum()), "peak_rss_mib": _peak_rss_mib(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "graph_calls": graph_calls,
+            "graph_precision": {g: {"runtime": "torch", "precision": "f32"} for g in graph_calls}}
 
 
 def clear_request_caches(pipeline) -> None:
@@ -415,23 +510,30 @@ def _run_maskst(job: dict) -> dict:
     pipeline.add_callback(GraphCallTimer("unet", unet_calls))
     controlnet_calls: list[float] = []
     pipeline.add_callback(GraphCallTimer("controlnet_0", controlnet_calls))
+    recorder = GraphCallRecorder()
+    pipeline.add_callback(recorder)
     with pipeline:
         for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
             clear_request_caches(pipeline)
             unet_calls.clear()
             controlnet_calls.clear()
+            recorder.active = i >= settings.warmup
+            share = CpuShare()
+            share.start()
             t0 = time.perf_counter()
             result = pipeline.generate(config, images, latents)
             elapsed = (time.perf_counter() - t0) * 1e3
+            load = share.stop()
             if i == 0:
                 first_ms = elapsed  # includes OpenVINO's compile (or cache load) for these shapes
             if i < settings.warmup:
                 continue
             runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES},
                          "unet_step": _median(unet_calls), "unet_calls": len(unet_calls),
-                         "denoise_loop_per_step": result.timings_ms["unet_step"]})
+                         "denoise_loop_per_step": result.timings_ms["unet_step"], "cpu_share": load})
             if settings.image_driven:
                 runs[-1][CONTROL_STAGE] = _median(controlnet_calls)
+        recorder.active = False  # the calls below are not part of a generation
         e_i = pipeline.encode_style(images)
         e_c = pipeline.encode_content(config.content)
         micro = []
@@ -441,9 +543,11 @@ def _run_maskst(job: dict) -> dict:
             micro.append((time.perf_counter() - t0) * 1e3)
         runners = {name: f"{type(r).__name__}({getattr(r, 'precision', getattr(r, 'backend', ''))})"
                    for name, r in pipeline.runners.items()}
+        precisions = {name: runner_precision(r) for name, r in pipeline.runners.items()}
     np.save(job["images_out"], result.images)
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
-            "masked_elements": result.masked_elements, "peak_rss_mib": _peak_rss_mib(), "runners": runners}
+            "masked_elements": result.masked_elements, "peak_rss_mib": _peak_rss_mib(), "runners": runners,
+            "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions}
 
 
 def _run_cold_start(job: dict) -> dict:
@@ -478,7 +582,31 @@ def _progress(iterable, job: dict, label: str):
                 disable=not job.get("progress", True), file=sys.stderr)
 
 
-WORKERS = {"reference": _run_reference, "maskst": _run_maskst, "cold_start": _run_cold_start}
+def _run_ceilings(job: dict) -> dict:
+    """The machine's MatMul / convolution ceilings per runtime and precision (maskst.bench.ceilings)."""
+    from maskst.bench.ceilings import measure_ceilings
+
+    settings = BenchSettings(**job["settings"])
+    share = CpuShare()
+    share.start()
+    ceilings = measure_ceilings(settings.threads, repeats=job["repeats"])
+    return {"ceilings": ceilings, "peak_rss_mib": _peak_rss_mib(), "cpu_share": share.stop()}
+
+
+def _run_flops(job: dict) -> dict:
+    """FLOPs of every (graph, input shapes) the contenders called, counted once (maskst.bench.flops)."""
+    from maskst.bench.flops import graph_flops
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(Path(job["models"]["engines"]), verify_hashes=False)
+    counts = []
+    for graph, shapes in job["calls"]:
+        counts.append(graph_flops(manifest.graph_path(graph), graph, shapes).to_json())
+    return {"counts": counts}
+
+
+WORKERS = {"reference": _run_reference, "maskst": _run_maskst, "cold_start": _run_cold_start,
+           "ceilings": _run_ceilings, "flops": _run_flops}
 
 
 def worker_main(job_path: str) -> int:
@@ -497,25 +625,51 @@ def worker_main(job_path: str) -> int:
 # ---------------------------------------------------------------------------- the run (parent process)
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8", "amx_fp16")
+
+
 def machine_info() -> dict:
-    """CPU, cores, memory, bf16/AMX flags: what the numbers depend on."""
+    """CPU model, ISA flags that decide the kernels (AMX, AVX-512 BF16 / VNNI), cores, memory."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-        info["cpu_features"] = sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")))
     except OSError:
-        pass  # not Linux: the platform string has to do
+        cpuinfo = ""  # not Linux: the platform string has to do
+    cores, physical, core_id = set(), None, None
+    for line in cpuinfo.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and "cpu_model" not in info:
+            info["cpu_model"] = value
+        elif key == "flags" and "isa_flags" not in info:
+            flags = set(value.split())
+            info["isa_flags"] = [f for f in ISA_FLAGS if f in flags]
+            info["cpu_features"] = info["isa_flags"]  # the name older reports used
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core_id = value
+        elif not line.strip() and core_id is not None:
+            cores.add((physical, core_id))
+            physical = core_id = None
+    if core_id is not None:
+        cores.add((physical, core_id))
+    if cores:
+        info["physical_cores"] = len(cores)
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass  # not Linux
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * page_size / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass  # sysconf names differ off Linux
+    try:
+        info["load_average_at_start"] = list(os.getloadavg())
+    except OSError:
+        pass
     return info
 
 
@@ -547,8 +701,13 @@ def _image_diff(workdir: Path, name: str, reference: str = "reference") -> dict 
 
 
 def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str], reference: bool = True,
-              cold_start: bool = True, progress: bool = True, command: str | None = None) -> dict:
-    """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md)."""
+              cold_start: bool = True, progress: bool = True, command: str | None = None,
+              ceiling_repeats: int = 8) -> dict:
+    """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md).
+
+    ``ceiling_repeats``: timed calls of each ceiling kernel per pass (two passes: before the first and
+    after the last contender); 0 measures no ceilings (and reports no % of ceiling).
+    """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import InputError
 
@@ -566,8 +725,17 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
     results: dict[str, dict] = {}
     cold: dict[str, dict] = {}
     plan = (["reference"] if reference else []) + list(backends)
+    ceiling_passes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="maskst-bench-") as tmp:
         workdir = Path(tmp)
+
+        def ceilings(label: str) -> None:
+            if ceiling_repeats > 0:
+                _say(progress, f"machine ceilings ({label}): MatMul and convolution per runtime and precision")
+                ceiling_passes.append(_spawn({**common, "kind": "ceilings", "repeats": ceiling_repeats},
+                                             workdir, f"ceilings-{label}"))
+
+        ceilings("before")
         for index, name in enumerate(plan, 1):
             _say(progress, f"[{index}/{len(plan)}] {name}: loading, {settings.warmup} warm-up + "
                            f"{settings.repeats} timed generations")
@@ -581,7 +749,82 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
                 _say(progress, f"cold start: {name} in a fresh process (engines built, caches warm)")
                 cold[name] = _spawn({**common, "kind": "cold_start", "backend": name, "progress": False},
                                     workdir, _safe(name) + "-cold")
-    return _report(models, settings, results, cold, diffs, verify_ms, started, command)
+        ceilings("after")
+        calls = graph_call_shapes(results)
+        flops = {"counts": []}
+        if calls:
+            _say(progress, f"counting FLOPs of {len(calls)} graph call shape(s)")
+            flops = _spawn({**common, "kind": "flops", "calls": calls}, workdir, "flops")
+    return _report(models, settings, results, cold, diffs, verify_ms, started, command,
+                   machine_limits(ceiling_passes, flops))
+
+
+def graph_call_shapes(results: dict) -> list[tuple[str, dict]]:
+    """Every distinct (graph, input shapes) the maskst contenders called (what the FLOP worker counts)."""
+    seen, calls = set(), []
+    for result in results.values():
+        for graph, entries in (result.get("graph_calls") or {}).items():
+            for entry in entries:
+                if entry["shapes"] is None:
+                    continue
+                key = (graph, json.dumps(entry["shapes"], sort_keys=True))
+                if key not in seen:
+                    seen.add(key)
+                    calls.append((graph, entry["shapes"]))
+    return calls
+
+
+def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
+    """The ceilings (passes pooled) and the FLOP counts, with the errors of their workers."""
+    from maskst.bench.ceilings import merge_samples
+
+    errors = [p["error"] for p in ceiling_passes if "error" in p] + ([flops["error"]] if "error" in flops else [])
+    return {"ceilings": merge_samples([p["ceilings"] for p in ceiling_passes if "ceilings" in p]),
+            "ceiling_passes": len([p for p in ceiling_passes if "ceilings" in p]),
+            "ceiling_peak_rss_mib": max((p.get("peak_rss_mib", 0) for p in ceiling_passes), default=None),
+            "ceiling_other_load_cores": [p["cpu_share"].get("others_cores") for p in ceiling_passes if "cpu_share" in p],
+            "flop_counts": flops.get("counts", []), "errors": errors}
+
+
+def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[dict]]]:
+    """{contender: {graph: [per shape set: runtime, precision, ms, GFLOP, GFLOP/s, ceiling, % of ceiling]}}.
+
+    The ceiling of a graph is the one of the runtime and precision it ran in, weighted by its mix of
+    MatMul and convolution FLOPs (:func:`maskst.bench.ceilings.effective_ceiling`). The reference's
+    UNet and VAE decoder get the FLOPs of maskst's graphs at the same request shapes.
+    """
+    from maskst.bench.ceilings import effective_ceiling
+
+    counts = {(c["graph"], json.dumps(c["shapes"], sort_keys=True)): c for c in limits["flop_counts"]}
+    by_graph: dict[str, dict] = {}
+    for (graph, _), count in counts.items():
+        by_graph.setdefault(graph, count)  # the reference's shapes: the request's (one shape set per graph)
+    out: dict[str, dict[str, list[dict]]] = {}
+    for name, result in results.items():
+        if "error" in result:
+            continue
+        precisions = result.get("graph_precision") or {}
+        for graph, entries in (result.get("graph_calls") or {}).items():
+            rows = []
+            for entry in entries:
+                count = (by_graph.get(graph) if entry["shapes"] is None
+                         else counts.get((graph, json.dumps(entry["shapes"], sort_keys=True))))
+                where = precisions.get(graph, {})
+                row = {**where, "calls_per_generation": entry["calls_per_generation"], "ms_median": entry["ms_median"],
+                       "ms_min": min(entry["ms_samples"]), "ms_max": max(entry["ms_samples"]),
+                       "ms_samples": entry["ms_samples"],
+                       "shapes": entry["shapes"] if entry["shapes"] is not None else (count or {}).get("shapes")}
+                if count is not None and entry["ms_median"]:
+                    row["gflop"] = count["flops"] / 1e9
+                    row["gflops"] = count["flops"] / entry["ms_median"] / 1e6
+                    ceiling = effective_ceiling(limits["ceilings"], where.get("runtime", ""), where.get("precision", ""),
+                                                count["by_op"])
+                    if ceiling is not None and ceiling["gflops"]:
+                        row["ceiling"] = ceiling
+                        row["pct_of_ceiling"] = 100 * row["gflops"] / ceiling["gflops"]
+                rows.append(row)
+            out.setdefault(name, {})[graph] = rows
+    return out
 
 
 def _stages(settings) -> tuple[str, ...]:
@@ -592,7 +835,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _report(models, settings, results, cold, diffs, verify_ms, started, command) -> dict:
+def _report(models, settings, results, cold, diffs, verify_ms, started, command, limits=None) -> dict:
     from maskst.engines.manifest import library_versions
 
     end_to_end, stages, errors = {}, {}, {}
@@ -627,8 +870,21 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command)
         "masked_elements": {n: r["masked_elements"] for n, r in ok.items()},
         "runners": {n: r["runners"] for n, r in ok.items() if "runners" in r},
         "runs": {n: r["runs"] for n, r in ok.items()},
+        # other processes' CPU use during the timed generations (cores' worth, median over generations)
+        "other_load_cores": {n: _median(r["cpu_share"]["others_cores"] for r in res["runs"]
+                                        if (r.get("cpu_share") or {}).get("others_cores") is not None)
+                             for n, res in ok.items()},
         "errors": errors,
     }
+    limits = limits or {"ceilings": {}, "ceiling_passes": 0, "flop_counts": [], "errors": []}
+    report["ceilings"] = limits["ceilings"]
+    report["ceiling_passes"] = limits["ceiling_passes"]
+    report["ceiling_peak_rss_mib"] = limits.get("ceiling_peak_rss_mib")
+    report["ceiling_other_load_cores"] = limits.get("ceiling_other_load_cores")
+    report["flop_counts"] = limits["flop_counts"]
+    report["graph_efficiency"] = graph_efficiency(ok, limits)
+    # a missing ceiling or FLOP count is reported, not a failed contender (no openvino: no FLOP counts)
+    report["machine_limits_errors"] = limits["errors"]
     report["targets"] = _targets(report)
     return report
 
@@ -649,6 +905,18 @@ def _targets(report: dict) -> dict:
         targets["masking_projection_under_1ms"] = {"backend": best, "ms": masking[best], "met": masking[best] < 1.0}
     if report["cold_start_ms"]:
         targets["cold_start_ms"] = report["cold_start_ms"]
+    unet = {n: rows[0] for n, graphs in report.get("graph_efficiency", {}).items() if n != "reference"
+            for g, rows in graphs.items() if g == "unet" and rows and "pct_of_ceiling" in rows[0]}
+    if unet:
+        best = min(unet, key=lambda n: unet[n]["ms_median"])
+        targets["unet_step_at_least_70pct_of_ceiling"] = {
+            "backend": best, "pct": unet[best]["pct_of_ceiling"], "precision": unet[best].get("precision"),
+            "met": unet[best]["pct_of_ceiling"] >= 70.0}
+    rss = report.get("peak_rss_mib", {})
+    if "reference" in rss and len(rss) > 1:
+        targets["peak_rss_not_above_reference"] = {
+            "reference_mib": rss["reference"], **{n: v for n, v in rss.items() if n != "reference"},
+            "met": all(v <= rss["reference"] for n, v in rss.items() if n != "reference")}
     return targets
 
 
@@ -678,6 +946,8 @@ def format_table(report: dict) -> str:
     lines.append("| speedup vs reference | " + " | ".join(
         "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference"].get(n), "x") for n in names) + " |")
     lines.append("| peak RSS (MiB) | " + " | ".join(_fmt(report["peak_rss_mib"].get(n)) for n in names) + " |")
+    others = report.get("other_load_cores") or {}
+    lines.append("| other processes' load (cores) | " + " | ".join(_fmt(others.get(n)) for n in names) + " |")
     lines.append("| load (ms) | " + " | ".join(_fmt(report["load_ms"].get(n)) for n in names) + " |")
     lines.append("| first request (ms) | " + " | ".join(_fmt(report["first_request_ms"].get(n)) for n in names) + " |")
     lines.append("| cold start to 1st UNet step (ms) | "
@@ -688,6 +958,7 @@ def format_table(report: dict) -> str:
     out = ["\n".join(lines)]
     for name, error in report["errors"].items():
         out.append(f"{name}: FAILED: {error}")
+    out += _limits_tables(report)
     targets = []
     for key, value in report["targets"].items():
         if key == "cold_start_ms":
@@ -703,6 +974,43 @@ def format_table(report: dict) -> str:
                f"median of {s['repeats']} after {s['warmup']} warm-up; manifest SHA-256 check "
                f"{_fmt(report['manifest_verify_ms'])} ms (not in cold start: it uses --skip-verify)")
     return "\n\n".join(out)
+
+
+def _limits_tables(report: dict) -> list[str]:
+    """The ceilings table and the per-graph achieved GFLOP/s table (empty when not measured)."""
+    out = []
+    ceilings = report.get("ceilings") or {}
+    if ceilings:
+        lines = ["| ceiling (GFLOP/s, median [min-max]) | MatMul 2048^3 | conv 3x3 640ch 32x32 (direct) | kernels |",
+                 "|---|---:|---:|---|"]
+        for runtime, by_precision in ceilings.items():
+            for precision, kinds in by_precision.items():
+                cells = [f"{_fmt(kinds[k]['gflops'])} [{_fmt(kinds[k]['gflops_min'])}-{_fmt(kinds[k]['gflops_max'])}]"
+                         if k in kinds else "-" for k in ("matmul", "conv")]
+                kernels = ", ".join(dict.fromkeys(kinds[k]["kernel"] for k in ("matmul", "conv") if kinds.get(k, {}).get("kernel")))
+                lines.append(f"| {runtime} {precision} | " + " | ".join(cells) + f" | {kernels or '-'} |")
+        out.append("\n".join(lines))
+    efficiency = report.get("graph_efficiency") or {}
+    rows = []
+    for name, graphs in efficiency.items():
+        for graph, entries in graphs.items():
+            for row in entries:
+                if "gflop" not in row:
+                    continue
+                rows.append(f"| {graph} | {name} | {row.get('runtime', '-')} {row.get('precision', '')} | "
+                            f"{_fmt(row['gflop'])} | {_fmt(row['ms_median'])} [{_fmt(row['ms_min'])}-{_fmt(row['ms_max'])}] | "
+                            f"{_fmt(row['calls_per_generation'])} | {_fmt(row['gflops'])} | "
+                            f"{_fmt(row['ceiling']['gflops']) if 'ceiling' in row else '-'} | "
+                            f"{_fmt(row['pct_of_ceiling'], '%') if 'pct_of_ceiling' in row else '-'} |")
+    if rows:
+        out.append("| graph | contender | runs in | GFLOP/call | ms/call median [min-max] | calls/gen | GFLOP/s | "
+                   "ceiling GFLOP/s | % of ceiling |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+        out.append("FLOPs: MatMul/Gemm/Conv/ConvTranspose/SDPA at the request's shapes, 2 per multiply-add, convolutions "
+                   "counted for the direct algorithm; the ceiling of a graph is its runtime's and precision's MatMul "
+                   "and convolution ceilings weighted by its own mix of the two.")
+    for error in report.get("machine_limits_errors") or []:
+        out.append(f"machine limits not measured: {error}")
+    return out
 
 
 if __name__ == "__main__":

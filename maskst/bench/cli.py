@@ -145,7 +145,11 @@ def _command(program: str) -> str:
 @click.option("--backends", default=None,
               help="Comma list of maskst backends: ort-cpu, openvino (bf16 UNet/encoders on AMX CPUs), openvino-f32, "
                    "openvino-bf16, openvino:GRAPH=VALUE:..., ort-cuda, ort-trt, trt. "
-                   "Default: ort-cpu,openvino (ort-cpu alone if openvino is not installed).")
+                   "Default: every CPU backend and precision that applies here (ort-cpu, openvino-f32, and where the "
+                   "CPU has native bf16 openvino and openvino-bf16; ort-cpu alone without openvino).")
+@click.option("--ceiling-repeats", type=int, default=8, show_default=True,
+              help="Timed calls per ceiling kernel (MatMul, convolution per runtime and precision), measured before "
+                   "the first and after the last contender; 0: no ceilings and no % of ceiling.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch reference (no speedup column then).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
@@ -155,7 +159,7 @@ def _command(program: str) -> str:
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, no_reference, no_cold_start, json_out, image_driven):
+               backends, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -175,16 +179,17 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     from maskst.bench.bench import BenchSettings, format_table, run_bench
 
     if backends is None:
-        import importlib.util
+        from maskst.runtime.backends import default_cpu_backends
 
-        backends = "ort-cpu,openvino" if importlib.util.find_spec("openvino") is not None else "ort-cpu"
+        backends = ",".join(default_cpu_backends())
         if backends == "ort-cpu" and not quiet:
             click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
                        err=True)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     _check_backends(names)
-    if repeats < 1 or warmup < 0:
-        raise InputError(f"--repeats {repeats} must be >= 1 and --warmup {warmup} >= 0")
+    if repeats < 1 or warmup < 0 or ceiling_repeats < 0:
+        raise InputError(f"--repeats {repeats} must be >= 1, --warmup {warmup} >= 0 and --ceiling-repeats "
+                         f"{ceiling_repeats} >= 0")
     if json_out is not None:
         from maskst.runtime.output import check_writable
 
@@ -196,7 +201,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet, family=family, image_driven=image_driven)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
-                       progress=not quiet, command=_command("maskst-bench"))
+                       progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
     click.echo(format_table(report))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
-from maskst.bench.bench import BenchSettings, _inputs, _say, clear_request_caches
+from maskst.bench.bench import BenchSettings, _inputs, _peak_rss_mib, _say, clear_request_caches
 
 STAGE_OF_GRAPH = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "image_encoder": "image_encoder",
                   "content_encoder": "content_encoder",
@@ -247,6 +247,7 @@ def profile_generation(engines: Path, backend: str, settings: BenchSettings, out
         "ops_by_type": aggregate(ops, "op_type", top, total_us),
         "ops_by_node": aggregate(ops, "node", top, total_us),
         "ort_profiles": raw_files,
+        "peak_rss_mib": _peak_rss_mib(),  # this process, loading and profiling included
         "files": {"table": "profile.txt", "summary": "profile.json", "trace": "trace.json", "chart": "profile.png"},
     }
     (out_dir / "trace.json").write_text(json.dumps(chrome_trace(spans, ort_ops, window, backend)))
@@ -266,7 +267,7 @@ def format_profile(summary: dict) -> str:
     """The summary as Markdown tables: stages, top op types, top nodes."""
     s = summary["settings"]
     head = (f"one generation, {s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), "
-            f"backend {summary['backend']}: {summary['end_to_end_ms']:.1f} ms")
+            f"backend {summary['backend']}: {summary['end_to_end_ms']:.1f} ms; peak RSS {summary['peak_rss_mib']:,.0f} MiB")
     stages = _table(["stage", "calls", "total ms", "mean ms", "share"],
                     [[r["stage"], None if r["calls"] is None else str(r["calls"]), f"{r['total_ms']:.2f}",
                       None if r["mean_ms"] is None else f"{r['mean_ms']:.3f}", f"{100 * r['share']:.1f}%"]

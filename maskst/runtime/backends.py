@@ -250,3 +250,21 @@ class OpenVinoBf16Backend(_OpenVinoBackend):
     name = "openvino-bf16"
     precision = "bf16"
     summary = "OpenVINO, every graph bf16 (masking on ONNX Runtime)"
+
+
+def default_cpu_backends() -> list[str]:
+    """Every CPU backend and precision that applies to this machine (what maskst-bench runs by default):
+    ``ort-cpu``; with openvino installed ``openvino-f32`` and, where the CPU has native bf16 (AMX or
+    AVX-512-BF16), ``openvino`` (bf16, VAE fp32) and ``openvino-bf16`` (every graph bf16). On a CPU
+    without native bf16 ``openvino`` would run what ``openvino-f32`` runs, so it is left out."""
+    import importlib.util
+
+    names = ["ort-cpu"]
+    if importlib.util.find_spec("openvino") is None:
+        return names
+    from maskst.runtime.openvino_runner import native_bf16
+
+    names.append("openvino-f32")
+    if native_bf16():
+        names += ["openvino", "openvino-bf16"]
+    return names

@@ -68,6 +68,9 @@ class PipelineCallback:
     of wrapping runners. Every method is called on the pipeline's thread, synchronously.
     """
 
+    def on_infer_inputs(self, graph: str, feed: dict[str, np.ndarray]) -> None:
+        """Right before :meth:`on_infer_start`, with the call's inputs (read only; benchmarks take the shapes)."""
+
     def on_infer_start(self, graph: str) -> None:
         """Right before one call of graph ``graph`` (a name of the engines' manifest)."""
 
@@ -150,6 +153,7 @@ class MaskstPipeline:
         """One call of one graph's runner, announced to the callbacks. Outputs are the runner's
         reused buffers: copy what must outlive the next call of the same graph."""
         for callback in self.callbacks:
+            callback.on_infer_inputs(graph, feed)
             callback.on_infer_start(graph)
         out = self.runners[graph].infer(feed, check_inputs=check_inputs)
         for callback in self.callbacks:

@@ -1,0 +1,193 @@
+"""What OpenVINO made of a graph: runtime node types, the kernels that ran and where the time went.
+
+``python -m maskst.bench.ov_inspect MODEL [MODEL ...] --shapes JSON --precision bf16 --calls 6 --json out.json``
+
+For each model file (ONNX or OpenVINO IR), in its own process one after the other (peak RSS is each
+model's own): read, reshape to the static ``--shapes`` ({input name: shape}; inputs not named keep
+their shapes), compile for the CPU with ``INFERENCE_PRECISION_HINT``, ``PERFORMANCE_HINT=LATENCY`` and
+``INFERENCE_NUM_THREADS``, then time ``--calls`` inferences after ``--warmup`` with the same random
+inputs. ``--rounds`` > 1 repeats that over all models in turn (interleaved: a busy machine slows
+every contender alike), each round a fresh process per model, so the spread is visible.
+
+Reported per model: compile time, per-call times (median, min, max), the runtime model's node types
+(``layerType`` counts: are the attention blocks one ``MHA`` / ``ScaledDotProductAttention`` node, or
+``MatMul`` + ``Softmax`` + ``MatMul``?), the time per ``layerType`` and per kernel (``exec_type`` from
+``PERF_COUNT``, measured on one extra call with counters on), the FLOPs at these shapes and the achieved
+GFLOP/s, and the peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
+
+
+def _random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for port in model.inputs:
+        shape = [int(d) for d in port.get_partial_shape().to_shape()]
+        dtype = port.get_element_type().to_dtype()
+        name = port.get_any_name()
+        if np.issubdtype(dtype, np.floating):
+            array = rng.standard_normal(shape).astype(dtype)
+            if name == "timestep":
+                array = np.full(shape, 500.0, dtype)
+            elif name.startswith(("region_mask", "ip_scale")):
+                array = np.ones(shape, dtype)
+        else:
+            array = rng.integers(0, 100, shape).astype(dtype)
+        feed[name] = array
+    return feed
+
+
+def runtime_summary(compiled) -> dict:
+    """Node-type counts of the compiled (runtime) model and its kernels per layer type."""
+    types = collections.Counter()
+    kernels = collections.Counter()
+    fused_attention = 0  # Snippets "Subgraph" nodes that swallowed a MatMul -> Softmax -> MatMul chain (MHA)
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = rt["layerType"].astype(str)
+        types[layer] += 1
+        kernels[f"{layer}: {rt['primitiveType'].astype(str)} ({rt['runtimePrecision'].astype(str)})"] += 1
+        original = rt["originalLayersNames"].astype(str)
+        if layer == "Subgraph" and "Softmax" in original and "MatMul" in original:
+            fused_attention += 1
+    return {"layer_types": dict(types.most_common()), "kernels": dict(kernels.most_common()),
+            "attention_nodes": sum(types[t] for t in ATTENTION_TYPES) + fused_attention,
+            "mha_subgraphs": fused_attention, "softmax_nodes": types["Softmax"]}
+
+
+def perf_breakdown(request) -> dict:
+    """Time of one call per layerType and per exec_type (PERF_COUNT), in ms."""
+    by_type, by_kernel = collections.Counter(), collections.Counter()
+    for info in request.profiling_info:
+        if info.status.name != "EXECUTED":
+            continue
+        ms = info.real_time.total_seconds() * 1e3
+        by_type[info.node_type] += ms
+        by_kernel[f"{info.node_type}: {info.exec_type}"] += ms
+    total = sum(by_type.values())
+    return {"total_ms": total, "by_layer_type": {k: round(v, 3) for k, v in by_type.most_common()},
+            "by_kernel": {k: round(v, 3) for k, v in by_kernel.most_common(25)}}
+
+
+def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None, calls: int, warmup: int,
+                  count_flops: bool = True) -> dict:
+    import openvino as ov
+
+    from maskst.bench.bench import CpuShare
+    from maskst.bench.flops import count_model
+
+    core = ov.Core()
+    t0 = time.perf_counter()
+    model = core.read_model(str(path))
+    if shapes:
+        names = {n for port in model.inputs for n in port.get_names()}
+        model.reshape({k: v for k, v in shapes.items() if k in names})
+    read_ms = (time.perf_counter() - t0) * 1e3
+    flops = count_model(model, path.stem, shapes).to_json() if count_flops else None
+    feed = _random_feed(model)
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    t0 = time.perf_counter()
+    compiled = core.compile_model(model, "CPU", config)
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    del model
+    request = compiled.create_infer_request()
+    times = []
+    share = CpuShare()
+    for i in range(warmup + calls):
+        if i == warmup:
+            share.start()
+        t0 = time.perf_counter()
+        request.infer(feed)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    load = share.stop()
+    summary = runtime_summary(compiled)
+    del request, compiled
+    # one more compile with counters on (PERF_COUNT adds per-node bookkeeping: kept out of the timed calls)
+    model = core.read_model(str(path))
+    if shapes:
+        names = {n for port in model.inputs for n in port.get_names()}
+        model.reshape({k: v for k, v in shapes.items() if k in names})
+    profiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True})
+    del model
+    request = profiled.create_infer_request()
+    request.infer(feed)
+    request.infer(feed)
+    perf = perf_breakdown(request)
+    median = statistics.median(times)
+    return {"model": str(path), "precision": precision, "threads": threads, "shapes": shapes,
+            "read_ms": read_ms, "compile_ms": compile_ms, "ms_median": median, "ms_min": min(times),
+            "ms_max": max(times), "ms_samples": [round(t, 2) for t in times],
+            "gflop": flops["gflop"] if flops else None,
+            "gflops": flops["flops"] / median / 1e6 if flops else None,
+            **summary, "perf": perf, "cpu_share": load,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--shapes", default="{}", help='JSON {input name: shape}, e.g. {"sample": [2, 4, 32, 32]}')
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--calls", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds over the models")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
+    args = parser.parse_args(argv)
+    shapes = json.loads(args.shapes)
+    if args.one:
+        print(json.dumps(inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup)))
+        return 0
+    results: dict[str, list[dict]] = {str(m): [] for m in args.models}
+    for round_index in range(args.rounds):
+        for model in args.models:
+            cmd = [sys.executable, "-m", "maskst.bench.ov_inspect", str(model), "--one", "--shapes", args.shapes,
+                   "--precision", args.precision, "--calls", str(args.calls), "--warmup", str(args.warmup)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                results[str(model)].append({"error": f"exit {proc.returncode}"})
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[str(model)].append(result)
+            print(f"round {round_index + 1} {model.name}: {result['ms_median']:.1f} ms "
+                  f"[{result['ms_min']:.1f}-{result['ms_max']:.1f}], {result['gflops'] or 0:.0f} GFLOP/s, "
+                  f"attention nodes {result['attention_nodes']}, compile {result['compile_ms'] / 1e3:.1f} s, "
+                  f"peak RSS {result['peak_rss_mib']:,.0f} MiB, other load {result['cpu_share']['others_cores']} cores",
+                  file=sys.stderr, flush=True)
+    report = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else None,
+              "results": results}
+    for model, rounds in results.items():
+        ok = [r for r in rounds if "error" not in r]
+        if ok:
+            medians = [r["ms_median"] for r in ok]
+            print(f"{Path(model).name}: median over rounds {statistics.median(medians):.1f} ms "
+                  f"(round medians {', '.join(f'{m:.1f}' for m in medians)})")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

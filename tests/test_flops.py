@@ -1,0 +1,141 @@
+"""FLOP counting (maskst.bench.flops) against hand counts, and the ceilings' report structure (no timing asserts)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+try:
+    import openvino  # noqa: F401
+
+    HAVE_OPENVINO = True
+except ImportError:
+    HAVE_OPENVINO = False
+
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (pip install 'maskst[openvino]')")
+
+
+def _small_graph(path):
+    """A graph with a dynamic batch: MatMul, Gemm, Conv (plain and grouped, strided) and ConvTranspose."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    nodes = [
+        # x [N, 3, 4] @ w1 [4, 5] -> [N, 3, 5]
+        helper.make_node("MatMul", ["x", "w1"], ["m"]),
+        # flatten to [N, 15], Gemm with B^T [6, 15] -> [N, 6]
+        helper.make_node("Flatten", ["m"], ["mf"], axis=1),
+        helper.make_node("Gemm", ["mf", "w2", "b2"], ["g"], transB=1),
+        # image [N, 2, 5, 5]: Conv 2 -> 4, 3x3, pad 1 -> [N, 4, 5, 5]
+        helper.make_node("Conv", ["img", "w3"], ["c1"], pads=[1, 1, 1, 1]),
+        # grouped Conv (2 groups) 4 -> 6, 3x3, stride 2, pad 1 -> [N, 6, 3, 3]
+        helper.make_node("Conv", ["c1", "w4"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], group=2),
+        # ConvTranspose 6 -> 2, 2x2, stride 2 -> [N, 2, 6, 6]
+        helper.make_node("ConvTranspose", ["c2", "w5"], ["c3"], strides=[2, 2]),
+        helper.make_node("Relu", ["c3"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4]),
+         helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 6]),
+         helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, 6, 6])],
+        [w("w1", 4, 5), w("w2", 6, 15), w("b2", 6), w("w3", 4, 2, 3, 3), w("w4", 6, 2, 3, 3), w("w5", 6, 2, 2, 2)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _hand_count(n: int) -> dict[str, int]:
+    matmul = 2 * (n * 3 * 5) * 4  # [N, 3, 5] outputs, K = 4
+    gemm = 2 * (n * 6) * 15  # [N, 6] outputs, K = 15
+    conv = 2 * (n * 4 * 5 * 5) * (2 * 3 * 3)  # direct: each output reads C_in x 3 x 3
+    grouped = 2 * (n * 6 * 3 * 3) * (2 * 3 * 3)  # per group C_in / G = 2
+    transposed = 2 * (n * 6 * 3 * 3) * (2 * 2 * 2)  # each input element feeds C_out x 2 x 2 outputs
+    return {"matmul": matmul + gemm, "conv": conv + grouped, "transposed": transposed}
+
+
+@needs_openvino
+@pytest.mark.parametrize("n", [1, 3])
+def test_flop_count_matches_hand_count(tmp_path, n):
+    from maskst.bench.flops import graph_flops
+
+    path = tmp_path / "small.onnx"
+    _small_graph(path)
+    count = graph_flops(path, "small", {"x": [n, 3, 4], "img": [n, 2, 5, 5]})
+    hand = _hand_count(n)
+    assert count.by_op["MatMul"] == hand["matmul"]
+    assert count.by_op["Convolution"] + count.by_op.get("GroupConvolution", 0) == hand["conv"]
+    assert count.by_op["ConvolutionBackpropData"] == hand["transposed"]
+    assert count.flops == sum(hand.values())
+    assert count.nodes["MatMul"] == 2 and not count.uncounted
+    assert count.to_json()["gflop"] == pytest.approx(count.flops / 1e9)
+
+
+@needs_openvino
+def test_flop_count_of_attention_op():
+    """OpenVINO's ScaledDotProductAttention (what its PyTorch frontend makes of F.scaled_dot_product_attention)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from maskst.bench.flops import count_model
+
+    q = ops.parameter([2, 8, 64, 40], np.float32)
+    k = ops.parameter([2, 8, 77, 40], np.float32)
+    v = ops.parameter([2, 8, 77, 24], np.float32)
+    model = ov.Model([ops.scaled_dot_product_attention(q, k, v, causal=False)], [q, k, v])
+    count = count_model(model, "sdpa", {})
+    assert count.flops == 2 * 2 * 8 * 64 * 77 * 40 + 2 * 2 * 8 * 64 * 77 * 24
+
+
+@needs_openvino
+def test_flop_count_refuses_unknown_inputs(tmp_path):
+    from maskst.bench.flops import graph_flops
+    from maskst.errors import EngineError
+
+    path = tmp_path / "small.onnx"
+    _small_graph(path)
+    with pytest.raises(EngineError, match="no input named"):
+        graph_flops(path, "small", {"x": [1, 3, 4], "image": [1, 2, 5, 5]})
+
+
+@needs_openvino
+def test_flop_count_of_tiny_unet_scales_with_batch(tiny_engines):
+    """The UNet at batch 4 does exactly twice the arithmetic of batch 2 (same latent size, one region)."""
+    from maskst.bench.flops import graph_flops
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    spec = manifest.graph_spec("unet")
+    counts = {}
+    for n in (1, 2):
+        shapes = spec.shapes({"N": n, "h": 8, "w": 8, "R": 1})
+        counts[n] = graph_flops(manifest.graph_path("unet"), "unet", {t.name: list(shapes[t.name]) for t in spec.inputs})
+    assert counts[1].flops > 0 and set(counts[1].by_op) >= {"MatMul", "Convolution"}
+    # everything but the timestep embedding (batch-independent rows) scales with B
+    assert math.isclose(counts[2].flops / counts[1].flops, 2.0, rel_tol=0.01)
+
+
+def test_effective_ceiling_weights_matmul_and_conv():
+    from maskst.bench.ceilings import effective_ceiling
+
+    ceilings = {"openvino": {"bf16": {"matmul": {"gflops": 100.0}, "conv": {"gflops": 50.0}}}}
+    # 1 GFLOP of MatMul at 100 GFLOP/s (10 ms) + 1 GFLOP of convolution at 50 (20 ms): 2 GFLOP in 30 ms
+    got = effective_ceiling(ceilings, "openvino", "bf16", {"MatMul": 10**9, "Convolution": 10**9})
+    assert got["gflops"] == pytest.approx(2 / 0.03)
+    assert got["matmul_share"] == pytest.approx(0.5)
+    assert effective_ceiling(ceilings, "openvino", "int8", {"MatMul": 1}) is None
+
+
+def test_merge_samples_pools_passes():
+    from maskst.bench.ceilings import _summary, merge_samples
+
+    one = {"torch": {"f32": {"matmul": _summary(10**9, [0.010, 0.012], timed="call")}}}
+    two = {"torch": {"f32": {"matmul": _summary(10**9, [0.011, 0.030], timed="call")}}}
+    merged = merge_samples([one, two])["torch"]["f32"]["matmul"]
+    assert merged["ms_samples"] == [10.0, 12.0, 11.0, 30.0]
+    assert merged["ms_median"] == pytest.approx(11.5)
+    assert merged["gflops_max"] == pytest.approx(100.0) and merged["timed"] == "call"
