@@ -233,3 +233,44 @@ def test_openvino_runner_reports_a_broken_graph(tmp_path):
             runner.infer({"x": np.zeros((1, 2), np.float32)})
     with pytest.raises(EngineError, match="missing"):
         OpenVinoRunner(spec, tmp_path / "absent.onnx", precision="f32", cache_dir=False).activate()
+
+
+@needs_openvino
+def test_openvino_compiled_cache_is_keyed_and_imported(tiny_engines, tmp_path):
+    """maskst's own compiled-model cache: one blob per shapes and precision, imported on the next use with the
+    same outputs; a damaged blob is compiled again; bf16 graphs run on f16 weights within the bf16 tolerance."""
+    from maskst.engines.manifest import load_manifest
+    from maskst.runtime.openvino_runner import PARITY_TOLERANCE, OpenVinoRunner, parity_vs_ort
+
+    manifest = load_manifest(tiny_engines)
+    spec, path = manifest.graph_spec("vae_decoder"), manifest.graph_path("vae_decoder")
+    cache = tmp_path / "cache"
+    feeds = [spec.sample_inputs({"N": 1, "h": h, "w": 8}, seed=2) for h in (4, 8)]
+
+    def run(precision: str, feed) -> tuple[np.ndarray, str]:
+        with OpenVinoRunner(spec, path, precision=precision, cache_dir=cache, threads=1) as runner:
+            out = runner.infer(feed)["images"].copy()
+            return out, next(iter(runner.loaded_from.values()))
+
+    first, source = run("f32", feeds[0])
+    assert source == "compiled"
+    again, source = run("f32", feeds[0])
+    assert source == "cache"
+    np.testing.assert_array_equal(again, first)
+    _, source = run("f32", feeds[1])  # other shapes: another blob
+    assert source == "compiled"
+    _, source = run("bf16", feeds[0])  # other precision: another blob, in its own folder
+    assert source == "compiled"
+    blobs = sorted(p.relative_to(cache).parts[0] for p in cache.rglob("*.blob"))
+    assert blobs == ["bf16", "f32", "f32"]
+    for blob in (cache / "f32").glob("*.blob"):
+        blob.write_bytes(b"damaged")
+    recompiled, source = run("f32", feeds[0])
+    assert source == "compiled"
+    np.testing.assert_array_equal(recompiled, first)
+    # bf16 with f16 weights against ONNX Runtime fp32, per graph of the tiny engines
+    for name in ("unet", "text_encoder"):
+        dims = {"unet": {"N": 1, "h": 4, "w": 8, "R": 1}}.get(name)
+        records = parity_vs_ort(manifest, name, "bf16", dims=dims)
+        assert all(r.passed for r in records), [r.describe() for r in records]
+    assert PARITY_TOLERANCE["bf16"] == 0.1

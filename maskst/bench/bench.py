@@ -62,6 +62,7 @@ STAGE_LABELS = {
 }
 CONTROL_STAGE = "controlnet_step"  # image-driven runs (--image-driven): one ControlNet call, batch 2N
 STAGE_LABELS[CONTROL_STAGE] = "ControlNet step (CFG batch)"
+QUIET_CORES = 0.1  # a generation is "quiet" when other processes used less than this many cores meanwhile
 MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below timer noise of a generation
 # Engines built for benchmarks accept sizes 128..1024 px (64..512 for the tiny presets), up to 4 images.
 _EXPORT_SIZES = {"full": dict(min_size=128, opt_size=512, max_size=1024, max_batch=4),
@@ -847,6 +848,17 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         stages[name] = {s: _median(r[s] for r in result["runs"] if s in r) for s in _stages(settings)}
     ref = end_to_end.get("reference")
     speedup = {n: ref / v for n, v in end_to_end.items() if n != "reference" and ref and v}
+    # the same over the generations during which other processes used < QUIET_CORES of the CPU (a shared
+    # machine: a busy neighbour slowed torch's fp32 reference 2.6x here, OpenVINO's 2-thread UNet 2.2x)
+    quiet = {}
+    for name, result in results.items():
+        if "error" not in result:
+            values = [r["end_to_end"] for r in result["runs"]
+                      if (r.get("cpu_share") or {}).get("others_cores") is not None
+                      and r["cpu_share"]["others_cores"] < QUIET_CORES]
+            quiet[name] = {"ms": _median(values), "runs": len(values)}
+    ref_quiet = quiet.get("reference", {}).get("ms")
+    speedup_quiet = {n: ref_quiet / q["ms"] for n, q in quiet.items() if n != "reference" and ref_quiet and q["ms"]}
     ok = {n: r for n, r in results.items() if "error" not in r}
     report = {
         "command": command,
@@ -858,6 +870,9 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "models": models.to_json(),
         "end_to_end_ms": end_to_end,
         "speedup_vs_reference": speedup,
+        "end_to_end_quiet": quiet,
+        "speedup_vs_reference_quiet": speedup_quiet,
+        "quiet_below_cores": QUIET_CORES,
         "stages_ms": stages,
         "masking_projection_ms": {n: r["masking_projection_ms"] for n, r in ok.items()},
         "peak_rss_mib": {n: r["peak_rss_mib"] for n, r in ok.items()},
@@ -892,10 +907,15 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
 def _targets(report: dict) -> dict:
     """The issue's targets, as measured in this run (informational: nothing here fails the run)."""
     speed = report["speedup_vs_reference"]
+    quiet = report.get("speedup_vs_reference_quiet") or {}
     targets = {}
     if speed:
         best = max(speed, key=speed.get)
         targets["end_to_end_speedup_at_least_6x"] = {"backend": best, "speedup": speed[best], "met": speed[best] >= 6.0}
+    if quiet:  # both sides measured while nobody else used the CPU: the figure to quote on a shared machine
+        best = max(quiet, key=quiet.get)
+        targets["end_to_end_speedup_at_least_6x_quiet"] = {"backend": best, "speedup": quiet[best],
+                                                           "met": quiet[best] >= 6.0}
     # No "UNet step no slower than OpenVINO bf16" target: the backends measured here include OpenVINO,
     # so a minimum over them compared with OpenVINO cannot fail. A real check needs a direct OpenVINO
     # compile of the same unet.onnx outside the pipeline, which this bench does not measure.
@@ -945,6 +965,12 @@ def format_table(report: dict) -> str:
     lines.append(f"| {label} | " + " | ".join(f"**{_fmt(report['end_to_end_ms'][n])}**" for n in names) + " |")
     lines.append("| speedup vs reference | " + " | ".join(
         "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference"].get(n), "x") for n in names) + " |")
+    quiet = report.get("end_to_end_quiet") or {}
+    if quiet:
+        lines.append(f"| end to end, quiet generations only (< {report['quiet_below_cores']} core of other load) | "
+                     + " | ".join(f"{_fmt(quiet[n]['ms'])} ({quiet[n]['runs']})" if n in quiet else "-" for n in names) + " |")
+        lines.append("| speedup vs reference, quiet generations | " + " | ".join(
+            "1.00x" if n == "reference" else _fmt(report["speedup_vs_reference_quiet"].get(n), "x") for n in names) + " |")
     lines.append("| peak RSS (MiB) | " + " | ".join(_fmt(report["peak_rss_mib"].get(n)) for n in names) + " |")
     others = report.get("other_load_cores") or {}
     lines.append("| other processes' load (cores) | " + " | ".join(_fmt(others.get(n)) for n in names) + " |")

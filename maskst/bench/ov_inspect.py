@@ -63,7 +63,9 @@ def runtime_summary(compiled) -> dict:
         types[layer] += 1
         kernels[f"{layer}: {rt['primitiveType'].astype(str)} ({rt['runtimePrecision'].astype(str)})"] += 1
         original = rt["originalLayersNames"].astype(str)
-        if layer == "Subgraph" and "Softmax" in original and "MatMul" in original:
+        # ONNX graphs: the decomposed MatMul -> Softmax -> MatMul; PyTorch-frontend IR: the SDPA op's own name
+        if layer == "Subgraph" and (("Softmax" in original and "MatMul" in original)
+                                    or "scaled_dot_product_attention" in original):
             fused_attention += 1
     return {"layer_types": dict(types.most_common()), "kernels": dict(kernels.most_common()),
             "attention_nodes": sum(types[t] for t in ATTENTION_TYPES) + fused_attention,
@@ -85,7 +87,7 @@ def perf_breakdown(request) -> dict:
 
 
 def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None, calls: int, warmup: int,
-                  count_flops: bool = True) -> dict:
+                  count_flops: bool = True, perf: bool = True) -> dict:
     import openvino as ov
 
     from maskst.bench.bench import CpuShare
@@ -120,25 +122,60 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
     load = share.stop()
     summary = runtime_summary(compiled)
     del request, compiled
-    # one more compile with counters on (PERF_COUNT adds per-node bookkeeping: kept out of the timed calls)
+    result = {"model": str(path), "precision": precision, "threads": threads, "shapes": shapes,
+              "read_ms": read_ms, "compile_ms": compile_ms, "ms_median": statistics.median(times), "ms_min": min(times),
+              "ms_max": max(times), "ms_samples": [round(t, 2) for t in times],
+              "gflop": flops["gflop"] if flops else None,
+              "gflops": flops["flops"] / statistics.median(times) / 1e6 if flops else None,
+              **summary, "cpu_share": load}
+    if perf:
+        result["perf"] = _profiled_call(core, path, shapes, config, feed)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _profiled_call(core, path: Path, shapes: dict, config: dict, feed: dict) -> dict:
+    """One more compile with counters on (PERF_COUNT adds per-node bookkeeping: kept out of the timed calls)."""
+    from maskst.bench.flops import op_flops
+
     model = core.read_model(str(path))
     if shapes:
         names = {n for port in model.inputs for n in port.get_names()}
         model.reshape({k: v for k, v in shapes.items() if k in names})
+    flops_of = {op.get_friendly_name(): f for op in model.get_ordered_ops() if (f := op_flops(op)) is not None}
     profiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True})
     del model
     request = profiled.create_infer_request()
     request.infer(feed)
     request.infer(feed)
-    perf = perf_breakdown(request)
-    median = statistics.median(times)
-    return {"model": str(path), "precision": precision, "threads": threads, "shapes": shapes,
-            "read_ms": read_ms, "compile_ms": compile_ms, "ms_median": median, "ms_min": min(times),
-            "ms_max": max(times), "ms_samples": [round(t, 2) for t in times],
-            "gflop": flops["gflop"] if flops else None,
-            "gflops": flops["flops"] / median / 1e6 if flops else None,
-            **summary, "perf": perf, "cpu_share": load,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = perf_breakdown(request)
+    result["by_shape"] = kernel_efficiency(profiled, request, flops_of)
+    return result
+
+
+def kernel_efficiency(compiled, request, flops_of: dict[str, int]) -> list[dict]:
+    """Time, FLOPs and GFLOP/s of the Convolution / FullyConnected / MHA nodes grouped by layer type and
+    output shape (one profiled call): which shapes run far below the ceiling."""
+    nodes = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        original = rt["originalLayersNames"].astype(str).split(",")
+        shape = str(op.get_output_partial_shape(0)) if op.get_output_size() else "-"
+        nodes[op.get_friendly_name()] = (rt["layerType"].astype(str), shape, sum(flops_of.get(n, 0) for n in original))
+    groups: dict[tuple, list] = {}
+    for info in request.profiling_info:
+        if info.status.name != "EXECUTED" or info.node_name not in nodes:
+            continue
+        layer, shape, flops = nodes[info.node_name]
+        if not flops:
+            continue
+        slot = groups.setdefault((layer, shape, info.exec_type), [0, 0.0, 0])
+        slot[0] += flops
+        slot[1] += info.real_time.total_seconds()
+        slot[2] += 1
+    rows = [{"layer": k[0], "output_shape": k[1], "kernel": k[2], "nodes": v[2], "gflop": v[0] / 1e9,
+             "ms": v[1] * 1e3, "gflops": v[0] / v[1] / 1e9 if v[1] else None} for k, v in groups.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
 
 
 def main(argv=None) -> int:
@@ -151,11 +188,15 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds over the models")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quiet-below", type=float, default=0.1,
+                        help="summaries over the rounds whose other processes' load was below this many cores")
+    parser.add_argument("--no-perf", action="store_true", help="skip the PERF_COUNT breakdown (rounds after the first always do)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
     shapes = json.loads(args.shapes)
     if args.one:
-        print(json.dumps(inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup)))
+        print(json.dumps(inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup,
+                                       perf=not args.no_perf)))
         return 0
     results: dict[str, list[dict]] = {str(m): [] for m in args.models}
     for round_index in range(args.rounds):
@@ -164,6 +205,8 @@ def main(argv=None) -> int:
                    "--precision", args.precision, "--calls", str(args.calls), "--warmup", str(args.warmup)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            if args.no_perf or round_index > 0:
+                cmd.append("--no-perf")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -178,12 +221,23 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
     report = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else None,
               "results": results}
+    summary = {}
     for model, rounds in results.items():
         ok = [r for r in rounds if "error" not in r]
+        quiet = [r for r in ok if (r["cpu_share"].get("others_cores") or 0.0) < args.quiet_below]
         if ok:
             medians = [r["ms_median"] for r in ok]
+            quiet_medians = [r["ms_median"] for r in quiet]
+            summary[model] = {"rounds": len(ok), "median_ms": statistics.median(medians),
+                              "quiet_rounds": len(quiet),
+                              "quiet_median_ms": statistics.median(quiet_medians) if quiet else None,
+                              "quiet_min_ms": min(r["ms_min"] for r in quiet) if quiet else None,
+                              "quiet_max_ms": max(r["ms_max"] for r in quiet) if quiet else None}
             print(f"{Path(model).name}: median over rounds {statistics.median(medians):.1f} ms "
-                  f"(round medians {', '.join(f'{m:.1f}' for m in medians)})")
+                  f"(round medians {', '.join(f'{m:.1f}' for m in medians)}); quiet rounds ({len(quiet)}): "
+                  + (f"median {statistics.median(quiet_medians):.1f} ms" if quiet else "none"))
+    report["summary"] = summary
+    report["quiet_below_cores"] = args.quiet_below
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

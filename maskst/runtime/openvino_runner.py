@@ -19,25 +19,35 @@ Parity against ONNX Runtime fp32 (:func:`parity_vs_ort`, measured on the full-si
 docs/benchmarks.md): fp32 agrees to < 1e-5 relative on every graph; bf16 is 1-3% max relative error
 (UNet 2.6%, encoders 0.9-1.7%, VAE 1.8%), within the 10% tolerance of :data:`PARITY_TOLERANCE`.
 
-Compiled models are cached (``CACHE_DIR``) under ``~/.cache/maskst/openvino`` or the folder given
-as ``compile_cache`` (maskst-run ``--compile-cache DIR``; ``--no-compile-cache`` disables it). Measured on 2 cores (full size, 256 px): cold start to the first UNet
-step 24 s with the cache, 31 s without, but 18 GB instead of 14 GB peak RSS, because for a cache
-hit OpenVINO still reads the ONNX graph (to reshape it and hash it) and then imports the blob.
-OpenVINO keys its cache by the model and the device but not by the inference precision (a bf16
-request loaded an fp32 blob and returned NaN), so each precision gets its own subfolder (``f32/``,
-``bf16/``). The cache takes ~3.4 GB per precision and input shape for the UNet: delete the folder
-to reclaim the space.
+Memory (measured on the full-size SD 1.5 UNet, bf16, 256 px; docs/benchmarks.md): OpenVINO's CPU plugin
+keeps the model it compiled (its constants) besides its own repacked kernel weights. Compiled straight
+from the fp32 ONNX graph that is the memory-mapped fp32 file (3.4 GB) plus the bf16 weights (2.4 GB):
+5.8 GB resident for a 3.4 GB model. So graphs that run in bf16 get their weights converted to f16 in
+memory first (OpenVINO's own ``compress_model_transformation``: the fp32 mapping is released, and the
+plugin turns f16 weights into bf16 as it would fp32 ones): 3.6 GB resident. The UNet's output moves by
+3.3% of its peak against fp32 with f16 weights, 3.2% without (the bf16 arithmetic dominates both).
+
+Compiled models are cached by maskst (``CACHE_DIR`` is not used) under ``~/.cache/maskst/openvino`` or
+the folder given as ``compile_cache`` (maskst-run ``--compile-cache DIR``; ``--no-compile-cache``
+disables it): one blob per graph file (path, size, modification time of the graph and its external
+data), input shapes, precision, compile properties, OpenVINO version and CPU (model and ISA flags),
+written by ``export_model`` after the first compile and imported through a memory map afterwards, so a
+cache hit never reads the ONNX graph (OpenVINO's own cache read and hashed the whole graph first: 18 GB
+instead of 14 GB peak for the pipeline) and the model's weights stay file-backed. A blob OpenVINO refuses
+(another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
+precision and input shape in bf16: delete the folder to reclaim the space.
 
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
 static), and recompiled (and cached) for new shapes; static shapes ran the UNet step at ~1.0 s
-against 1.2-2.4 s with dynamic shapes here. The fp32 graph is read for each compile and dropped
-afterwards. Outputs are OpenVINO's own output tensors, shared: like the ONNX Runtime runner's
-buffers they stay valid until the next ``infer`` of the same runner.
+against 1.2-2.4 s with dynamic shapes here. Outputs are OpenVINO's own output tensors, shared: like
+the ONNX Runtime runner's buffers they stay valid until the next ``infer`` of the same runner.
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
+import os
 import time
 from pathlib import Path
 
@@ -118,35 +128,71 @@ def graph_choices(precision: str, variant: str, backend: str) -> dict[str, str]:
     return choices
 
 
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux >= 5.4; Python 3.11 does not export the name
+
+
+def release_pages(mapped: mmap.mmap) -> bool:
+    """Hand the resident pages of a blob map back to the kernel (``madvise(MADV_PAGEOUT)``).
+
+    After the first inference OpenVINO's CPU plugin computes from its own repacked weights; the model
+    weights in the blob are only read again by a re-compile (they are then faulted in from the file:
+    the map is copy-on-write and clean, so nothing is lost). Measured on the full UNet (bf16): 3.6 ->
+    1.9 GB resident, same outputs bit for bit, no page read back over further calls. False where the
+    kernel or platform does not offer it (the pages then stay until memory pressure reclaims them).
+    """
+    if not hasattr(mapped, "madvise"):
+        return False
+    try:
+        mapped.madvise(MADV_PAGEOUT)
+    except OSError:  # EINVAL: a kernel before 5.4
+        return False
+    return True
+
+
+def _cpu_identity() -> dict:
+    """What a compiled CPU blob depends on besides the model: the CPU model and its ISA flags."""
+    info: dict = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key in ("model name", "flags") and key not in info:
+                info[key] = value
+    except OSError:
+        import platform
+
+        info["processor"] = platform.processor()
+    return info
+
+
 class OpenVinoRunner(Runner):
     """One graph compiled by OpenVINO for the CPU.
 
     ``precision``: ``auto`` / ``bf16`` / ``f32`` (``INFERENCE_PRECISION_HINT``). ``cache_dir``:
     compiled-model cache (default :func:`default_cache_dir`; ``False`` disables it). ``threads``:
     ``INFERENCE_NUM_THREADS`` (default: OpenVINO's, all physical cores). ``profile``: collect
-    per-node timings (``PERF_COUNT``) for :meth:`profiling_info`.
+    per-node timings (``PERF_COUNT``) for :meth:`profiling_info`. ``compress_weights``: f16 weights
+    for graphs that run in bf16 (see the module docstring; default on).
     """
 
     backend = "openvino"
 
     def __init__(self, spec: GraphSpec, path: Path, precision: str = "auto", cache_dir: Path | bool | None = None,
-                 threads: int | None = None, profile: bool = False):
+                 threads: int | None = None, profile: bool = False, compress_weights: bool = True):
         super().__init__(spec, path)
         self.precision = resolve_precision(precision)
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self.threads = threads
         self.profile = profile
-        self._compiled: dict[tuple, tuple] = {}  # shape key -> (compiled model, infer request, output names)
+        self.compress_weights = compress_weights and self.precision == "bf16"
+        self._compiled: dict[tuple, tuple] = {}  # shape key -> (compiled model, infer request, output names, blob map)
         self.compile_ms: dict[tuple, float] = {}
+        self.loaded_from: dict[tuple, str] = {}  # shape key -> "compiled" or "cache"
+        self._released: set[int] = set()  # blob maps whose pages were handed back after the first inference
 
     @property
     def config(self) -> dict:
         """The OpenVINO compile properties of this runner."""
         config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
-        if self.cache_dir:
-            # One subfolder per precision: OpenVINO 2026.4's cache key leaves INFERENCE_PRECISION_HINT
-            # out, so an fp32 blob was loaded for a bf16 request (and gave NaN) in one shared folder.
-            config["CACHE_DIR"] = str(Path(self.cache_dir) / self.precision)
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         if self.profile:
@@ -163,7 +209,11 @@ class OpenVinoRunner(Runner):
             (Path(self.cache_dir) / self.precision).mkdir(parents=True, exist_ok=True)
 
     def _deactivate(self) -> None:
+        # compiled models first: a model imported from a blob points into the blob's memory map
+        blobs = [entry[3] for entry in self._compiled.values() if entry[3] is not None]
         self._compiled.clear()
+        self._released.clear()
+        del blobs  # each map is unmapped when the last OpenVINO tensor viewing it goes
 
     def _read_model(self):
         try:
@@ -171,38 +221,105 @@ class OpenVinoRunner(Runner):
         except RuntimeError as exc:  # OpenVINO reports every read/convert failure as RuntimeError
             raise EngineError(f"{self.path} could not be read by OpenVINO ({exc}); rebuild it with maskst-export --force") from None
 
+    def blob_path(self, shapes: dict[str, list[int]]) -> Path | None:
+        """The cache file of this graph compiled for ``shapes`` (None without a cache)."""
+        if not self.cache_dir:
+            return None
+        import hashlib
+        import json
+
+        files = {}
+        for path in (self.path, Path(f"{self.path}.data"), self.path.with_suffix(".bin")):
+            if path.is_file():
+                stat = path.stat()
+                files[path.name] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        key = {"files": files, "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
+               "f16_weights": self.compress_weights, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return Path(self.cache_dir) / self.precision / f"{self.spec.name}-{digest}.blob"
+
+    def _import_blob(self, blob: Path):
+        """(compiled model, memory map of the blob) or None if OpenVINO refuses the blob (it is removed)."""
+        ov = _import_openvino()
+        # copy-on-write map: OpenVINO reads the weights in place (file-backed pages, not a copy); nothing
+        # written through it reaches the file
+        with open(blob, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            compiled = _core().import_model(ov.Tensor(np.frombuffer(mapped, dtype=np.uint8), shared_memory=True),
+                                            "CPU", self.config)
+        except RuntimeError:  # another OpenVINO build or a truncated file: compiled again below (the map is
+            blob.unlink(missing_ok=True)  # unmapped when the last view of it goes; unlinking a mapped file is fine)
+            return None
+        return compiled, mapped
+
+    def _compile(self, shapes: dict[str, list[int]], blob: Path | None):
+        """Read, reshape to static ``shapes``, (f16 weights,) compile; write the blob if caching."""
+        import io
+
+        model = self._read_model()
+        # Static shapes for this call: no per-shape kernel preparation on the first inference.
+        model.reshape(shapes)
+        if self.compress_weights:
+            from openvino._offline_transformations import compress_model_transformation
+
+            compress_model_transformation(model)  # releases the fp32 weights (see the module docstring)
+        try:
+            compiled = _core().compile_model(model, "CPU", self.config)
+        except RuntimeError as exc:
+            raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
+        del model
+        if blob is not None:
+            stream = io.BytesIO()
+            compiled.export_model(stream)
+            tmp = blob.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(stream.getbuffer())
+            del stream
+            tmp.replace(blob)  # atomic: a reader sees the old blob or the whole new one
+        return compiled
+
     def _compiled_for(self, feed: dict[str, np.ndarray]):
         key = tuple((name, feed[name].shape) for name in sorted(feed))
         entry = self._compiled.get(key)
         if entry is None:
             started = time.perf_counter()
-            # Read afresh and dropped after compiling: the compiled model holds its own (possibly
-            # bf16) weights, and keeping the fp32 graph too would add its whole size to the RSS.
-            model = self._read_model()
-            # Static shapes for this call: no per-shape kernel preparation on the first inference.
-            model.reshape({name: list(array.shape) for name, array in feed.items()})
-            try:
-                compiled = _core().compile_model(model, "CPU", self.config)
-            except RuntimeError as exc:
-                raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
-            del model
+            shapes = {name: list(array.shape) for name, array in feed.items()}
+            blob = self.blob_path(shapes)
+            imported = self._import_blob(blob) if blob is not None and blob.is_file() else None
+            if imported is not None:
+                (compiled, mapped), source = imported, "cache"
+            else:
+                compiled, mapped, source = self._compile(shapes, blob), None, "compiled"
+                if blob is not None:
+                    # the compiled model holds the weights it was compiled from (f16 copies, or the fp32 graph's
+                    # mapping); imported from the blob just written they are file pages that can be released
+                    del compiled
+                    imported = self._import_blob(blob)
+                    if imported is None:  # refused right after export: run compiled, without the cache
+                        compiled, mapped = self._compile(shapes, None), None
+                    else:
+                        compiled, mapped = imported
             # by tensor name, not get_any_name(): an output may carry several names (the fp16
             # converter's output Casts add one), and the spec's is only one of them
             names = []
             for index, output in enumerate(compiled.outputs):
                 known = [t.name for t in self.spec.outputs if t.name in output.get_names()]
                 names.append(known[0] if known else self.spec.outputs[index].name)
-            entry = (compiled, compiled.create_infer_request(), names)
+            entry = (compiled, compiled.create_infer_request(), names, mapped)
             self._compiled[key] = entry
             self.compile_ms[key] = (time.perf_counter() - started) * 1e3
+            self.loaded_from[key] = source
         return entry
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(array) for name, array in feed.items()}
-        _, request, names = self._compiled_for(feed)
+        _, request, names, mapped = self._compiled_for(feed)
         # share_inputs: no copy of the inputs; share_outputs: the results are views of the request's
         # output tensors, valid until the next infer (the runner contract).
         results = request.infer(feed, share_inputs=True, share_outputs=True)
+        if mapped is not None and id(mapped) not in self._released:
+            release_pages(mapped)
+            self._released.add(id(mapped))
         out = {}
         for name, tensor in zip(names, results.to_tuple()):
             want = next(t.dtype for t in self.spec.outputs if t.name == name)
@@ -218,7 +335,7 @@ class OpenVinoRunner(Runner):
         if not self.profile:
             return []
         records = []
-        for _compiled, request, _ in self._compiled.values():
+        for _compiled, request, _names, _blob in self._compiled.values():
             for info in request.profiling_info:
                 if info.status.name != "EXECUTED":
                     continue
