@@ -274,3 +274,23 @@ def test_openvino_compiled_cache_is_keyed_and_imported(tiny_engines, tmp_path):
         records = parity_vs_ort(manifest, name, "bf16", dims=dims)
         assert all(r.passed for r in records), [r.describe() for r in records]
     assert PARITY_TOLERANCE["bf16"] == 0.1
+
+
+def test_rounds_are_pooled():
+    from maskst.bench.bench import merge_rounds
+
+    def result(ms, rss, unet):
+        return {"runs": [{"end_to_end": ms}], "peak_rss_mib": rss, "masking_projection_ms": 1.0, "load_ms": ms / 10,
+                "first_request_ms": ms * 2, "graph_precision": {"unet": {"runtime": "openvino", "precision": "bf16"}},
+                "graph_calls": {"unet": [{"shapes": {"sample": [2, 4, 8, 8]}, "calls_per_generation": 3,
+                                          "ms_median": unet[1], "ms_samples": unet}]}}
+
+    merged = merge_rounds([result(100.0, 50.0, [1.0, 2.0, 3.0]), {"error": "worker exited"},
+                           result(300.0, 70.0, [4.0, 5.0, 6.0])])
+    assert [r["end_to_end"] for r in merged["runs"]] == [100.0, 300.0]
+    assert merged["peak_rss_mib"] == 70.0 and merged["rounds"] == 3 and merged["round_errors"] == ["worker exited"]
+    assert merged["first_request_ms"] == 200.0  # the first round's (later rounds start from warm caches)
+    unet = merged["graph_calls"]["unet"][0]
+    assert unet["ms_samples"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and unet["ms_median"] == 3.5
+    assert unet["calls_per_generation"] == 3.0
+    assert merge_rounds([{"error": "x"}]) == {"error": "x"}

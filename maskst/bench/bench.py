@@ -703,11 +703,13 @@ def _image_diff(workdir: Path, name: str, reference: str = "reference") -> dict 
 
 def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str], reference: bool = True,
               cold_start: bool = True, progress: bool = True, command: str | None = None,
-              ceiling_repeats: int = 8) -> dict:
+              ceiling_repeats: int = 8, rounds: int = 1) -> dict:
     """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md).
 
     ``ceiling_repeats``: timed calls of each ceiling kernel per pass (two passes: before the first and
-    after the last contender); 0 measures no ceilings (and reports no % of ceiling).
+    after the last contender); 0 measures no ceilings (and reports no % of ceiling). ``rounds``: the
+    contenders run one after the other ``rounds`` times, each time in a fresh process (warm-up included);
+    their timed generations are pooled (:func:`merge_rounds`).
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import InputError
@@ -737,11 +739,14 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
                                              workdir, f"ceilings-{label}"))
 
         ceilings("before")
-        for index, name in enumerate(plan, 1):
-            _say(progress, f"[{index}/{len(plan)}] {name}: loading, {settings.warmup} warm-up + "
-                           f"{settings.repeats} timed generations")
-            kind = "reference" if name == "reference" else "maskst"
-            results[name] = _spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name))
+        rounds_of: dict[str, list[dict]] = {name: [] for name in plan}
+        for round_index in range(rounds):  # contenders interleaved: a busy spell hits one round, not one contender
+            for index, name in enumerate(plan, 1):
+                _say(progress, f"[{index}/{len(plan)}{f', round {round_index + 1}/{rounds}' if rounds > 1 else ''}] "
+                               f"{name}: loading, {settings.warmup} warm-up + {settings.repeats} timed generations")
+                kind = "reference" if name == "reference" else "maskst"
+                rounds_of[name].append(_spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name)))
+        results = {name: merge_rounds(found) for name, found in rounds_of.items()}
         diffs = {b: _image_diff(workdir, _safe(b)) for b in backends} if reference else {}
         if cold_start:
             for name in backends:
@@ -758,6 +763,36 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
             flops = _spawn({**common, "kind": "flops", "calls": calls}, workdir, "flops")
     return _report(models, settings, results, cold, diffs, verify_ms, started, command,
                    machine_limits(ceiling_passes, flops))
+
+
+def merge_rounds(found: list[dict]) -> dict:
+    """One contender's result from its rounds: timed generations and graph calls pooled, the worst peak RSS,
+    the first round's load and first request (later rounds load from warm caches), errors of failed rounds."""
+    ok = [r for r in found if "error" not in r]
+    if not ok:
+        return found[0]
+    merged = dict(ok[0])
+    merged["runs"] = [run for r in ok for run in r["runs"]]
+    merged["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+    merged["masking_projection_ms"] = _median(r["masking_projection_ms"] for r in ok)
+    merged["rounds"] = len(found)
+    merged["round_errors"] = [r["error"] for r in found if "error" in r]
+    merged["load_ms_rounds"] = [r["load_ms"] for r in ok]
+    merged["first_request_ms_rounds"] = [r["first_request_ms"] for r in ok]
+    merged["peak_rss_mib_rounds"] = [r["peak_rss_mib"] for r in ok]
+    if "graph_calls" in ok[0]:
+        generations = len(merged["runs"])
+        calls: dict[str, dict[str, list]] = {}
+        for r in ok:
+            for graph, entries in r.get("graph_calls", {}).items():
+                for entry in entries:
+                    key = json.dumps(entry["shapes"], sort_keys=True)
+                    calls.setdefault(graph, {}).setdefault(key, []).extend(entry["ms_samples"])
+        merged["graph_calls"] = {
+            graph: [{"shapes": json.loads(key), "calls_per_generation": len(samples) / max(1, generations),
+                     "ms_median": _median(samples), "ms_samples": samples} for key, samples in by_shape.items()]
+            for graph, by_shape in calls.items()}
+    return merged
 
 
 def graph_call_shapes(results: dict) -> list[tuple[str, dict]]:
@@ -870,6 +905,7 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "models": models.to_json(),
         "end_to_end_ms": end_to_end,
         "speedup_vs_reference": speedup,
+        "rounds": max((r.get("rounds", 1) for r in ok.values()), default=1),
         "end_to_end_quiet": quiet,
         "speedup_vs_reference_quiet": speedup_quiet,
         "quiet_below_cores": QUIET_CORES,

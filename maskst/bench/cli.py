@@ -147,6 +147,9 @@ def _command(program: str) -> str:
                    "openvino-bf16, openvino:GRAPH=VALUE:..., ort-cuda, ort-trt, trt. "
                    "Default: every CPU backend and precision that applies here (ort-cpu, openvino-f32, and where the "
                    "CPU has native bf16 openvino and openvino-bf16; ort-cpu alone without openvino).")
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="Run the contenders one after the other this many times (fresh processes, interleaved) and pool "
+                   "their timed generations: on a shared machine a busy spell then hits a round, not a contender.")
 @click.option("--ceiling-repeats", type=int, default=8, show_default=True,
               help="Timed calls per ceiling kernel (MatMul, convolution per runtime and precision), measured before "
                    "the first and after the last contender; 0: no ceilings and no % of ceiling.")
@@ -159,7 +162,7 @@ def _command(program: str) -> str:
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven):
+               backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -187,9 +190,9 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
                        err=True)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     _check_backends(names)
-    if repeats < 1 or warmup < 0 or ceiling_repeats < 0:
-        raise InputError(f"--repeats {repeats} must be >= 1, --warmup {warmup} >= 0 and --ceiling-repeats "
-                         f"{ceiling_repeats} >= 0")
+    if repeats < 1 or warmup < 0 or ceiling_repeats < 0 or rounds < 1:
+        raise InputError(f"--repeats {repeats} and --rounds {rounds} must be >= 1, --warmup {warmup} and "
+                         f"--ceiling-repeats {ceiling_repeats} >= 0")
     if json_out is not None:
         from maskst.runtime.output import check_writable
 
@@ -201,7 +204,8 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet, family=family, image_driven=image_driven)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
-                       progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats)
+                       progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
+                       rounds=rounds)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
     click.echo(format_table(report))
