@@ -746,6 +746,8 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
                                f"{name}: loading, {settings.warmup} warm-up + {settings.repeats} timed generations")
                 kind = "reference" if name == "reference" else "maskst"
                 rounds_of[name].append(_spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name)))
+            if round_index < rounds - 1:
+                ceilings(f"after-round-{round_index + 1}")
         results = {name: merge_rounds(found) for name, found in rounds_of.items()}
         diffs = {b: _image_diff(workdir, _safe(b)) for b in backends} if reference else {}
         if cold_start:
@@ -815,8 +817,13 @@ def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
     from maskst.bench.ceilings import merge_samples
 
     errors = [p["error"] for p in ceiling_passes if "error" in p] + ([flops["error"]] if "error" in flops else [])
-    return {"ceilings": merge_samples([p["ceilings"] for p in ceiling_passes if "ceilings" in p]),
-            "ceiling_passes": len([p for p in ceiling_passes if "ceilings" in p]),
+    measured = [p for p in ceiling_passes if "ceilings" in p]
+    # passes during which other processes used the CPU measure the neighbour, not the machine: the quiet
+    # passes make the ceiling when there are any (all passes are kept in the JSON either way)
+    quiet = [p for p in measured if (p.get("cpu_share") or {}).get("others_cores", 1.0) < QUIET_CORES]
+    return {"ceilings": merge_samples([p["ceilings"] for p in (quiet or measured)]),
+            "ceiling_passes": len(measured), "ceiling_quiet_passes": len(quiet),
+            "ceiling_passes_all": [p["ceilings"] for p in measured],
             "ceiling_peak_rss_mib": max((p.get("peak_rss_mib", 0) for p in ceiling_passes), default=None),
             "ceiling_other_load_cores": [p["cpu_share"].get("others_cores") for p in ceiling_passes if "cpu_share" in p],
             "flop_counts": flops.get("counts", []), "errors": errors}
@@ -932,6 +939,8 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
     report["ceiling_passes"] = limits["ceiling_passes"]
     report["ceiling_peak_rss_mib"] = limits.get("ceiling_peak_rss_mib")
     report["ceiling_other_load_cores"] = limits.get("ceiling_other_load_cores")
+    report["ceiling_quiet_passes"] = limits.get("ceiling_quiet_passes")
+    report["ceiling_passes_all"] = limits.get("ceiling_passes_all")
     report["flop_counts"] = limits["flop_counts"]
     report["graph_efficiency"] = graph_efficiency(ok, limits)
     # a missing ceiling or FLOP count is reported, not a failed contender (no openvino: no FLOP counts)
@@ -1051,6 +1060,11 @@ def _limits_tables(report: dict) -> list[str]:
                          if k in kinds else "-" for k in ("matmul", "conv")]
                 kernels = ", ".join(dict.fromkeys(kinds[k]["kernel"] for k in ("matmul", "conv") if kinds.get(k, {}).get("kernel")))
                 lines.append(f"| {runtime} {precision} | " + " | ".join(cells) + f" | {kernels or '-'} |")
+        loads = report.get("ceiling_other_load_cores") or []
+        lines.append(f"\n{report.get('ceiling_passes')} ceiling pass(es), other processes' load "
+                     + ", ".join(_fmt(v) for v in loads) + " cores; the ceiling is the median of the "
+                     + (f"{report['ceiling_quiet_passes']} quiet pass(es)" if report.get("ceiling_quiet_passes")
+                        else "passes (none was quiet: the ceiling is low and % of it high)"))
         out.append("\n".join(lines))
     efficiency = report.get("graph_efficiency") or {}
     rows = []

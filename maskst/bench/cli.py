@@ -46,7 +46,7 @@ def _model_options(func):
                           "(SD 1.5 / ViT-H, first time: 7 min on a 2-core machine, 8 GB peak RSS, 17 GB on disk; "
                           "SDXL / ViT-bigG: about 3x that; compute cost does not depend on the weights)."),
         click.option("--preset", type=click.Choice(PRESETS),
-                     help="Random-weight preset instead of --random-full-size: tiny is a smoke run of well under a minute."),
+                     help="Random-weight preset instead of --random-full-size: tiny is a smoke run of about a minute."),
         click.option("--family", type=click.Choice(FAMILY_NAMES), default="sd15", show_default=True,
                      help="Model family of --random-full-size / --preset: sd15 (SD 1.5 + ViT-H) or sdxl (SDXL base "
                           "1.0 + ip-adapter_sdxl, ViT-bigG). Checkpoints and engines carry their own family."),

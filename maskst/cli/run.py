@@ -110,7 +110,8 @@ def _check_save_control(save_control, batch, request: dict) -> None:
 @click.option("--backend", default="ort-cpu", show_default=True, help=backends_help())
 @click.option("--compile-cache", type=click.Path(path_type=Path, file_okay=False),
               help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino).")
-@click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (less memory, slower start).")
+@click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (slower start, and more memory: without the cache a "
+                   "compiled model keeps the weights it was compiled from).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads per session (default: all cores).")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")

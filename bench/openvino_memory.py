@@ -1,0 +1,185 @@
+"""Resident memory of one OpenVINO graph by how it is loaded (issue 15; what docs/benchmarks.md "Memory" quotes).
+
+Each mode runs in a fresh process and prints one JSON line: RSS split into anonymous and file-backed
+pages (``/proc/self/status``) after loading and the first inference, the peak (``VmHWM``), the time of
+one call, and the maximum relative difference of the output against the ``onnx`` mode's (same input:
+all ones) where that output exists.
+
+Modes: ``onnx`` (read the ONNX graph, static reshape, compile: the issue-5 runner), ``onnx-nommap``
+(the same without memory-mapping the weights), ``onnx-f16`` (weights to f16 in memory before
+compiling), ``ir`` (an OpenVINO IR file given with ``--ir``, e.g. from ``python -m
+maskst.bench.unet_variants maskst-ov``), ``runner`` (maskst's ``OpenVinoRunner`` with its
+compiled-model cache in ``--cache``: run it twice for a miss and a hit), and ``pinning`` (two compiles
+with ``ENABLE_CPU_PINNING`` on and off, calls alternated, each call's other load recorded).
+
+    python bench/openvino_memory.py --graph unet --precision bf16 --mode onnx --mode onnx-f16 \\
+        --mode runner --mode runner --cache /tmp/ov-cache --json bench/results/issue15-unet-memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENGINES = Path.home() / ".cache" / "maskst" / "bench-full-0.1.0" / "engines"
+OUT_DIR = Path("/tmp/maskst-openvino-memory")
+
+
+def _status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "RssAnon", "RssFile", "VmHWM")):
+            key, value = line.split(":")
+            out[key] = int(value.split()[0]) // 1024
+    return out
+
+
+def _shapes(spec) -> dict:
+    dims = {d: r.opt for d, r in spec.dims.items()}
+    dims.update({k: v for k, v in {"N": 1, "h": 32, "w": 32, "R": 1}.items() if k in dims})
+    shapes = spec.shapes(dims)
+    return {t.name: list(shapes[t.name]) for t in spec.inputs}
+
+
+def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None, calls: int) -> dict:
+    import openvino as ov
+
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(ENGINES, verify_hashes=False)
+    spec = manifest.graph_spec(graph)
+    shapes = _shapes(spec)
+    feed = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    record = {"mode": mode, "graph": graph, "precision": precision}
+    if mode == "runner":
+        from maskst.runtime.openvino_runner import OpenVinoRunner
+
+        runner = OpenVinoRunner(spec, manifest.graph_path(graph), precision=precision, cache_dir=Path(cache))
+        runner.activate()
+        out = np.array(next(iter(runner.infer(feed).values())), copy=True)
+        record["loaded_from"] = list(runner.loaded_from.values())
+        infer = lambda: runner.infer(feed)  # noqa: E731
+    elif mode == "pinning":
+        return pinning(graph, precision, calls)
+    else:
+        core = ov.Core()
+        if mode == "onnx-nommap":
+            core.set_property({"ENABLE_MMAP": False})
+        model = core.read_model(ir if mode == "ir" else str(manifest.graph_path(graph)))
+        names = {n for port in model.inputs for n in port.get_names()}
+        model.reshape({k: v for k, v in shapes.items() if k in names})
+        if mode == "onnx-f16":
+            from openvino._offline_transformations import compress_model_transformation
+
+            compress_model_transformation(model)
+        compiled = core.compile_model(model, "CPU", config)
+        del model
+        gc.collect()
+        request = compiled.create_infer_request()
+        out = np.array(request.infer(feed)[0], copy=True)
+        infer = lambda: request.infer(feed)  # noqa: E731
+    record["after_first_call_mib"] = _status()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        infer()
+        times.append((time.perf_counter() - t0) * 1e3)
+    record["ms"] = [round(t, 1) for t in times]
+    record["final_mib"] = _status()
+    OUT_DIR.mkdir(exist_ok=True)
+    np.save(OUT_DIR / f"{graph}-{precision}-{mode}.npy", out)
+    reference = OUT_DIR / f"{graph}-{precision}-onnx.npy"
+    if reference.is_file():
+        base = np.load(reference)
+        record["max_rel_vs_onnx_mode"] = float(np.abs(out - base).max() / max(np.abs(base).max(), 1e-30))
+    fp32 = OUT_DIR / f"{graph}-f32-onnx.npy"
+    if fp32.is_file():
+        base = np.load(fp32)
+        diff = np.abs(out - base)
+        record["vs_fp32"] = {"max_rel": float(diff.max() / np.abs(base).max()), "mean_rel": float(diff.mean() / np.abs(base).mean())}
+    return record
+
+
+def pinning(graph: str, precision: str, calls: int) -> dict:
+    """ENABLE_CPU_PINNING on vs off, alternated calls, each with the other processes' load."""
+    import openvino as ov
+    from openvino._offline_transformations import compress_model_transformation
+
+    from maskst.bench.bench import CpuShare
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(ENGINES, verify_hashes=False)
+    spec = manifest.graph_spec(graph)
+    shapes = _shapes(spec)
+    feed = {name: np.random.default_rng(0).random(shape).astype(np.float32) for name, shape in shapes.items()}
+    core = ov.Core()
+    requests = {}
+    for name, pin in (("pin", True), ("nopin", False)):
+        model = core.read_model(str(manifest.graph_path(graph)))
+        model.reshape(shapes)
+        compress_model_transformation(model)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                                                     "ENABLE_CPU_PINNING": pin})
+        requests[name] = compiled.create_infer_request()
+        requests[name].infer(feed)
+    rows = []
+    for _ in range(calls):
+        for name, request in requests.items():
+            share = CpuShare()
+            share.start()
+            t0 = time.perf_counter()
+            request.infer(feed)
+            rows.append({"variant": name, "ms": (time.perf_counter() - t0) * 1e3, "others": share.stop()["others_cores"]})
+    summary = {}
+    for name in requests:
+        quiet = [r["ms"] for r in rows if r["variant"] == name and r["others"] < 0.1]
+        busy = [r["ms"] for r in rows if r["variant"] == name and r["others"] >= 0.4]
+        summary[name] = {"quiet_n": len(quiet), "quiet_median_ms": float(np.median(quiet)) if quiet else None,
+                         "busy_n": len(busy), "busy_median_ms": float(np.median(busy)) if busy else None}
+    return {"mode": "pinning", "graph": graph, "rows": rows, "summary": summary}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--graph", default="unet")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
+    parser.add_argument("--mode", action="append", required=True,
+                        choices=("onnx", "onnx-nommap", "onnx-f16", "ir", "runner", "pinning"))
+    parser.add_argument("--ir", help="OpenVINO IR (.xml) for --mode ir")
+    parser.add_argument("--cache", help="compiled-model cache folder for --mode runner")
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.mode[0], args.graph, args.precision, args.ir, args.cache, args.calls)))
+        return 0
+    records = []
+    for mode in args.mode:
+        cmd = [sys.executable, __file__, "--one", "--graph", args.graph, "--precision", args.precision, "--mode", mode,
+               "--calls", str(args.calls)]
+        cmd += ["--ir", args.ir] if args.ir else []
+        cmd += ["--cache", args.cache] if args.cache else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            records.append({"mode": mode, "error": f"exit {proc.returncode}"})
+            continue
+        record = json.loads(proc.stdout.strip().splitlines()[-1])
+        records.append(record)
+        print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "records": records}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

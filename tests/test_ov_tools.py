@@ -1,0 +1,61 @@
+"""The OpenVINO diagnosis tools of issue 15 on the tiny engines: report structure only, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+try:
+    import openvino  # noqa: F401
+
+    HAVE_OPENVINO = True
+except ImportError:
+    HAVE_OPENVINO = False
+
+pytestmark = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed (pip install 'maskst[openvino]')")
+
+
+def _unet_shapes(manifest) -> dict:
+    spec = manifest.graph_spec("unet")
+    shapes = spec.shapes({"N": 1, "h": 8, "w": 8, "R": 1})
+    return {t.name: list(shapes[t.name]) for t in spec.inputs}
+
+
+def test_ov_inspect_reports_fused_attention_and_kernels(tiny_engines, tmp_path):
+    from maskst.bench.ov_inspect import main
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    out = tmp_path / "inspect.json"
+    assert main([str(manifest.graph_path("unet")), "--shapes", json.dumps(_unet_shapes(manifest)), "--threads", "1",
+                 "--calls", "2", "--warmup", "1", "--rounds", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (rounds,) = report["results"].values()
+    assert len(rounds) == 2
+    first = rounds[0]
+    # the tiny UNet has 4 transformer blocks: self, text-cross and image-cross attention each one MHA subgraph
+    assert first["mha_subgraphs"] == 12 and first["softmax_nodes"] == 0
+    assert first["gflop"] > 0 and first["ms_median"] > 0 and first["peak_rss_mib"] > 0
+    assert first["layer_types"]["Convolution"] > 0 and first["perf"]["by_layer_type"]
+    assert {"layer", "output_shape", "kernel", "gflop", "ms"} <= set(first["perf"]["by_shape"][0])
+    assert "perf" not in rounds[1]  # counters once, in the first round
+    assert first["cpu_share"]["wall_s"] > 0
+    (summary,) = report["summary"].values()
+    assert summary["rounds"] == 2
+
+
+def test_unet_variants_pytorch_frontend_matches_the_onnx_graph(tiny, tiny_engines, tmp_path):
+    """maskst's UNet module through OpenVINO's PyTorch frontend: same inputs, same FLOPs as the exported graph."""
+    from maskst.bench.flops import graph_flops
+    from maskst.bench.unet_variants import build
+    from maskst.engines.manifest import load_manifest
+    from maskst.families import resolve_checkpoints
+
+    _family, ckpt = resolve_checkpoints(tiny.base, tiny.ip_adapter, tiny.image_encoder, tiny.content_encoder)
+    path = build("maskst-ov", ckpt, tmp_path, 64, 64)
+    manifest = load_manifest(tiny_engines)
+    shapes = _unet_shapes(manifest)
+    ir = graph_flops(path, "unet", shapes)
+    onnx = graph_flops(manifest.graph_path("unet"), "unet", shapes)
+    assert ir.flops == onnx.flops  # the same arithmetic, SDPA ops counted like the decomposed MatMuls
