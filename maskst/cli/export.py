@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
+from maskst.errors import InputError
+from maskst.engines.int8 import Int8Scheme
 from maskst.export.options import ExportOptions, Precision, Target
 
 DEFAULTS = ExportOptions()  # the one source of the export defaults
@@ -65,13 +67,26 @@ def _family_sizes(index: int) -> str:
               help="Most style regions per request (maskst-run --region); 1..N run on one engine set.")
 @click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True)
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
+@click.option("--int8", is_flag=True,
+              help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), for maskst-run --backend "
+                   "openvino-int8; the fp32 ONNX graphs stay for every other backend. Needs pip install 'maskst[int8]'. "
+                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, the smallest "
+                   "size, 10 steps). Only with --precision fp32.")
+@click.option("--int8-scheme", type=click.Choice([s.value for s in Int8Scheme]), default=DEFAULTS.int8_scheme.value,
+              show_default=True,
+              help="hybrid: int8 weight-only MatMuls + int8 convolutions (weights and activations), calibrated; "
+                   "weights: int8 weight-only MatMuls and convolutions (no calibration); weights-matmul: MatMuls only.")
+@click.option("--calibration-prompts", type=click.Path(path_type=Path, dir_okay=False),
+              help="Text file with one calibration prompt per line ('#' comments and blank lines skipped) for --int8 "
+                   f"[default: {len(DEFAULTS.calibration_prompts)} built-in prompts, maskst.export.options."
+                   "DEFAULT_CALIBRATION_PROMPTS]. Use prompts like your own requests.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
 def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
-         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
+         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -87,6 +102,11 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
     """
     from maskst.export.exporter import ExportRequest, export_engines
     from maskst.families import detect_family
+    from maskst.runtime.calibration import read_prompts
+
+    if calibration_prompts is not None and not int8:
+        raise InputError("--calibration-prompts is for --int8; add --int8 or leave it out")
+    prompts = read_prompts(calibration_prompts) if calibration_prompts is not None else DEFAULTS.calibration_prompts
 
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, content_encoder=content_encoder, out=out)
     layout, _ = request.adapter()  # exactly one of --ip-adapter / --styleshot: a clear error, no work
@@ -95,15 +115,27 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                                     for given, default in zip((min_size, opt_size, max_size), family_sizes))
     options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
-                            opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
+                            opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity,
+                            int8=int8, int8_scheme=Int8Scheme(int8_scheme), calibration_prompts=prompts)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)
-    manifest = export_engines(request, progress=not quiet)
+    calibrate = None
+    if int8:
+        from maskst.engines.int8 import INT8_GRAPHS
+        from maskst.runtime.calibration import calibration_recorder
+
+        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=min_size)
+    manifest = export_engines(request, progress=not quiet, calibrate=calibrate)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
     summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}
     if "fp16" in manifest.data:
         summary["fp16"] = manifest.data["fp16"]
+    if "int8" in manifest.data:
+        summary["int8_parity_max_rel_of_peak"] = {
+            name: max((r["max_abs_err"] / max(r["atol"] / manifest.data["int8"]["parity"]["atol_of_peak"], 1e-30)
+                       for r in manifest.data["graphs"][name]["int8"]["parity"]), default=None)
+            for name in manifest.data["int8"]["graphs"]}
     click.echo(json.dumps(summary, indent=2))
 
 

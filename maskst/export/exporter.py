@@ -156,8 +156,14 @@ def preflight_control(ckpt: CheckpointSet, controlnets, lineart_model):
     return infos, lineart
 
 
-def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
-    """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder."""
+def export_engines(request: ExportRequest, progress: bool = True, calibrate=None) -> Manifest:
+    """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder.
+
+    ``calibrate``: with ``options.int8`` (scheme ``hybrid``), ``folder -> {graph: [feed, ...]}``, the
+    recorded inputs of generations on the staged fp32 engines (``maskst.runtime.calibration.calibration_recorder``;
+    passed in so that the exporter does not import the runtime). The int8 IRs are written and checked
+    in the staging folder like every other file: a failed quantization or calibration publishes nothing.
+    """
     import json
 
     if request.options.target is Target.TRT:  # no GPU / no tensorrt: fail before any work, write nothing
@@ -172,6 +178,13 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
     builders = with_control([GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)], controlnets, lineart)
     options = request.options
     options.validate(ckpt.vae_scale_factor)
+    if options.int8:
+        from maskst.engines.int8 import require_nncf
+
+        require_nncf()  # before any work
+        if options.int8_scheme.calibrated and calibrate is None:
+            raise InputError("--int8 (hybrid scheme) needs calibration inputs: pass calibrate= "
+                             "(maskst.runtime.calibration.calibration_recorder)")
     out = Path(request.out)
     check_destination(out, request.force)
     state = family.adapter_state(ckpt)
@@ -212,7 +225,7 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             _copy_tokenizer(source, staging / folder)
         scheduler_config = json.loads((ckpt.base / "scheduler" / "scheduler_config.json").read_text())
         sources = {**ckpt.weight_files(), **control_sources(controlnets, lineart)}
-        write_manifest(staging, {
+        manifest_data = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "build_seconds": round(time.time() - started, 1),
             "precision": options.precision.value,
@@ -242,6 +255,16 @@ def export_engines(request: ExportRequest, progress: bool = True) -> Manifest:
             "wire_format": {"image_conditioner": conditioner_wire_format()},
             **extra,
             "versions": library_versions(),
-        })
+        }
+        write_manifest(staging, manifest_data)
+        if options.int8:  # the pipeline runs on the staged fp32 set; the int8 IRs join it, then the manifest again
+            from maskst.engines.int8 import quantize_graphs
+
+            recorded = calibrate(staging) if options.int8_scheme.calibrated else {}
+            manifest_data["int8"] = quantize_graphs(staging, graphs, recorded, options.int8_scheme,
+                                                    check=options.check_parity)
+            (staging / "manifest.json").unlink()
+            write_manifest(staging, manifest_data)
+            del recorded
         publish(staging, out)
     return load_manifest(out)

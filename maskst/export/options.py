@@ -7,7 +7,21 @@ import enum
 
 from maskst.errors import InputError
 from maskst.contract.spec import DimRange
+from maskst.engines.int8 import Int8Scheme
 
+
+# Calibration prompts of --int8 (maskst-export --calibration-prompts FILE replaces them): varied subjects and
+# styles, the demo prompt first; each is one generation at the engines' smallest size (maskst.runtime.calibration).
+DEFAULT_CALIBRATION_PROMPTS = (
+    "a photo of a cat",
+    "a watercolor landscape with mountains and a lake",
+    "portrait of an old man, oil painting",
+    "a city street at night, neon lights",
+    "a bowl of fruit on a wooden table",
+    "a red sports car on a coastal road",
+    "a castle on a hill under a cloudy sky",
+    "a close-up of a flower with dew drops",
+)
 
 MAX_REGIONS_LIMIT = 16  # the UNet's attention batch grows with R: 2N x R queries per layer
 
@@ -38,6 +52,9 @@ class ExportOptions:
     opset: int = 17
     fp32_ops: tuple[str, ...] = ()  # extra op types kept in fp32 by the fp16 conversion
     check_parity: bool = True
+    int8: bool = False  # also write OpenVINO int8 IRs of the UNet and VAE decoder (maskst.engines.int8)
+    int8_scheme: Int8Scheme = Int8Scheme.HYBRID
+    calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8 hybrid)
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         DimRange(self.min_batch, self.opt_batch, self.max_batch)
@@ -50,6 +67,14 @@ class ExportOptions:
             raise InputError(f"max_regions={self.max_regions} must be an integer in [1, {MAX_REGIONS_LIMIT}]")
         if not 17 <= self.opset <= 21:
             raise InputError(f"opset={self.opset}: maskst exports with opset 17 to 21")
+        if not isinstance(self.int8_scheme, Int8Scheme):
+            raise InputError(f"int8_scheme={self.int8_scheme!r}: choose one of {', '.join(s.value for s in Int8Scheme)}")
+        if self.int8 and self.precision is not Precision.FP32:
+            raise InputError(f"--int8 with --precision {self.precision.value}: the int8 graphs are quantized from the fp32 "
+                             "ONNX graphs, which --precision fp16 replaces; export with --precision fp32 --int8")
+        if self.int8 and self.int8_scheme.calibrated and (
+                not self.calibration_prompts or not all(isinstance(p, str) and p.strip() for p in self.calibration_prompts)):
+            raise InputError("--int8 needs at least one non-empty calibration prompt (--calibration-prompts FILE: one per line)")
 
     def latent_range(self, vae_scale_factor: int) -> DimRange:
         f = vae_scale_factor

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from maskst.engines.manifest import Manifest
-from maskst.errors import BackendError, InputError
+from maskst.errors import BackendError, EngineError, InputError
 from maskst.hardware import TRT_INSTALL_HINT, installed_ort_distributions, ort_providers, trt_runtime_problems
 from maskst.runtime.runners import ORT_PROVIDERS, OrtRunner, Runner
 
@@ -252,19 +252,56 @@ class OpenVinoBf16Backend(_OpenVinoBackend):
     summary = "OpenVINO, every graph bf16 (masking on ONNX Runtime)"
 
 
-def default_cpu_backends() -> list[str]:
+@register
+class OpenVinoInt8Backend(_OpenVinoBackend):
+    """The int8 IRs of ``maskst-export --int8`` for the UNet and the VAE decoder (their FakeQuantize'd
+    convolutions run as AMX-INT8 / VNNI kernels; what is not int8 computes in bf16 where the CPU has it),
+    every other graph as ``openvino`` runs it."""
+
+    name = "openvino-int8"
+    precision = "auto"
+    precisions = ("int8", "f32", "bf16")
+    summary = ("OpenVINO with the int8 UNet and VAE decoder of maskst-export --int8 (NNCF), the rest as openvino "
+               "(bf16 where the CPU has it)")
+
+    def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        from maskst.engines.int8 import INT8_GRAPHS, int8_graph
+        from maskst.runtime.openvino_runner import OpenVinoRunner
+
+        if graph not in INT8_GRAPHS:
+            return super().runner(manifest, graph, options)
+        located = int8_graph(manifest.folder, manifest.data, graph)
+        if located is None:
+            raise EngineError(f"backend {self.spec}: the engines folder {manifest.folder} has no int8 {graph} graph; "
+                              "re-export with maskst-export --int8 (or use --backend openvino)")
+        # the IR's int8 weights are what it computes from: no f16 weight compression on top
+        return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
+                              threads=options.threads, profile=options.profile_prefix is not None,
+                              compress_weights=False, int8=True)
+
+
+def engines_have_int8(manifest_data: dict) -> bool:
+    """Whether an engines manifest lists int8 graphs (``maskst-export --int8``)."""
+    return bool(manifest_data.get("int8", {}).get("graphs"))
+
+
+def default_cpu_backends(int8_engines: bool = False) -> list[str]:
     """Every CPU backend and precision that applies to this machine (what maskst-bench runs by default):
     ``ort-cpu``; with openvino installed ``openvino-f32`` and, where the CPU has native bf16 (AMX or
     AVX-512-BF16), ``openvino`` (bf16, VAE fp32) and ``openvino-bf16`` (every graph bf16). On a CPU
-    without native bf16 ``openvino`` would run what ``openvino-f32`` runs, so it is left out."""
+    without native bf16 ``openvino`` would run what ``openvino-f32`` runs, so it is left out.
+    ``openvino-int8`` where the engines have int8 graphs (``int8_engines``) and the CPU has int8 dot-product
+    instructions (VNNI or AMX-INT8)."""
     import importlib.util
 
     names = ["ort-cpu"]
     if importlib.util.find_spec("openvino") is None:
         return names
-    from maskst.runtime.openvino_runner import native_bf16
+    from maskst.runtime.openvino_runner import native_bf16, native_int8
 
     names.append("openvino-f32")
     if native_bf16():
         names += ["openvino", "openvino-bf16"]
+    if int8_engines and native_int8():
+        names.append("openvino-int8")
     return names

@@ -101,6 +101,16 @@ def native_bf16() -> bool:
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: VNNI (AVX-512 or AVX) or AMX
+
+
+@functools.lru_cache(maxsize=1)
+def native_int8() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), from its ISA flags."""
+    flags = set(_cpu_identity().get("flags", "").split())
+    return any(flag in flags for flag in INT8_CPU_FLAGS)
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` -> ``bf16`` on CPUs with native bf16, else ``f32``; anything else is checked."""
     if precision not in PRECISIONS:
@@ -174,14 +184,16 @@ class OpenVinoRunner(Runner):
     compiled-model cache (default :func:`default_cache_dir`; ``False`` disables it). ``threads``:
     ``INFERENCE_NUM_THREADS`` (default: OpenVINO's, all physical cores). ``profile``: collect
     per-node timings (``PERF_COUNT``) for :meth:`profiling_info`. ``compress_weights``: f16 weights
-    for graphs that run in bf16 (see the module docstring; default on).
+    for graphs that run in bf16 (see the module docstring; default on). ``int8``: ``path`` is an int8 IR
+    (``maskst-export --int8``): its quantized parts run in int8, the rest in ``precision``.
     """
 
     backend = "openvino"
 
     def __init__(self, spec: GraphSpec, path: Path, precision: str = "auto", cache_dir: Path | bool | None = None,
-                 threads: int | None = None, profile: bool = False, compress_weights: bool = True):
+                 threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8: bool = False):
         super().__init__(spec, path)
+        self.int8 = int8
         self.precision = resolve_precision(precision)
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self.threads = threads
@@ -237,9 +249,9 @@ class OpenVinoRunner(Runner):
                 stat = path.stat()
                 files[path.name] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
         key = {"files": files, "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
-               "f16_weights": self.compress_weights, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+               "f16_weights": self.compress_weights, "int8": self.int8, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        return Path(self.cache_dir) / self.precision / f"{self.spec.name}-{digest}.blob"
+        return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8 else ''}-{digest}.blob"
 
     def _import_blob(self, blob: Path):
         """(compiled model, memory map of the blob) or None if OpenVINO refuses the blob (it is removed)."""

@@ -1,0 +1,235 @@
+"""``maskst-export --int8``: OpenVINO IR files of the UNet and the VAE decoder quantized with NNCF.
+
+The int8 graphs are *added* to an fp32 engines folder (``<graph>.int8.xml`` + ``.bin`` beside
+``<graph>.onnx``); only the ``openvino-int8`` backend reads them, every other backend keeps running
+the fp32 ONNX graphs. They are OpenVINO IR (not ONNX with QuantizeLinear) because NNCF's OpenVINO
+backend writes the FakeQuantize / int8-weight patterns the CPU plugin turns into AMX-INT8 / VNNI kernels.
+
+Schemes (:class:`Int8Scheme`):
+
+* ``hybrid`` (default; the scheme optimum-intel uses for diffusion UNets): int8 weight-only
+  compression of the MatMul / Gemm weights (``nncf.compress_weights``, INT8_ASYM, convolutions left
+  out: at run time the MatMuls compute in bf16/f32 from int8 weights), then ``nncf.quantize`` of the
+  rest (weights *and* activations: the convolutions run as int8 kernels), model type TRANSFORMER,
+  SmoothQuant off for MatMuls, those MatMuls in the ignored scope. Calibrated on recorded graph inputs.
+* ``weights``: int8 weight-only compression of MatMuls *and* convolutions (``all_layers``); no
+  calibration data needed (the arithmetic stays bf16/f32; only weight bytes halve).
+* ``weights-matmul``: int8 weight-only compression of the MatMuls only.
+
+The same scheme is applied to both graphs (the VAE decoder has a few MatMuls: its mid-block attention).
+
+Calibration data: the graph inputs recorded while the maskst pipeline generates images from the
+calibration prompts (``maskst.runtime.calibration``, through ``PipelineCallback.on_infer_inputs``);
+every other recorded call calibrates, the rest (at most :data:`HELD_OUT_CASES`) are held out for the
+error against the fp32 ONNX graph on ONNX Runtime CPU, through the one comparator
+(:mod:`maskst.contract.compare`) at :data:`INT8_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
+from maskst.contract.spec import GraphSpec
+from maskst.errors import EngineError
+
+INT8_GRAPHS = ("unet", "vae_decoder")  # the graphs maskst-export --int8 quantizes (what openvino-int8 runs in int8)
+HELD_OUT_CASES = 4  # recorded calls kept out of calibration and compared with fp32 (per graph)
+# int8 vs fp32 tolerance, element-wise, relative to each output's peak (Tolerance.atol_of_peak):
+# |int8 - fp32| <= 0.25 * max|fp32|. Measured: on the full-size random SD 1.5 UNet the hybrid scheme's
+# worst element is 2.6-12% of the peak, the VAE decoder's 4.0-9.1% (docs/benchmarks.md); on the tiny test
+# models up to ~10%. A broken quantization (a wrong scale, an activation range clipped by a bad calibration,
+# a dequantization lost) is off by the order of the output itself, which this still catches.
+INT8_TOLERANCE = 0.25
+
+log = logging.getLogger(__name__)
+
+
+class Int8Scheme(str, enum.Enum):
+    HYBRID = "hybrid"  # int8 weight-only MatMuls + int8 (weights and activations) convolutions, calibrated
+    WEIGHTS = "weights"  # int8 weight-only MatMuls and convolutions, no calibration
+    WEIGHTS_MATMUL = "weights-matmul"  # int8 weight-only MatMuls, convolutions untouched
+
+    @property
+    def calibrated(self) -> bool:
+        return self is Int8Scheme.HYBRID
+
+
+def require_nncf() -> None:
+    """EngineError naming the fix unless nncf and openvino are importable (before any export work)."""
+    import importlib.util
+
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EngineError(f"--int8 needs {' and '.join(missing)}: pip install 'maskst[int8]'")
+
+
+def _weight_matmuls(model) -> list[str]:
+    """Friendly names of the MatMul nodes whose second input is a constant (a weight, maybe transposed/converted)."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        source = op.input_value(1).get_node()
+        while source.get_type_name() in ("Convert", "Transpose", "Reshape") and source.get_type_name() != "Constant":
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "Constant":
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize_model(model, scheme: Int8Scheme, calibration: list[dict[str, np.ndarray]]):
+    """The NNCF-quantized copy of an OpenVINO model (``ov.Model``, fp32, shapes may be dynamic).
+
+    ``calibration``: graph feeds (input name -> array as the graph takes it: float32 / int64); used by
+    the ``hybrid`` scheme only (all of them: ``subset_size = len(calibration)``).
+    """
+    import nncf
+    from nncf.parameters import CompressWeightsMode
+
+    if scheme is Int8Scheme.WEIGHTS:
+        return nncf.compress_weights(model, mode=CompressWeightsMode.INT8_ASYM, all_layers=True)
+    if scheme is Int8Scheme.WEIGHTS_MATMUL:
+        return nncf.compress_weights(model, mode=CompressWeightsMode.INT8_ASYM,
+                                     ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
+    if not calibration:
+        raise EngineError("int8 hybrid quantization needs calibration inputs, and none were recorded")
+    matmuls = _weight_matmuls(model)  # names survive compress_weights
+    compressed = nncf.compress_weights(model, mode=CompressWeightsMode.INT8_ASYM,
+                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
+    return nncf.quantize(
+        compressed, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)))
+
+
+def quantize_file(src: Path, dst: Path, scheme: Int8Scheme, calibration: list[dict[str, np.ndarray]]) -> dict:
+    """Quantize the fp32 graph ``src`` (ONNX or IR) into the IR ``dst`` (``.xml`` + ``.bin``).
+
+    Returns what was done: scheme, calibration cases, seconds, int8 node counts.
+    """
+    import openvino as ov
+
+    started = time.time()
+    model = ov.Core().read_model(str(src))
+    quantized = quantize_model(model, scheme, calibration)
+    del model
+    counts: dict[str, int] = {}
+    for op in quantized.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "FakeQuantize":
+            counts["FakeQuantize"] = counts.get("FakeQuantize", 0) + 1
+        elif kind == "Constant" and op.get_output_element_type(0).get_type_name() in ("u8", "i8"):
+            counts["int8_weight_constants"] = counts.get("int8_weight_constants", 0) + 1
+    ov.save_model(quantized, str(dst), compress_to_fp16=False)
+    return {"scheme": scheme.value, "calibration_cases": len(calibration) if scheme.calibrated else 0,
+            "seconds": round(time.time() - started, 1), "nodes": counts}
+
+
+def run_openvino(path: Path, feeds: list[dict[str, np.ndarray]], precision: str = "f32") -> list[dict[str, np.ndarray]]:
+    """Outputs of the IR ``path`` on OpenVINO's CPU plugin (``INFERENCE_PRECISION_HINT=precision``), one
+    static compile per feed shape, by output tensor name."""
+    import openvino as ov
+
+    core = ov.Core()
+    results, compiled = [], {}
+    for feed in feeds:
+        key = tuple((k, v.shape) for k, v in sorted(feed.items()))
+        if key not in compiled:
+            model = core.read_model(str(path))
+            model.reshape({k: list(v.shape) for k, v in feed.items()})
+            compiled[key] = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        model = compiled[key]
+        out = model.create_infer_request().infer(feed)
+        results.append({name: np.array(value, copy=True) for port, value in out.items() for name in port.get_names()})
+    return results
+
+
+def compare_int8(spec: GraphSpec, fp32_path: Path, int8_path: Path, feeds: list[dict[str, np.ndarray]],
+                 precision: str = "f32", tolerance: float = INT8_TOLERANCE) -> list[Comparison]:
+    """The int8 IR on OpenVINO (``precision`` for what is not int8) against the fp32 graph on ONNX
+    Runtime CPU, same feeds; one record per output and feed (|err| <= tolerance * peak |fp32|)."""
+    names = [t.name for t in spec.outputs]
+    return compare_outputs(spec.name, names, run_onnx_cpu(fp32_path, feeds), run_openvino(int8_path, feeds, precision),
+                           Tolerance(0.0, 0.0, atol_of_peak=tolerance), reference="onnxruntime-cpu fp32",
+                           candidate=f"openvino int8 ({precision} elsewhere)")
+
+
+def split_calibration(feeds: list[dict[str, np.ndarray]], held_out: int = HELD_OUT_CASES):
+    """(calibration feeds, held-out feeds): every other recorded call calibrates; of the others at
+    most ``held_out``, spread over the recording (early and late denoising steps alike)."""
+    calibration, rest = feeds[::2], feeds[1::2]
+    if len(rest) > held_out:
+        rest = [rest[round(i * (len(rest) - 1) / max(1, held_out - 1))] for i in range(held_out)]
+    return calibration, rest
+
+
+def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, list[dict[str, np.ndarray]]],
+                    scheme: Int8Scheme, check: bool = True, precision: str = "f32") -> dict:
+    """The exporter hook for ``--int8``: quantize the staged fp32 graphs of :data:`INT8_GRAPHS` in ``folder``.
+
+    ``graphs``: the manifest's ``graphs`` section; each quantized graph's entry gets an ``int8`` record
+    (``file`` = ``<name>.int8.xml``, ``weights``, what quantization did, ``parity``: records against the
+    fp32 graph). ``recorded``: {graph: recorded feeds} (:mod:`maskst.runtime.calibration`). ``precision``:
+    OpenVINO's inference precision for the parity run (what the non-int8 part computes in). Returns the
+    manifest's ``int8`` section. Raises ParityError (after all graphs) if an output is off.
+    """
+    import nncf
+    import openvino
+
+    folder = Path(folder)
+    results: list[Comparison] = []
+    done = []
+    for name in INT8_GRAPHS:
+        if name not in graphs:
+            continue
+        entry = graphs[name]
+        spec = GraphSpec.from_json(entry["spec"])
+        feeds = recorded.get(name, [])
+        calibration, held = split_calibration(feeds)
+        if scheme.calibrated and not calibration:
+            raise EngineError(f"int8: no {name} inputs were recorded from the calibration prompts; nothing to calibrate on")
+        src = folder / entry["file"]
+        dst = folder / f"{name}.int8.xml"
+        info = quantize_file(src, dst, scheme, calibration)
+        graph_results = compare_int8(spec, src, dst, held, precision) if check and held else []
+        results += graph_results
+        entry["int8"] = {"file": dst.name, "weights": dst.with_suffix(".bin").name, **info,
+                         "held_out_cases": len(held), "parity": records_json(graph_results)}
+        done.append(name)
+        log.info("int8 %s: %s", name, info)
+    raise_failures(results, "int8 graph output(s) differ from the fp32 graph beyond the int8 tolerance",
+                   "calibrate on prompts closer to your use (maskst-export --calibration-prompts FILE) or use "
+                   "--int8-scheme weights")
+    return {
+        "graphs": done,
+        "scheme": scheme.value,
+        "format": "OpenVINO IR (FakeQuantize / int8 weights), for --backend openvino-int8",
+        "quantizer": f"nncf {nncf.__version__}, openvino {openvino.__version__}",
+        "parity": {"reference": "fp32 graph on ONNX Runtime CPU", "candidate": f"OpenVINO CPU, {precision} outside int8",
+                   "atol_of_peak": INT8_TOLERANCE, "checked": bool(check),
+                   "cases": "recorded calls held out of calibration"},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Graph:
+    """Where a graph's int8 IR is, as the manifest records it (read by the openvino-int8 backend)."""
+
+    xml: Path
+    weights: Path
+
+
+def int8_graph(manifest_folder: Path, manifest_data: dict, name: str) -> Int8Graph | None:
+    """The int8 IR of graph ``name`` of an engines folder, or None if the folder has none."""
+    record = manifest_data.get("graphs", {}).get(name, {}).get("int8")
+    if not record:
+        return None
+    return Int8Graph(Path(manifest_folder) / record["file"], Path(manifest_folder) / record["weights"])
