@@ -75,7 +75,7 @@ elif stage == "eval":
     reference = [r[name] for r in run_onnx_cpu(manifest.graph_path(graph), held)]
     gc.collect()
     runners = {"int8": OpenVinoRunner(spec, out / scheme / f"{graph}.int8.xml", precision="auto", cache_dir=False,
-                                      compress_weights=False, int8=True),
+                                      compress_weights=False, int8_scheme=scheme),
                "bf16": OpenVinoRunner(spec, manifest.graph_path(graph), precision="bf16", cache_dir=False)}
     result: dict = {"scheme": scheme, "graph": graph, "engines": str(engines), "held_out_cases": len(held),
                     "shapes": {k: list(v.shape) for k, v in held[0].items()},

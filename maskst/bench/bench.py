@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -131,7 +132,10 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     marker = root / CACHE_MARKER
     fixture_marker = paths.root / "fixture.json"
     wanted_fixture = {"preset": preset, "seed": seed}
-    options = ExportOptions(**_EXPORT_SIZES[preset])
+    # int8 IRs too (--backend openvino-int8) where nncf is installed, calibrated on the fixture's demo request
+    int8 = importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("openvino") is not None
+    options = ExportOptions(**_EXPORT_SIZES[preset], int8=int8)
+    wanted_options = _options_json(options)
 
     def models() -> BenchModels:
         return BenchModels(engines, paths.base, paths.ip_adapter, paths.image_encoder, content_encoder,
@@ -147,7 +151,8 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
         recorded = read_json(marker) or {}
         try:
             manifest = load_manifest(engines, verify_hashes=False)  # sizes only: hashing 6 GB takes a minute
-            if recorded.get("fixture") == wanted_fixture and recorded.get("engines_manifest") == manifest.digest:
+            if (recorded.get("fixture") == wanted_fixture and recorded.get("engines_manifest") == manifest.digest
+                    and recorded.get("export_options") == wanted_options):
                 return models()
         except EngineError:
             pass  # incomplete or stale engines: rebuilt below
@@ -156,18 +161,28 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
         _say(progress, f"writing {preset} random-weight checkpoints to {paths.root} (once)")
         write_fixtures(paths.root, preset, seed=seed)
     _say(progress, f"exporting engines to {engines} (once)")
+    calibrate = None
+    if options.int8:
+        from maskst.engines.int8 import INT8_GRAPHS
+        from maskst.runtime.calibration import calibration_recorder
+
+        calibrate = calibration_recorder(options.calibration_prompts, INT8_GRAPHS, size=options.opt_size)
     with _quiet_tracer():
         manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
                                                 image_encoder=paths.image_encoder, content_encoder=content_encoder,
                                                 controlnets=(paths.controlnet,) if image_driven else (),
                                                 out=engines, force=True, lock_timeout=3600, options=options),
-                                  progress=progress)
+                                  progress=progress, calibrate=calibrate)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fixture": wanted_fixture, "engines_manifest": manifest.digest,
-                               "export_options": {**dataclasses.asdict(options), "precision": options.precision.value,
-                                                  "target": options.target.value}}, indent=2))
+                               "export_options": wanted_options}, indent=2))
     tmp.rename(marker)
     return models()
+
+
+def _options_json(options) -> dict:
+    """ExportOptions as JSON (the bench cache's key part: other options, other engines)."""
+    return json.loads(json.dumps({k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()}))
 
 
 def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_encoder: Path | None,
@@ -369,6 +384,11 @@ def runner_precision(runner) -> dict:
     """{"runtime", "precision"} a runner computes in (what its graph's ceiling is looked up by)."""
     precision = getattr(runner, "precision", None)
     if type(runner).__name__ == "OpenVinoRunner":
+        if getattr(runner, "int8_scheme", None) == "hybrid":
+            # int8 convolutions; the MatMuls compute in the runner's precision from int8 weights
+            return {"runtime": "openvino", "precision": "int8", "matmul_precision": precision, "int8_scheme": "hybrid"}
+        if getattr(runner, "int8_scheme", None):  # weight-only int8: the arithmetic is the runner's precision
+            return {"runtime": "openvino", "precision": precision, "int8_scheme": runner.int8_scheme}
         return {"runtime": "openvino", "precision": precision}
     if type(runner).__name__ == "OrtRunner":
         return {"runtime": "onnxruntime", "precision": "f32", "provider": runner.backend}
@@ -861,7 +881,7 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
                     row["gflop"] = count["flops"] / 1e9
                     row["gflops"] = count["flops"] / entry["ms_median"] / 1e6
                     ceiling = effective_ceiling(limits["ceilings"], where.get("runtime", ""), where.get("precision", ""),
-                                                count["by_op"])
+                                                count["by_op"], matmul_precision=where.get("matmul_precision"))
                     if ceiling is not None and ceiling["gflops"]:
                         row["ceiling"] = ceiling
                         row["pct_of_ceiling"] = 100 * row["gflops"] / ceiling["gflops"]

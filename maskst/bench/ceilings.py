@@ -259,15 +259,21 @@ def merge_samples(passes: list[dict]) -> dict:
     return merged
 
 
-def effective_ceiling(ceilings: dict, runtime: str, precision: str, by_op: dict[str, int]) -> dict | None:
+def effective_ceiling(ceilings: dict, runtime: str, precision: str, by_op: dict[str, int],
+                      matmul_precision: str | None = None) -> dict | None:
     """The ceiling of a graph whose FLOPs split as ``by_op`` (FlopCount.by_op): the time its MatMul FLOPs take
-    at the MatMul ceiling plus its convolution FLOPs at the convolution ceiling, as one GFLOP/s figure."""
+    at the MatMul ceiling plus its convolution FLOPs at the convolution ceiling, as one GFLOP/s figure.
+
+    ``matmul_precision``: the MatMuls' precision where it differs from the convolutions' (the int8 hybrid
+    graphs of ``maskst-export --int8``: int8 convolutions, MatMuls in bf16/f32 from int8 weights)."""
     table = ceilings.get(runtime, {}).get(precision)
-    if not table or "matmul" not in table or "conv" not in table:
+    matmul_table = ceilings.get(runtime, {}).get(matmul_precision) if matmul_precision else table
+    if not table or not matmul_table or "matmul" not in matmul_table or "conv" not in table:
         return None
     conv = sum(v for k, v in by_op.items() if "Convolution" in k)
     matmul = sum(by_op.values()) - conv
-    seconds = matmul / (table["matmul"]["gflops"] * 1e9) + conv / (table["conv"]["gflops"] * 1e9)
+    seconds = matmul / (matmul_table["matmul"]["gflops"] * 1e9) + conv / (table["conv"]["gflops"] * 1e9)
     total = matmul + conv
-    return {"gflops": total / seconds / 1e9 if seconds else None, "matmul_gflops": table["matmul"]["gflops"],
-            "conv_gflops": table["conv"]["gflops"], "matmul_share": matmul / total if total else None}
+    return {"gflops": total / seconds / 1e9 if seconds else None, "matmul_gflops": matmul_table["matmul"]["gflops"],
+            "conv_gflops": table["conv"]["gflops"], "matmul_share": matmul / total if total else None,
+            **({"matmul_precision": matmul_precision} if matmul_precision else {})}

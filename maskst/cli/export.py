@@ -70,8 +70,7 @@ def _family_sizes(index: int) -> str:
 @click.option("--int8", is_flag=True,
               help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), for maskst-run --backend "
                    "openvino-int8; the fp32 ONNX graphs stay for every other backend. Needs pip install 'maskst[int8]'. "
-                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, the smallest "
-                   "size, 10 steps). Only with --precision fp32.")
+                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, --opt-size, 10 steps). Only with --precision fp32.")
 @click.option("--int8-scheme", type=click.Choice([s.value for s in Int8Scheme]), default=DEFAULTS.int8_scheme.value,
               show_default=True,
               help="hybrid: int8 weight-only MatMuls + int8 convolutions (weights and activations), calibrated; "
@@ -125,7 +124,7 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
         from maskst.engines.int8 import INT8_GRAPHS
         from maskst.runtime.calibration import calibration_recorder
 
-        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=min_size)
+        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=opt_size)
     manifest = export_engines(request, progress=not quiet, calibrate=calibrate)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
     summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}

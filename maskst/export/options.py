@@ -11,7 +11,7 @@ from maskst.engines.int8 import Int8Scheme
 
 
 # Calibration prompts of --int8 (maskst-export --calibration-prompts FILE replaces them): varied subjects and
-# styles, the demo prompt first; each is one generation at the engines' smallest size (maskst.runtime.calibration).
+# styles, the demo prompt first; each is one generation at the engines' --opt-size (maskst.runtime.calibration).
 DEFAULT_CALIBRATION_PROMPTS = (
     "a photo of a cat",
     "a watercolor landscape with mountains and a lake",

@@ -277,7 +277,7 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
         return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
                               threads=options.threads, profile=options.profile_prefix is not None,
-                              compress_weights=False, int8=True)
+                              compress_weights=False, int8_scheme=manifest.data["int8"]["scheme"])
 
 
 def engines_have_int8(manifest_data: dict) -> bool:

@@ -184,16 +184,17 @@ class OpenVinoRunner(Runner):
     compiled-model cache (default :func:`default_cache_dir`; ``False`` disables it). ``threads``:
     ``INFERENCE_NUM_THREADS`` (default: OpenVINO's, all physical cores). ``profile``: collect
     per-node timings (``PERF_COUNT``) for :meth:`profiling_info`. ``compress_weights``: f16 weights
-    for graphs that run in bf16 (see the module docstring; default on). ``int8``: ``path`` is an int8 IR
-    (``maskst-export --int8``): its quantized parts run in int8, the rest in ``precision``.
+    for graphs that run in bf16 (see the module docstring; default on). ``int8_scheme``: ``path`` is an int8 IR
+    of that scheme (``maskst-export --int8``: ``hybrid``, ``weights``, ``weights-matmul``): its quantized
+    parts run in int8, the rest in ``precision``.
     """
 
     backend = "openvino"
 
     def __init__(self, spec: GraphSpec, path: Path, precision: str = "auto", cache_dir: Path | bool | None = None,
-                 threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8: bool = False):
+                 threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8_scheme: str | None = None):
         super().__init__(spec, path)
-        self.int8 = int8
+        self.int8_scheme = int8_scheme
         self.precision = resolve_precision(precision)
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self.threads = threads
@@ -249,9 +250,9 @@ class OpenVinoRunner(Runner):
                 stat = path.stat()
                 files[path.name] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
         key = {"files": files, "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
-               "f16_weights": self.compress_weights, "int8": self.int8, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+               "f16_weights": self.compress_weights, "int8": self.int8_scheme, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8 else ''}-{digest}.blob"
+        return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
 
     def _import_blob(self, blob: Path):
         """(compiled model, memory map of the blob) or None if OpenVINO refuses the blob (it is removed)."""

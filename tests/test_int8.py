@@ -1,0 +1,247 @@
+"""maskst-export --int8 (NNCF hybrid int8 IRs of the UNet and VAE decoder) and --backend openvino-int8, on tiny models.
+
+Tolerances (measured on these tiny random models, 64 px, held-out recorded calls; full-size numbers in
+docs/benchmarks.md): the hybrid scheme's worst element is up to ~30% of the output's peak on the tiny UNet
+(mean error ~9-10% of the mean magnitude) and ~21% on the tiny VAE (mean ~1.3%). Tiny models have 32-64
+channels, so per-tensor activation quantization noise does not average out as it does in SD 1.5's 320-1280
+channels (full size: worst 2.6-12%). The checks below sit above those figures with room for other CPUs'
+kernels, and below what a broken quantization gives (errors of the order of the output: > 100% of the peak;
+see test_bad_calibration_fails_the_int8_parity_check, which must fail).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf", reason="the int8 path needs nncf (pip install 'maskst[int8]'; CI installs it with [dev])")
+
+CALIBRATION_PROMPTS = ("a photo of a cat", "a watercolor landscape", "an old man, oil painting", "a city at night")
+MEAN_REL_UNET = 0.2  # measured ~0.09-0.10
+MEAN_REL_VAE = 0.05  # measured ~0.013
+WORST_OF_PEAK = 0.4  # = maskst.engines.int8.INT8_TOLERANCE (the manifest's check); measured <= 0.30
+
+
+def _export_int8(fixtures, out: Path, calibrate=None, **options):
+    from maskst.engines.int8 import INT8_GRAPHS
+    from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.options import ExportOptions
+    from maskst.runtime.calibration import calibration_recorder
+
+    options = ExportOptions(**{**dict(min_size=32, opt_size=64, max_size=128, max_batch=2, int8=True,
+                                      calibration_prompts=CALIBRATION_PROMPTS), **options})
+    if calibrate is None:
+        calibrate = calibration_recorder(options.calibration_prompts, INT8_GRAPHS, size=options.opt_size, threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_engines(ExportRequest(base=fixtures.base, ip_adapter=fixtures.ip_adapter,
+                                            image_encoder=fixtures.image_encoder,
+                                            content_encoder=fixtures.content_encoder, out=out, options=options),
+                              progress=False, calibrate=calibrate)
+
+
+@pytest.fixture(scope="module")
+def int8_engines(tiny, tmp_path_factory):
+    return _export_int8(tiny, tmp_path_factory.mktemp("engines") / "int8").folder
+
+
+def _recorded(engines: Path, backend: str, style_image: Path, prompt="a red car on a road", seed=7, steps=6):
+    from maskst.generation import GenerationConfig
+    from maskst.runtime.calibration import FeedRecorder
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    recorder = FeedRecorder(("unet", "vae_decoder"))
+    config = GenerationConfig.create(prompt=prompt, style=(style_image,), content="a house", steps=steps, height=64,
+                                     width=64, seed=seed)
+    with MaskstPipeline(engines, backend=backend, threads=1, compile_cache=False, callbacks=[recorder]) as pipeline:
+        result = pipeline.generate(config)
+    return recorder.feeds, result
+
+
+def test_export_int8_writes_and_records_the_int8_graphs(int8_engines):
+    from maskst.engines.int8 import INT8_TOLERANCE
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(int8_engines)  # every file (the IRs too) present with its recorded size and SHA-256
+    section = manifest.data["int8"]
+    assert section["graphs"] == ["unet", "vae_decoder"] and section["scheme"] == "hybrid"
+    assert section["parity"]["atol_of_peak"] == INT8_TOLERANCE == WORST_OF_PEAK and section["parity"]["checked"]
+    assert manifest.data["options"]["int8"] is True
+    assert manifest.data["options"]["calibration_prompts"] == list(CALIBRATION_PROMPTS)
+    # UNet calls per calibration generation: 10 steps of the default scheduler make 11 UNet calls (as the
+    # benchmark records them: "11 UNet calls" at --steps 10); the VAE decoder: one
+    for name, per_generation in (("unet", 11), ("vae_decoder", 1)):
+        record = manifest.data["graphs"][name]["int8"]
+        assert record["file"] == f"{name}.int8.xml" and record["weights"] == f"{name}.int8.bin"
+        assert record["file"] in manifest.data["files"] and record["weights"] in manifest.data["files"]
+        assert manifest.data["graphs"][name]["file"] == f"{name}.onnx"  # the fp32 graph stays for the other backends
+        assert record["nodes"]["FakeQuantize"] > 0 and record["nodes"]["int8_weight_constants"] > 0
+        # every other recorded call calibrates
+        calls = len(CALIBRATION_PROMPTS) * per_generation
+        assert record["calibration_cases"] == (calls + 1) // 2
+        assert record["held_out_cases"] == min(4, calls // 2) and len(record["parity"]) == record["held_out_cases"]
+        for r in record["parity"]:
+            assert r["passed"] and r["reference"] == "onnxruntime-cpu fp32"
+            peak = r["atol"] / INT8_TOLERANCE
+            assert 0 < r["max_abs_err"] <= WORST_OF_PEAK * peak  # int8 is not fp32, and not far from it
+    assert not list(int8_engines.parent.glob(".staging-*"))
+
+
+def test_int8_graphs_stay_close_to_fp32_per_graph(int8_engines, style_image):
+    """Fresh inputs (another prompt, seed and step count than the calibration): the int8 graphs as the
+    openvino-int8 backend runs them against the fp32 ONNX graphs on ONNX Runtime."""
+    from maskst.contract.compare import run_onnx_cpu
+    from maskst.engines.manifest import load_manifest
+    from maskst.runtime.backends import parse_backend
+    from maskst.runtime.backends import RunnerOptions
+
+    feeds, _ = _recorded(int8_engines, "ort-cpu", style_image)
+    manifest = load_manifest(int8_engines)
+    backend = parse_backend("openvino-int8")
+    for name, mean_limit in (("unet", MEAN_REL_UNET), ("vae_decoder", MEAN_REL_VAE)):
+        output = manifest.graph_spec(name).outputs[0].name
+        expected = [r[output] for r in run_onnx_cpu(manifest.graph_path(name), feeds[name])]
+        with backend.runner(manifest, name, RunnerOptions(threads=1, compile_cache=False)) as runner:
+            assert runner.path.name == f"{name}.int8.xml" and runner.int8_scheme == "hybrid"
+            got = [np.array(runner.infer(f)[output], copy=True) for f in feeds[name]]
+        worst = max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(got, expected))
+        mean = float(np.mean([np.abs(g - e).mean() / np.abs(e).mean() for g, e in zip(got, expected)]))
+        assert 1e-4 < worst <= WORST_OF_PEAK, (name, worst)
+        assert mean <= mean_limit, (name, mean)
+
+
+def test_openvino_int8_end_to_end_close_to_fp32(int8_engines, style_image):
+    """The image of --backend openvino-int8 against the fp32 run (ort-cpu), same request and seed."""
+    _, expected = _recorded(int8_engines, "ort-cpu", style_image, steps=4)
+    _, got = _recorded(int8_engines, "openvino-int8", style_image, steps=4)
+    diff = np.abs(got.images.astype(int) - expected.images.astype(int))
+    np.testing.assert_array_equal(got.mask, expected.mask)  # the masking stays exact (ONNX Runtime, float64)
+    print("e2e int8 vs fp32: mean", diff.mean(), "max", diff.max(), "p99", np.percentile(diff, 99))
+    # measured on the tiny models (uint8 levels): mean 7.6, 99th percentile 35, max 66; the tiny UNet's int8 error
+    # (mean ~10% per step) compounds over the steps. A wrong image (another seed, a lost quantization scale)
+    # differs by ~60-100 levels on average.
+    assert diff.mean() <= 12 and np.percentile(diff, 99) <= 60
+    assert diff.max() > 0  # it did run int8
+
+
+def test_bad_calibration_fails_the_int8_parity_check(tiny, tmp_path):
+    """Calibrated on latents 100x too small (the calibration half of the recorded calls; the held-out half
+    is left as recorded), the activation ranges clip: measured UNet worst element 1.7-2.4x the peak, VAE
+    ~1.0x (vs <= 0.30 / 0.21 calibrated properly). The check must catch it, and the failed build leaves no
+    folder and no staging files behind."""
+    from maskst.engines.int8 import INT8_GRAPHS
+    from maskst.errors import ParityError
+    from maskst.runtime.calibration import calibration_recorder
+
+    record = calibration_recorder(CALIBRATION_PROMPTS[:2], INT8_GRAPHS, size=64, threads=1)
+
+    def shrunk(folder):
+        # maskst.engines.int8.split_calibration: the even calls calibrate
+        return {g: [{k: (v * 0.01 if k in ("sample", "latents") and i % 2 == 0 else v) for k, v in f.items()}
+                    for i, f in enumerate(feeds)] for g, feeds in record(folder).items()}
+
+    with pytest.raises(ParityError, match="int8 tolerance"):
+        _export_int8(tiny, tmp_path / "bad", calibrate=shrunk, calibration_prompts=CALIBRATION_PROMPTS[:2])
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".staging-*"))
+
+
+def test_failed_int8_export_leaves_the_previous_folder_untouched(tiny, int8_engines, tmp_path):
+    import shutil
+
+    from maskst.engines.manifest import load_manifest
+
+    out = tmp_path / "kept"
+    shutil.copytree(int8_engines, out)
+    before = (out / "manifest.json").read_text()
+
+    def broken(folder):
+        raise RuntimeError("calibration died")
+
+    with pytest.raises(RuntimeError, match="calibration died"):
+        from maskst.export.exporter import ExportRequest, export_engines
+        from maskst.export.options import ExportOptions
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_engines(ExportRequest(base=tiny.base, ip_adapter=tiny.ip_adapter, image_encoder=tiny.image_encoder,
+                                         content_encoder=tiny.content_encoder, out=out, force=True,
+                                         options=ExportOptions(min_size=32, opt_size=64, max_size=128, max_batch=2,
+                                                               int8=True)), progress=False, calibrate=broken)
+    assert (out / "manifest.json").read_text() == before
+    load_manifest(out)  # still complete and intact
+    assert not list(tmp_path.glob(".staging-*"))
+
+
+def test_int8_bad_inputs_give_clear_errors(tiny, tiny_engines, tmp_path):
+    from maskst.cli.export import main as export_main
+    from maskst.errors import EngineError, InputError
+    from maskst.export.options import ExportOptions, Precision
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    args = [str(a) for a in ["--base", tiny.base, "--ip-adapter", tiny.ip_adapter, "--content-encoder",
+                             tiny.content_encoder, "--quiet", "--out", tmp_path / "e"]]
+    result = CliRunner().invoke(export_main, args + ["--int8", "--calibration-prompts", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 2 and "nope.txt: no such file" in result.output
+    (tmp_path / "empty.txt").write_text("# only a comment\n\n")
+    result = CliRunner().invoke(export_main, args + ["--int8", "--calibration-prompts", str(tmp_path / "empty.txt")])
+    assert result.exit_code == 2 and "holds no prompt" in result.output
+    (tmp_path / "p.txt").write_text("a cat\n")
+    result = CliRunner().invoke(export_main, args + ["--calibration-prompts", str(tmp_path / "p.txt")])
+    assert result.exit_code == 2 and "--calibration-prompts is for --int8" in result.output
+    result = CliRunner().invoke(export_main, args + ["--int8", "--precision", "fp16"])
+    assert result.exit_code == 2 and "--precision fp32 --int8" in result.output
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(InputError, match="calibration prompt"):
+        ExportOptions(int8=True, calibration_prompts=()).validate()
+    with pytest.raises(InputError, match="fp32"):
+        ExportOptions(int8=True, precision=Precision.FP16).validate()
+    help_text = CliRunner().invoke(export_main, ["--help"]).output
+    assert "--int8" in help_text and "--calibration-prompts" in help_text and "openvino-int8" in help_text
+    # engines without int8 graphs: the backend says how to get them
+    with pytest.raises(EngineError, match="re-export with maskst-export --int8"):
+        MaskstPipeline(tiny_engines, backend="openvino-int8")
+
+
+def test_read_prompts(tmp_path):
+    from maskst.runtime.calibration import read_prompts
+
+    (tmp_path / "p.txt").write_text("# mine\na cat\n\n  a dog on a sofa  \n")
+    assert read_prompts(tmp_path / "p.txt") == ("a cat", "a dog on a sofa")
+
+
+def test_int8_ir_gets_its_own_compiled_model_cache_key(int8_engines, tmp_path):
+    from maskst.engines.manifest import load_manifest
+    from maskst.runtime.backends import RunnerOptions, parse_backend
+
+    manifest = load_manifest(int8_engines)
+    options = RunnerOptions(compile_cache=tmp_path)
+    shapes = {"latents": [1, 4, 8, 8]}
+    int8 = parse_backend("openvino-int8").runner(manifest, "vae_decoder", options)
+    plain = parse_backend("openvino-bf16").runner(manifest, "vae_decoder", options)
+    assert int8.precision == plain.precision == "bf16" or int8.precision == plain.precision == "f32"
+    assert int8.blob_path(shapes) != plain.blob_path(shapes) and "-int8-" in int8.blob_path(shapes).name
+    # the text encoder is not quantized: openvino-int8 runs it as openvino does
+    assert parse_backend("openvino-int8").runner(manifest, "text_encoder", options).path.name == "text_encoder.onnx"
+
+
+def test_default_bench_backends_and_int8_ceiling():
+    from maskst.bench.ceilings import effective_ceiling
+    from maskst.runtime.backends import default_cpu_backends, engines_have_int8
+    from maskst.runtime.openvino_runner import native_int8
+
+    assert "openvino-int8" not in default_cpu_backends(int8_engines=False)
+    assert ("openvino-int8" in default_cpu_backends(int8_engines=True)) == native_int8()
+    assert engines_have_int8({"int8": {"graphs": ["unet"]}}) and not engines_have_int8({})
+    ceilings = {"openvino": {"int8": {"matmul": {"gflops": 400.0}, "conv": {"gflops": 800.0}},
+                             "bf16": {"matmul": {"gflops": 200.0}, "conv": {"gflops": 300.0}}}}
+    by_op = {"MatMul": 2_000_000_000, "Convolution": 8_000_000_000}
+    # hybrid: 2 GFLOP of MatMul at the bf16 MatMul ceiling (10 ms) + 8 GFLOP of convolution at int8 (10 ms)
+    hybrid = effective_ceiling(ceilings, "openvino", "int8", by_op, matmul_precision="bf16")
+    assert hybrid["gflops"] == pytest.approx(10 / 0.02 / 1e0) and hybrid["matmul_gflops"] == 200.0
+    assert effective_ceiling(ceilings, "openvino", "int8", by_op)["matmul_gflops"] == 400.0
