@@ -122,11 +122,13 @@ def test_openvino_int8_end_to_end_close_to_fp32(int8_engines, style_image):
     _, got = _recorded(int8_engines, "openvino-int8", style_image, steps=4)
     diff = np.abs(got.images.astype(int) - expected.images.astype(int))
     np.testing.assert_array_equal(got.mask, expected.mask)  # the masking stays exact (ONNX Runtime, float64)
-    print("e2e int8 vs fp32: mean", diff.mean(), "max", diff.max(), "p99", np.percentile(diff, 99))
+    _, other_seed = _recorded(int8_engines, "ort-cpu", style_image, steps=4, seed=8)
+    unrelated = np.abs(other_seed.images.astype(int) - expected.images.astype(int)).mean()
     # measured on the tiny models (uint8 levels): mean 7.6, 99th percentile 35, max 66; the tiny UNet's int8 error
-    # (mean ~10% per step) compounds over the steps. A wrong image (another seed, a lost quantization scale)
-    # differs by ~60-100 levels on average.
-    assert diff.mean() <= 12 and np.percentile(diff, 99) <= 60
+    # (mean ~10% per step) compounds over the steps. The bound is also held against an unrelated image (the
+    # fp32 run from another seed): int8 must stay far closer to fp32 than that.
+    assert diff.mean() <= 12 and np.percentile(diff, 99) <= 60, (diff.mean(), np.percentile(diff, 99))
+    assert diff.mean() < 0.5 * unrelated, (diff.mean(), unrelated)
     assert diff.max() > 0  # it did run int8
 
 

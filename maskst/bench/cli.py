@@ -146,7 +146,9 @@ def _command(program: str) -> str:
               help="Comma list of maskst backends: ort-cpu, openvino (bf16 UNet/encoders on AMX CPUs), openvino-f32, "
                    "openvino-bf16, openvino:GRAPH=VALUE:..., ort-cuda, ort-trt, trt. "
                    "Default: every CPU backend and precision that applies here (ort-cpu, openvino-f32, and where the "
-                   "CPU has native bf16 openvino and openvino-bf16; ort-cpu alone without openvino).")
+                   "CPU has native bf16 openvino and openvino-bf16, and openvino-int8 where the engines have int8 graphs "
+                   "(maskst-export --int8; --random-full-size builds them when nncf is installed) and the CPU has "
+                   "VNNI or AMX-INT8; ort-cpu alone without openvino).")
 @click.option("--rounds", type=int, default=1, show_default=True,
               help="Run the contenders one after the other this many times (fresh processes, interleaved) and pool "
                    "their timed generations: on a shared machine a busy spell then hits a round, not a contender.")
@@ -181,15 +183,9 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     """
     from maskst.bench.bench import BenchSettings, format_table, run_bench
 
-    if backends is None:
-        from maskst.runtime.backends import default_cpu_backends
-
-        backends = ",".join(default_cpu_backends())
-        if backends == "ort-cpu" and not quiet:
-            click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
-                       err=True)
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    _check_backends(names)
+    if backends is not None:
+        names = [b.strip() for b in backends.split(",") if b.strip()]
+        _check_backends(names)
     if repeats < 1 or warmup < 0 or ceiling_repeats < 0 or rounds < 1:
         raise InputError(f"--repeats {repeats} and --rounds {rounds} must be >= 1, --warmup {warmup} and "
                          f"--ceiling-repeats {ceiling_repeats} >= 0")
@@ -203,6 +199,16 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     settings.config()  # every request value checked before any model loads
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet, family=family, image_driven=image_driven)
+    if backends is None:  # every CPU backend that applies here (openvino-int8: where the engines have int8 graphs)
+        from maskst.engines.manifest import load_manifest
+        from maskst.runtime.backends import default_cpu_backends, engines_have_int8
+
+        int8 = engines_have_int8(load_manifest(models.engines, verify_hashes=False).data)
+        names = default_cpu_backends(int8_engines=int8)
+        if names == ["ort-cpu"] and not quiet:
+            click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
+                       err=True)
+        _check_backends(names)
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
                        rounds=rounds)
