@@ -182,7 +182,8 @@ def test_default_backends_are_this_machines_cpu_backends():
 def test_backend_registry_is_the_one_list_of_names():
     from maskst.runtime.backends import BACKENDS, Backend, parse_backend
 
-    assert set(BACKENDS) == {"ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino", "openvino-f32", "openvino-bf16"}
+    assert set(BACKENDS) == {"ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino", "openvino-f32", "openvino-bf16",
+                             "openvino-int8"}
     for name, cls in BACKENDS.items():
         assert issubclass(cls, Backend) and cls.name == name and cls.device in ("cpu", "cuda")
         assert parse_backend(name).spec == name

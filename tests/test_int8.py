@@ -247,3 +247,15 @@ def test_default_bench_backends_and_int8_ceiling():
     hybrid = effective_ceiling(ceilings, "openvino", "int8", by_op, matmul_precision="bf16")
     assert hybrid["gflops"] == pytest.approx(10 / 0.02 / 1e0) and hybrid["matmul_gflops"] == 200.0
     assert effective_ceiling(ceilings, "openvino", "int8", by_op)["matmul_gflops"] == 400.0
+
+
+def test_flops_of_the_int8_ir_equal_the_fp32_graph(int8_engines):
+    """The benchmark counts each graph's FLOPs once (from the fp32 graph): the int8 IR computes the same ops."""
+    from maskst.bench.flops import graph_flops
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(int8_engines)
+    for name, shapes in (("vae_decoder", {"latents": [1, 4, 8, 8]}),):
+        fp32 = graph_flops(manifest.graph_path(name), name, shapes)
+        int8 = graph_flops(int8_engines / manifest.data["graphs"][name]["int8"]["file"], name, shapes)
+        assert int8.flops == fp32.flops > 0 and int8.by_op == fp32.by_op
