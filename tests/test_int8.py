@@ -230,6 +230,10 @@ def test_int8_ir_gets_its_own_compiled_model_cache_key(int8_engines, tmp_path):
     assert int8.blob_path(shapes) != plain.blob_path(shapes) and "-int8-" in int8.blob_path(shapes).name
     # the text encoder is not quantized: openvino-int8 runs it as openvino does
     assert parse_backend("openvino-int8").runner(manifest, "text_encoder", options).path.name == "text_encoder.onnx"
+    # per graph as openvino: openvino-int8:unet=bf16 keeps the int8 VAE and runs the fp32 UNet graph in bf16
+    mixed = parse_backend("openvino-int8:unet=bf16")
+    assert mixed.runner(manifest, "unet", options).path.name == "unet.onnx"
+    assert mixed.runner(manifest, "vae_decoder", options).path.name == "vae_decoder.int8.xml"
 
 
 def test_default_bench_backends_and_int8_ceiling():

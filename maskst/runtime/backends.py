@@ -262,13 +262,14 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     precision = "auto"
     precisions = ("int8", "f32", "bf16")
     summary = ("OpenVINO with the int8 UNet and VAE decoder of maskst-export --int8 (NNCF), the rest as openvino "
-               "(bf16 where the CPU has it)")
+               "(bf16 where the CPU has it); per graph as openvino, e.g. openvino-int8:unet=bf16 (int8 VAE only)")
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
         from maskst.engines.int8 import INT8_GRAPHS, int8_graph
         from maskst.runtime.openvino_runner import OpenVinoRunner
 
-        if graph not in INT8_GRAPHS:
+        overridden = {item.partition("=")[0] for item in self.variant.split(":") if item}
+        if graph not in INT8_GRAPHS or graph in overridden:  # openvino-int8:unet=bf16 runs the fp32 graph in bf16
             return super().runner(manifest, graph, options)
         located = int8_graph(manifest.folder, manifest.data, graph)
         if located is None:
