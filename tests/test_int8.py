@@ -90,6 +90,11 @@ def test_export_int8_writes_and_records_the_int8_graphs(int8_engines):
             assert r["passed"] and r["reference"] == "onnxruntime-cpu fp32"
             peak = r["atol"] / INT8_TOLERANCE
             assert 0 < r["max_abs_err"] <= WORST_OF_PEAK * peak  # int8 is not fp32, and not far from it
+        output = manifest.graph_spec(name).outputs[0].name
+        error = record["error"][output]
+        assert len(error["max_err_of_peak"]) == len(error["mean_err_of_mean"]) == record["held_out_cases"]
+        assert all(0 < e <= WORST_OF_PEAK for e in error["max_err_of_peak"])
+        assert max(error["mean_err_of_mean"]) <= (MEAN_REL_UNET if name == "unet" else MEAN_REL_VAE)
     assert not list(int8_engines.parent.glob(".staging-*"))
 
 
@@ -263,3 +268,25 @@ def test_flops_of_the_int8_ir_equal_the_fp32_graph(int8_engines):
         fp32 = graph_flops(manifest.graph_path(name), name, shapes)
         int8 = graph_flops(int8_engines / manifest.data["graphs"][name]["int8"]["file"], name, shapes)
         assert int8.flops == fp32.flops > 0 and int8.by_op == fp32.by_op
+
+
+def test_export_cli_int8_with_user_prompts(tiny, tmp_path):
+    """maskst-export --int8 --calibration-prompts FILE: the prompts of the file calibrate (recorded in the
+    manifest), the summary reports each int8 graph's worst error against fp32."""
+    from maskst.cli.export import main as export_main
+    from maskst.engines.manifest import load_manifest
+
+    (tmp_path / "prompts.txt").write_text("# my requests\na blue bird on a branch\n\na lighthouse at dawn\n")
+    args = ["--base", tiny.base, "--ip-adapter", tiny.ip_adapter, "--content-encoder", tiny.content_encoder, "--quiet",
+            "--out", tmp_path / "e", "--min-size", "32", "--opt-size", "64", "--max-size", "128", "--max-batch", "2",
+            "--int8", "--calibration-prompts", tmp_path / "prompts.txt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(export_main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    worst = summary["int8_max_err_of_peak"]
+    assert set(worst) == {"unet", "vae_decoder"} and 0 < worst["unet"]["noise_pred"] <= WORST_OF_PEAK
+    manifest = load_manifest(tmp_path / "e")
+    assert manifest.data["options"]["calibration_prompts"] == ["a blue bird on a branch", "a lighthouse at dawn"]
+    assert manifest.data["graphs"]["unet"]["int8"]["calibration_cases"] == 11  # 2 prompts x 11 UNet calls, every other

@@ -80,7 +80,7 @@ def _weight_matmuls(model) -> list[str]:
         if op.get_type_name() != "MatMul":
             continue
         source = op.input_value(1).get_node()
-        while source.get_type_name() in ("Convert", "Transpose", "Reshape") and source.get_type_name() != "Constant":
+        while source.get_type_name() in ("Convert", "Transpose", "Reshape"):
             source = source.input_value(0).get_node()
         if source.get_type_name() == "Constant":
             names.append(op.get_friendly_name())
@@ -181,13 +181,22 @@ def run_openvino(path: Path, feeds: list[dict[str, np.ndarray]], precision: str 
 
 
 def compare_int8(spec: GraphSpec, fp32_path: Path, int8_path: Path, feeds: list[dict[str, np.ndarray]],
-                 precision: str = "f32", tolerance: float = INT8_TOLERANCE) -> list[Comparison]:
+                 precision: str = "f32", tolerance: float = INT8_TOLERANCE) -> tuple[list[Comparison], dict]:
     """The int8 IR on OpenVINO (``precision`` for what is not int8) against the fp32 graph on ONNX
-    Runtime CPU, same feeds; one record per output and feed (|err| <= tolerance * peak |fp32|)."""
+    Runtime CPU, same feeds: (one record per output and feed, |err| <= tolerance * peak |fp32|;
+    {output: {"max_err_of_peak": [per feed], "mean_err_of_mean": [per feed]}}, the error in relative terms)."""
     names = [t.name for t in spec.outputs]
-    return compare_outputs(spec.name, names, run_onnx_cpu(fp32_path, feeds), run_openvino(int8_path, feeds, precision),
-                           Tolerance(0.0, 0.0, atol_of_peak=tolerance), reference="onnxruntime-cpu fp32",
-                           candidate=f"openvino int8 ({precision} elsewhere)")
+    expected, got = run_onnx_cpu(fp32_path, feeds), run_openvino(int8_path, feeds, precision)
+    records = compare_outputs(spec.name, names, expected, got, Tolerance(0.0, 0.0, atol_of_peak=tolerance),
+                              reference="onnxruntime-cpu fp32", candidate=f"openvino int8 ({precision} elsewhere)")
+    relative = {}
+    for name in names:
+        pairs = [(np.asarray(g[name], np.float64), np.asarray(e[name], np.float64)) for g, e in zip(got, expected)]
+        relative[name] = {
+            "max_err_of_peak": [round(float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-30)), 5) for g, e in pairs],
+            "mean_err_of_mean": [round(float(np.abs(g - e).mean() / max(np.abs(e).mean(), 1e-30)), 5) for g, e in pairs],
+        }
+    return records, relative
 
 
 def split_calibration(feeds: list[dict[str, np.ndarray]], held_out: int = HELD_OUT_CASES):
@@ -227,10 +236,10 @@ def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, l
         src = folder / entry["file"]
         dst = folder / f"{name}.int8.xml"
         info = quantize_file(src, dst, scheme, calibration)
-        graph_results = compare_int8(spec, src, dst, held, precision) if check and held else []
+        graph_results, relative = compare_int8(spec, src, dst, held, precision) if check and held else ([], {})
         results += graph_results
         entry["int8"] = {"file": dst.name, "weights": dst.with_suffix(".bin").name, **info,
-                         "held_out_cases": len(held), "parity": records_json(graph_results)}
+                         "held_out_cases": len(held), "parity": records_json(graph_results), "error": relative}
         done.append(name)
         log.info("int8 %s: %s", name, info)
     raise_failures(results, "int8 graph output(s) differ from the fp32 graph beyond the int8 tolerance",
