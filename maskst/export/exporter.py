@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 import time
 import warnings
 from pathlib import Path
@@ -156,7 +157,8 @@ def preflight_control(ckpt: CheckpointSet, controlnets, lineart_model):
     return infos, lineart
 
 
-def export_engines(request: ExportRequest, progress: bool = True, calibrate=None) -> Manifest:
+def export_engines(request: ExportRequest, progress: bool = True,
+                   calibrate: Callable[[Path], dict[str, list[dict[str, np.ndarray]]]] | None = None) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder.
 
     ``calibrate``: with ``options.int8`` (scheme ``hybrid``), ``folder -> {graph: [feed, ...]}``, the
@@ -263,8 +265,7 @@ def export_engines(request: ExportRequest, progress: bool = True, calibrate=None
             recorded = calibrate(staging) if options.int8_scheme.calibrated else {}
             manifest_data["int8"] = quantize_graphs(staging, graphs, recorded, options.int8_scheme,
                                                     check=options.check_parity)
-            (staging / "manifest.json").unlink()
-            write_manifest(staging, manifest_data)
+            write_manifest(staging, manifest_data)  # replaces the fp32 one; records the IR files too
             del recorded
         publish(staging, out)
     return load_manifest(out)
