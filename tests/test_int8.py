@@ -290,3 +290,24 @@ def test_export_cli_int8_with_user_prompts(tiny, tmp_path):
     manifest = load_manifest(tmp_path / "e")
     assert manifest.data["options"]["calibration_prompts"] == ["a blue bird on a branch", "a lighthouse at dawn"]
     assert manifest.data["graphs"]["unet"]["int8"]["calibration_cases"] == 11  # 2 prompts x 11 UNet calls, every other
+
+
+def test_bench_runs_openvino_int8_and_names_its_precisions(int8_engines, tmp_path):
+    """maskst-bench on int8 engines: openvino-int8 runs, its UNet / VAE rows say int8 (MatMuls in the runner's
+    precision: the ceiling they are held against pairs the int8 convolution and that MatMul ceiling)."""
+    from maskst.bench.cli import bench_main
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(bench_main, ["--engines", str(int8_engines), "--backends", "openvino-int8",
+                                             "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1",
+                                             "--warmup", "0", "--threads", "1", "--no-reference", "--no-cold-start",
+                                             "--ceiling-repeats", "0", "--quiet", "--json", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["end_to_end_ms"]) == {"openvino-int8"}
+    rows = report["graph_efficiency"]["openvino-int8"]
+    for graph in ("unet", "vae_decoder"):
+        assert rows[graph][0]["precision"] == "int8" and rows[graph][0]["int8_scheme"] == "hybrid"
+        assert rows[graph][0]["matmul_precision"] in ("bf16", "f32")
+    assert rows["text_encoder"][0]["precision"] in ("bf16", "f32")
