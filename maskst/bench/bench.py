@@ -387,6 +387,8 @@ def runner_precision(runner) -> dict:
         if getattr(runner, "int8_scheme", None) == "hybrid":
             # int8 convolutions; the MatMuls compute in the runner's precision from int8 weights
             return {"runtime": "openvino", "precision": "int8", "matmul_precision": precision, "int8_scheme": "hybrid"}
+        if getattr(runner, "int8_scheme", None) == "full":  # MatMuls and convolutions int8
+            return {"runtime": "openvino", "precision": "int8", "int8_scheme": "full"}
         if getattr(runner, "int8_scheme", None):  # weight-only int8: the arithmetic is the runner's precision
             return {"runtime": "openvino", "precision": precision, "int8_scheme": runner.int8_scheme}
         return {"runtime": "openvino", "precision": precision}

@@ -74,7 +74,8 @@ def _family_sizes(index: int) -> str:
 @click.option("--int8-scheme", type=click.Choice([s.value for s in Int8Scheme]), default=DEFAULTS.int8_scheme.value,
               show_default=True,
               help="hybrid: int8 weight-only MatMuls + int8 convolutions (weights and activations), calibrated; "
-                   "weights: int8 weight-only MatMuls and convolutions (no calibration); weights-matmul: MatMuls only.")
+                   "weights: int8 weight-only MatMuls and convolutions (no calibration; the recorded inputs still measure the error); weights-matmul: MatMuls only; "
+                   "full: int8 MatMuls and convolutions (weights and activations), calibrated.")
 @click.option("--calibration-prompts", type=click.Path(path_type=Path, dir_okay=False),
               help="Text file with one calibration prompt per line ('#' comments and blank lines skipped) for --int8 "
                    f"[default: {len(DEFAULTS.calibration_prompts)} built-in prompts, maskst.export.options."

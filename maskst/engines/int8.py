@@ -16,6 +16,8 @@ Schemes (:class:`Int8Scheme`):
 * ``weights``: int8 weight-only compression of MatMuls *and* convolutions (``all_layers``); no
   calibration data needed (the arithmetic stays bf16/f32; only weight bytes halve).
 * ``weights-matmul``: int8 weight-only compression of the MatMuls only.
+* ``full``: ``nncf.quantize`` of MatMuls and convolutions alike (weights and activations; SmoothQuant on
+  the MatMuls, NNCF's TRANSFORMER defaults), the edge convolutions left out. Calibrated.
 
 The same scheme is applied to both graphs (the VAE decoder has a few MatMuls: its mid-block attention).
 
@@ -58,10 +60,11 @@ class Int8Scheme(str, enum.Enum):
     HYBRID = "hybrid"  # int8 weight-only MatMuls + int8 (weights and activations) convolutions, calibrated
     WEIGHTS = "weights"  # int8 weight-only MatMuls and convolutions, no calibration
     WEIGHTS_MATMUL = "weights-matmul"  # int8 weight-only MatMuls, convolutions untouched
+    FULL = "full"  # int8 weights and activations on MatMuls and convolutions (SmoothQuant), calibrated
 
     @property
     def calibrated(self) -> bool:
-        return self is Int8Scheme.HYBRID
+        return self in (Int8Scheme.HYBRID, Int8Scheme.FULL)
 
 
 def require_nncf() -> None:
@@ -121,7 +124,11 @@ def quantize_model(model, scheme: Int8Scheme, calibration: list[dict[str, np.nda
         return nncf.compress_weights(model, mode=CompressWeightsMode.INT8_ASYM,
                                      ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
     if not calibration:
-        raise EngineError("int8 hybrid quantization needs calibration inputs, and none were recorded")
+        raise EngineError(f"int8 {scheme.value} quantization needs calibration inputs, and none were recorded")
+    if scheme is Int8Scheme.FULL:
+        return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calibration),
+                             ignored_scope=nncf.IgnoredScope(names=_edge_convolutions(model), validate=False))
     keep = _weight_matmuls(model) + _edge_convolutions(model)  # names survive compress_weights
     compressed = nncf.compress_weights(model, mode=CompressWeightsMode.INT8_ASYM,
                                        ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
@@ -214,7 +221,8 @@ def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, l
 
     ``graphs``: the manifest's ``graphs`` section; each quantized graph's entry gets an ``int8`` record
     (``file`` = ``<name>.int8.xml``, ``weights``, what quantization did, ``parity``: records against the
-    fp32 graph). ``recorded``: {graph: recorded feeds} (:mod:`maskst.runtime.calibration`). ``precision``:
+    fp32 graph). ``recorded``: {graph: recorded feeds} (:mod:`maskst.runtime.calibration`); the weight-only
+    schemes use them for the held-out check only. ``precision``:
     OpenVINO's inference precision for the parity run (what the non-int8 part computes in). Returns the
     manifest's ``int8`` section. Raises ParityError (after all graphs) if an output is off.
     """
@@ -231,8 +239,9 @@ def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, l
         spec = GraphSpec.from_json(entry["spec"])
         feeds = recorded.get(name, [])
         calibration, held = split_calibration(feeds)
-        if scheme.calibrated and not calibration:
-            raise EngineError(f"int8: no {name} inputs were recorded from the calibration prompts; nothing to calibrate on")
+        if not calibration:
+            raise EngineError(f"int8: no {name} inputs were recorded from the calibration prompts; nothing to "
+                              "calibrate on or to check against")
         src = folder / entry["file"]
         dst = folder / f"{name}.int8.xml"
         info = quantize_file(src, dst, scheme, calibration)

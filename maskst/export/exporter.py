@@ -161,8 +161,9 @@ def export_engines(request: ExportRequest, progress: bool = True,
                    calibrate: Callable[[Path], dict[str, list[dict[str, np.ndarray]]]] | None = None) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder.
 
-    ``calibrate``: with ``options.int8`` (scheme ``hybrid``), ``folder -> {graph: [feed, ...]}``, the
-    recorded inputs of generations on the staged fp32 engines (``maskst.runtime.calibration.calibration_recorder``;
+    ``calibrate``: with ``options.int8``, ``folder -> {graph: [feed, ...]}``, the recorded inputs of
+    generations on the staged fp32 engines (calibration of the hybrid / full schemes, and the held-out
+    cases every scheme's error against fp32 is measured on) (``maskst.runtime.calibration.calibration_recorder``;
     passed in so that the exporter does not import the runtime). The int8 IRs are written and checked
     in the staging folder like every other file: a failed quantization or calibration publishes nothing.
     """
@@ -184,8 +185,8 @@ def export_engines(request: ExportRequest, progress: bool = True,
         from maskst.engines.int8 import require_nncf
 
         require_nncf()  # before any work
-        if options.int8_scheme.calibrated and calibrate is None:
-            raise InputError("--int8 (hybrid scheme) needs calibration inputs: pass calibrate= "
+        if calibrate is None:  # calibration (hybrid, full) and the held-out error check (every scheme) need it
+            raise InputError("--int8 needs recorded graph inputs: pass calibrate= "
                              "(maskst.runtime.calibration.calibration_recorder)")
     out = Path(request.out)
     check_destination(out, request.force)
@@ -262,7 +263,7 @@ def export_engines(request: ExportRequest, progress: bool = True,
         if options.int8:  # the pipeline runs on the staged fp32 set; the int8 IRs join it, then the manifest again
             from maskst.engines.int8 import quantize_graphs
 
-            recorded = calibrate(staging) if options.int8_scheme.calibrated else {}
+            recorded = calibrate(staging)
             manifest_data["int8"] = quantize_graphs(staging, graphs, recorded, options.int8_scheme,
                                                     check=options.check_parity)
             write_manifest(staging, manifest_data)  # replaces the fp32 one; records the IR files too

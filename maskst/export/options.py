@@ -72,7 +72,7 @@ class ExportOptions:
         if self.int8 and self.precision is not Precision.FP32:
             raise InputError(f"--int8 with --precision {self.precision.value}: the int8 graphs are quantized from the fp32 "
                              "ONNX graphs, which --precision fp16 replaces; export with --precision fp32 --int8")
-        if self.int8 and self.int8_scheme.calibrated and (
+        if self.int8 and (  # every scheme: calibration (hybrid, full) and the held-out error check
                 not self.calibration_prompts or not all(isinstance(p, str) and p.strip() for p in self.calibration_prompts)):
             raise InputError("--int8 needs at least one non-empty calibration prompt (--calibration-prompts FILE: one per line)")
 
