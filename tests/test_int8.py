@@ -200,7 +200,9 @@ def test_int8_bad_inputs_give_clear_errors(tiny, tiny_engines, tmp_path):
     assert result.exit_code == 2 and "holds no prompt" in result.output
     (tmp_path / "p.txt").write_text("a cat\n")
     result = CliRunner().invoke(export_main, args + ["--calibration-prompts", str(tmp_path / "p.txt")])
-    assert result.exit_code == 2 and "--calibration-prompts is for --int8" in result.output
+    assert result.exit_code == 2 and "--calibration-prompts / --calibration-size are for --int8" in result.output
+    result = CliRunner().invoke(export_main, args + ["--int8", "--calibration-size", "100"])
+    assert result.exit_code == 2 and "calibration_size=100 must be a multiple of 8" in result.output
     result = CliRunner().invoke(export_main, args + ["--int8", "--precision", "fp16"])
     assert result.exit_code == 2 and "--precision fp32 --int8" in result.output
     assert not (tmp_path / "e").exists()
@@ -279,7 +281,7 @@ def test_export_cli_int8_with_user_prompts(tiny, tmp_path):
     (tmp_path / "prompts.txt").write_text("# my requests\na blue bird on a branch\n\na lighthouse at dawn\n")
     args = ["--base", tiny.base, "--ip-adapter", tiny.ip_adapter, "--content-encoder", tiny.content_encoder, "--quiet",
             "--out", tmp_path / "e", "--min-size", "32", "--opt-size", "64", "--max-size", "128", "--max-batch", "2",
-            "--int8", "--calibration-prompts", tmp_path / "prompts.txt"]
+            "--int8", "--calibration-prompts", tmp_path / "prompts.txt", "--calibration-size", "32"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = CliRunner().invoke(export_main, [str(a) for a in args])
@@ -290,6 +292,7 @@ def test_export_cli_int8_with_user_prompts(tiny, tmp_path):
     manifest = load_manifest(tmp_path / "e")
     assert manifest.data["options"]["calibration_prompts"] == ["a blue bird on a branch", "a lighthouse at dawn"]
     assert manifest.data["graphs"]["unet"]["int8"]["calibration_cases"] == 11  # 2 prompts x 11 UNet calls, every other
+    assert manifest.data["options"]["calibration_size"] == 32
 
 
 def test_bench_runs_openvino_int8_and_names_its_precisions(int8_engines, tmp_path):

@@ -70,7 +70,8 @@ def _family_sizes(index: int) -> str:
 @click.option("--int8", is_flag=True,
               help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), for maskst-run --backend "
                    "openvino-int8; the fp32 ONNX graphs stay for every other backend. Needs pip install 'maskst[int8]'. "
-                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, --opt-size, 10 steps). Only with --precision fp32.")
+                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, "
+                   "--calibration-size, 10 steps). Only with --precision fp32.")
 @click.option("--int8-scheme", type=click.Choice([s.value for s in Int8Scheme]), default=DEFAULTS.int8_scheme.value,
               show_default=True,
               help="hybrid: int8 weight-only MatMuls + int8 convolutions (weights and activations), calibrated; "
@@ -80,13 +81,16 @@ def _family_sizes(index: int) -> str:
               help="Text file with one calibration prompt per line ('#' comments and blank lines skipped) for --int8 "
                    f"[default: {len(DEFAULTS.calibration_prompts)} built-in prompts, maskst.export.options."
                    "DEFAULT_CALIBRATION_PROMPTS]. Use prompts like your own requests.")
+@click.option("--calibration-size", type=int, default=None,
+              help="Image side (px) of the --int8 calibration generations [default: --opt-size]; the size of your "
+                   "requests is the natural choice (the cost grows with it).")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
 def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
-         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts, skip_parity, wait, quiet):
+         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts, calibration_size, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -104,8 +108,8 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
     from maskst.families import detect_family
     from maskst.runtime.calibration import read_prompts
 
-    if calibration_prompts is not None and not int8:
-        raise InputError("--calibration-prompts is for --int8; add --int8 or leave it out")
+    if (calibration_prompts is not None or calibration_size is not None) and not int8:
+        raise InputError("--calibration-prompts / --calibration-size are for --int8; add --int8 or leave them out")
     prompts = read_prompts(calibration_prompts) if calibration_prompts is not None else DEFAULTS.calibration_prompts
 
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, content_encoder=content_encoder, out=out)
@@ -116,7 +120,8 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
     options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity,
-                            int8=int8, int8_scheme=Int8Scheme(int8_scheme), calibration_prompts=prompts)
+                            int8=int8, int8_scheme=Int8Scheme(int8_scheme), calibration_prompts=prompts,
+                            calibration_size=calibration_size)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)
@@ -125,7 +130,7 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
         from maskst.engines.int8 import INT8_GRAPHS
         from maskst.runtime.calibration import calibration_recorder
 
-        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=opt_size)
+        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=options.calibration_side)
     manifest = export_engines(request, progress=not quiet, calibrate=calibrate)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
     summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}

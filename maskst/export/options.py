@@ -54,7 +54,8 @@ class ExportOptions:
     check_parity: bool = True
     int8: bool = False  # also write OpenVINO int8 IRs of the UNet and VAE decoder (maskst.engines.int8)
     int8_scheme: Int8Scheme = Int8Scheme.HYBRID
-    calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8 hybrid)
+    calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8)
+    calibration_size: int | None = None  # image side of the calibration generations (px); None: opt_size
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         DimRange(self.min_batch, self.opt_batch, self.max_batch)
@@ -72,9 +73,19 @@ class ExportOptions:
         if self.int8 and self.precision is not Precision.FP32:
             raise InputError(f"--int8 with --precision {self.precision.value}: the int8 graphs are quantized from the fp32 "
                              "ONNX graphs, which --precision fp16 replaces; export with --precision fp32 --int8")
+        if self.calibration_size is not None and (
+                not isinstance(self.calibration_size, int) or self.calibration_size % vae_scale_factor
+                or not self.min_size <= self.calibration_size <= self.max_size):
+            raise InputError(f"calibration_size={self.calibration_size} must be a multiple of {vae_scale_factor} in "
+                             f"[min_size {self.min_size}, max_size {self.max_size}]")
         if self.int8 and (  # every scheme: calibration (hybrid, full) and the held-out error check
                 not self.calibration_prompts or not all(isinstance(p, str) and p.strip() for p in self.calibration_prompts)):
             raise InputError("--int8 needs at least one non-empty calibration prompt (--calibration-prompts FILE: one per line)")
+
+    @property
+    def calibration_side(self) -> int:
+        """The image side (px) the --int8 calibration generations run at."""
+        return self.opt_size if self.calibration_size is None else self.calibration_size
 
     def latent_range(self, vae_scale_factor: int) -> DimRange:
         f = vae_scale_factor
