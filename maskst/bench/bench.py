@@ -122,6 +122,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.engines.int8 import Int8Scheme
     from maskst.export.options import ExportOptions
     from maskst.fixtures import fixture_paths, write_fixtures
 
@@ -137,7 +138,11 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     # calibrated at 256 px for the full-size presets (the benchmark's default request; 512, the opt size, would
     # cost ~4x the calibration time), at the opt size for the tiny ones
     calibration_size = 256 if _EXPORT_SIZES[preset]["opt_size"] > 256 else None
-    options = ExportOptions(**_EXPORT_SIZES[preset], int8=int8, calibration_size=calibration_size)
+    # scheme full (int8 MatMuls too): on the full-size random models it runs the UNet 1.23x faster than hybrid's
+    # 1.03x (vs bf16) at the same held-out error (docs/benchmarks.md "int8"); the benchmark measures speed and
+    # reports the image error, maskst-export's default stays hybrid (the quality-safe recipe for trained weights)
+    options = ExportOptions(**_EXPORT_SIZES[preset], int8=int8, int8_scheme=Int8Scheme.FULL,
+                            calibration_size=calibration_size)
     wanted_options = _options_json(options)
 
     def models() -> BenchModels:
