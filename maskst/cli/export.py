@@ -65,13 +65,17 @@ def _family_sizes(index: int) -> str:
               help="Most style regions per request (maskst-run --region); 1..N run on one engine set.")
 @click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True)
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
+@click.option("--deepcache", is_flag=True,
+              help="Also write the DeepCache step-caching graphs unet_deep (full UNet + cached feature) and "
+                   "unet_shallow (the shallow layers that reuse it), for maskst-run --deepcache-interval N. Adds a "
+                   "second full UNet file to the folder; not with --controlnet / --styleshot.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
 def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
-         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, skip_parity, wait, quiet):
+         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, deepcache, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -81,6 +85,7 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/sd15
     maskst-export --base stable-diffusion-xl-base-1.0 \\
                   --ip-adapter IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors --out engines/sdxl
+    maskst-export ... --deepcache --out engines/sd15-deepcache   # for maskst-run --deepcache-interval 3
     maskst-export ... --controlnet control_v11p_sd15_canny --lineart-model Annotators/sk_model.pth --out engines/cn
     maskst-export --base stable-diffusion-v1-5 --styleshot StyleShot \\
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/styleshot
@@ -95,7 +100,8 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                                     for given, default in zip((min_size, opt_size, max_size), family_sizes))
     options = ExportOptions(precision=Precision(precision), target=Target(target),
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
-                            opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity)
+                            opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity,
+                            deepcache=deepcache)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)

@@ -38,6 +38,7 @@ class ExportOptions:
     opset: int = 17
     fp32_ops: tuple[str, ...] = ()  # extra op types kept in fp32 by the fp16 conversion
     check_parity: bool = True
+    deepcache: bool = False  # also write unet_deep + unet_shallow (DeepCache step caching, maskst.deepcache)
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         DimRange(self.min_batch, self.opt_batch, self.max_batch)
