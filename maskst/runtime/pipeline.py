@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst import deepcache
 from maskst.engines.manifest import Manifest, load_manifest
 from maskst.errors import EngineError, InputError, NonFiniteError
 from maskst.families import family_named
@@ -129,6 +130,8 @@ class MaskstPipeline:
         runtime_backend = parse_backend(backend)
         graphs = [*graphs, *control_graphs(self.manifest)]  # ControlNets, lineart: as the manifest records
         self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in graphs}
+        # the DeepCache graphs load on the first request that asks for them (a second full UNet in memory)
+        self._backend, self._runner_options = runtime_backend, options
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -145,6 +148,16 @@ class MaskstPipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+    def deepcache_runners(self):
+        """(unet_deep runner, unet_shallow runner), created and activated on first use (check_request has
+        checked that the manifest has both graphs)."""
+        for name in (deepcache.DEEP_GRAPH, deepcache.SHALLOW_GRAPH):
+            if name not in self.runners:
+                runner = self._backend.runner(self.manifest, name, self._runner_options)
+                runner.activate()
+                self.runners[name] = runner
+        return self.runners[deepcache.DEEP_GRAPH], self.runners[deepcache.SHALLOW_GRAPH]
 
     def add_callback(self, callback: PipelineCallback) -> None:
         self.callbacks.append(callback)
@@ -199,6 +212,12 @@ class MaskstPipeline:
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
         check_control_request(self.manifest, config)
+        if config.deepcache_interval > 1:
+            missing = [g for g in (deepcache.DEEP_GRAPH, deepcache.SHALLOW_GRAPH) if g not in self.manifest.data["graphs"]]
+            if missing:
+                raise EngineError(f"--deepcache-interval {config.deepcache_interval}: the engines {self.manifest.folder} "
+                                  f"have no {' / '.join(missing)} graph; re-export them with maskst-export "
+                                  f"{deepcache.EXPORT_FLAG} (or run with --deepcache-interval 1)")
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
@@ -362,6 +381,11 @@ class MaskstPipeline:
 
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
+        interval = config.deepcache_interval
+        if interval > 1:  # DeepCache: unet_deep on full steps, unet_shallow (reusing its feature) on the others
+            deep, shallow = self.deepcache_runners()
+            shallow_inputs = [t.name for t in shallow.spec.inputs if t.name != deepcache.FEATURE]
+            feature = None
         guidance = np.float32(config.guidance)
         t0 = clock()
         for i, t in enumerate(scheduler.timesteps):
@@ -370,7 +394,15 @@ class MaskstPipeline:
             feed["timestep"] = np.array([t], dtype=np.float32)
             if control.active:
                 feed.update(control.residuals(feed, check_inputs=i == 0))
-            noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
+            if interval == 1:
+                noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
+            elif deepcache.is_full_step(i, interval):
+                out = self.run_graph(deepcache.DEEP_GRAPH, feed, check_inputs=i == 0)
+                noise, feature = out["noise_pred"], out[deepcache.FEATURE].copy()  # kept for the next cached steps
+            else:
+                cached = {name: feed[name] for name in shallow_inputs}
+                cached[deepcache.FEATURE] = feature
+                noise = self.run_graph(deepcache.SHALLOW_GRAPH, cached, check_inputs=i == 1)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
             latents = scheduler.step(guided, t, latents)
