@@ -43,7 +43,13 @@ from maskst.tokenization import load_tokenizer, tokenize
 @contextlib.contextmanager
 def _deepcache(pipe, interval: int):
     """The published DeepCache helper enabled on ``pipe`` for one call (uniform schedule, branch
-    :data:`maskst.deepcache.CACHE_BRANCH_ID`); nothing for interval 1."""
+    :data:`maskst.deepcache.CACHE_BRANCH_ID`); nothing for interval 1.
+
+    The helper numbers a UNet call by ``list(scheduler.timesteps).index(t)``: the step index wherever the
+    timesteps are distinct (DDIM, Euler, UniPC, DPM-Solver++), but PNDM (PLMS) repeats its second timestep, and
+    the helper counts that repeat (call 2) as step 1 again, so with PNDM its full steps agree with maskst's
+    ``i % N`` (:func:`maskst.deepcache.is_full_step`) for every N but 2 (where call 2 is full for maskst and
+    cached for the helper). maskst keeps the call index: the schedule the paper describes."""
     if interval == 1:
         yield
         return
