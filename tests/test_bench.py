@@ -294,3 +294,56 @@ def test_rounds_are_pooled():
     assert unet["ms_samples"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and unet["ms_median"] == 3.5
     assert unet["calls_per_generation"] == 3.0
     assert merge_rounds([{"error": "x"}]) == {"error": "x"}
+
+
+@pytest.fixture(scope="module")
+def tiny_deepcache_engines(tiny, export_fn, tmp_path_factory):
+    return export_fn(tiny, tmp_path_factory.mktemp("engines") / "tiny_deepcache", deepcache=True).folder
+
+
+def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_engines, tmp_path):
+    """--deepcache-interval 3: one more contender per backend, its image against the same backend's full
+    computation and the reference, its UNet graphs' calls and FLOPs (structure and sanity; no timing bound)."""
+    out = tmp_path / "bench.json"
+    args = _checkpoint_args(tiny, tiny_deepcache_engines) + [
+        "--height", "64", "--width", "64", "--steps", "5", "--scheduler", "ddim", "--repeats", "1", "--warmup", "0",
+        "--threads", "1", "--backends", "ort-cpu", "--deepcache-interval", "3", "--ceiling-repeats", "0",
+        "--no-cold-start", "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    name = "ort-cpu+deepcache3"
+    assert set(report["end_to_end_ms"]) == {"reference", "ort-cpu", name}
+    assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    full = report["image_diff_vs_full"][name]
+    assert set(report["image_diff_vs_full"]) == {name}
+    assert 0 < full["mean_abs"] <= full["max_abs"] <= 255  # random weights: caching shows in the image
+    assert report["image_diff_vs_reference"][name]["max_abs"] >= full["max_abs"] - 2  # the reference is full
+    assert report["deepcache_speedup_vs_full"][name] > 0
+    assert report["targets"]["deepcache_speedup_at_least_1.8x"]["backend"] == name
+    calls = report["runs"][name][0]
+    assert calls["unet_calls"] == 5  # DDIM: one UNet-graph call per step, deep on steps 0 and 3
+    graphs = report["graph_efficiency"][name]
+    assert graphs["unet_deep"][0]["calls_per_generation"] == 2 and graphs["unet_shallow"][0]["calls_per_generation"] == 3
+    assert "unet" not in graphs
+    if HAVE_OPENVINO:  # FLOPs per graph: the shallow graph is a small part of the full one
+        deep, shallow = graphs["unet_deep"][0]["gflop"], graphs["unet_shallow"][0]["gflop"]
+        assert 0 < shallow < 0.5 * deep
+    assert "image vs same backend, full computation" in result.output and name in result.output
+
+
+def test_bench_deepcache_refusals(tiny_engines):
+    runner = CliRunner()
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-interval", "3"])
+    assert result.exit_code != 0 and "maskst-export --deepcache" in result.output
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-interval", "1"])
+    assert result.exit_code == 2 and "--deepcache-interval 1" in result.output
+
+
+def test_contender_names_round_trip():
+    from maskst.bench.bench import deepcache_contender, split_contender
+
+    assert split_contender(deepcache_contender("openvino:vae_decoder=bf16", 3)) == ("openvino:vae_decoder=bf16", 3)
+    assert split_contender("openvino-bf16") == ("openvino-bf16", 1)

@@ -171,7 +171,7 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
     if batch is None and config.deepcache_interval > 1:  # engines without the DeepCache graphs: before any session loads
         from maskst.engines.manifest import load_manifest
 
-        check_deepcache_request(load_manifest(engines, verify_hashes=False), config)
+        check_deepcache_request(load_manifest(engines, verify_hashes=False), config.deepcache_interval)
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
                         allow_fallback=allow_fallback,
                         compile_cache=False if no_compile_cache else compile_cache) as pipeline:

@@ -61,15 +61,15 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
         raise NonFiniteError(f"stage {stage} produced NaN or infinity{hint}; nothing was written")
 
 
-def check_deepcache_request(manifest: Manifest, config) -> None:
-    """EngineError naming the fix when a request asks for DeepCache (``deepcache_interval > 1``) and the engines
+def check_deepcache_request(manifest: Manifest, interval: int) -> None:
+    """EngineError naming the fix when a request asks for DeepCache (``deepcache_interval`` > 1) and the engines
     have no ``unet_deep`` / ``unet_shallow`` graph (exported without ``maskst-export --deepcache``). The request's
     own conflicts (a control image) are refused by ``GenerationConfig.validate``."""
-    if config.deepcache_interval == 1:
+    if interval == 1:
         return
     missing = [g for g in (deepcache.DEEP_GRAPH, deepcache.SHALLOW_GRAPH) if g not in manifest.data["graphs"]]
     if missing:
-        raise EngineError(f"--deepcache-interval {config.deepcache_interval}: the engines {manifest.folder} have no "
+        raise EngineError(f"--deepcache-interval {interval}: the engines {manifest.folder} have no "
                           f"{' / '.join(missing)} graph; re-export them with maskst-export {deepcache.EXPORT_FLAG} "
                           "(or run with --deepcache-interval 1)")
 
@@ -225,7 +225,7 @@ class MaskstPipeline:
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
         check_control_request(self.manifest, config)
-        check_deepcache_request(self.manifest, config)
+        check_deepcache_request(self.manifest, config.deepcache_interval)
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
