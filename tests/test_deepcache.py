@@ -177,6 +177,21 @@ def test_interval_one_is_the_plain_run_and_three_is_not(pipeline, wide_engines, 
     assert many.std() > 5 and not np.array_equal(many, three)
 
 
+def test_a_deepcache_pipeline_loads_one_full_unet(deepcache_engines, pipeline, style_image):
+    """MaskstPipeline(deepcache=True): unet_deep + unet_shallow instead of the plain unet; interval 3 gives the
+    image of the lazily loading pipeline bit for bit, interval 1 runs unet_deep (the same UNet computation)."""
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    style = [load_image(style_image)]
+    common = dict(prompt="a cat", content="a house", steps=5, height=64, width=64, seed=8)
+    with MaskstPipeline(deepcache_engines, deepcache=True) as deep_pipe:
+        assert "unet" not in deep_pipe.runners and {"unet_deep", "unet_shallow"} <= set(deep_pipe.runners)
+        for interval in (1, 3):
+            config = GenerationConfig.create(**common, deepcache_interval=interval)
+            got, want = deep_pipe.generate(config, style).images, pipeline.generate(config, style).images
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= (0 if interval > 1 else 1)
+
+
 def test_graph_calls_follow_the_uniform_schedule(pipeline, style_image):
     from maskst.runtime.pipeline import PipelineCallback
 
@@ -225,6 +240,11 @@ def test_engines_without_the_graphs_are_refused_before_any_work(wide_engines, st
         "--height", "64", "--width", "64", "--quiet", "--out", out, "--deepcache-interval", "3"]])
     assert result.exit_code != 0 and "maskst-export --deepcache" in result.output and "unet_deep" in result.output
     assert not out.exists()
+    from maskst.errors import EngineError
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    with pytest.raises(EngineError, match="maskst-export --deepcache"):
+        MaskstPipeline(wide_engines, deepcache=True)
     help_text = CliRunner().invoke(run_main, ["--help"]).output
     assert "--deepcache-interval" in help_text
 

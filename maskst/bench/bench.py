@@ -527,10 +527,9 @@ def _run_maskst(job: dict) -> dict:
     settings = BenchSettings(**job["settings"])
     backend, interval = split_contender(job["backend"])
     t0 = time.perf_counter()
+    # DeepCache contenders load unet_deep + unet_shallow instead of the plain unet (peak RSS: one full UNet)
     pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=backend, verify_hashes=False,
-                              threads=settings.threads)
-    if interval > 1:
-        pipeline.deepcache_runners()  # loaded with the others (load_ms), not inside the first request
+                              threads=settings.threads, deepcache=interval > 1)
     load_ms = (time.perf_counter() - t0) * 1e3
     config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor,
                                       deepcache_interval=interval)

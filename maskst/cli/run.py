@@ -166,15 +166,14 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
         for path in config.control_image:
             load_control_image(path)  # unreadable / empty / truncated: exit 2 now
         check_control_request(load_manifest(engines, verify_hashes=False), config)
-    from maskst.runtime.pipeline import MaskstPipeline, check_deepcache_request
+    from maskst.runtime.pipeline import MaskstPipeline
 
-    if batch is None and config.deepcache_interval > 1:  # engines without the DeepCache graphs: before any session loads
-        from maskst.engines.manifest import load_manifest
-
-        check_deepcache_request(load_manifest(engines, verify_hashes=False), config.deepcache_interval)
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
                         allow_fallback=allow_fallback,
-                        compile_cache=False if no_compile_cache else compile_cache) as pipeline:
+                        compile_cache=False if no_compile_cache else compile_cache,
+                        # one request with DeepCache: unet_deep + unet_shallow load instead of the plain unet (engines
+                        # without them: the export hint before any session loads)
+                        deepcache=batch is None and config.deepcache_interval > 1) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
         bar = tqdm(desc="denoise", unit="step", disable=quiet)
