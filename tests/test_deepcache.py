@@ -269,3 +269,60 @@ def test_export_refuses_deepcache_with_a_controlnet(tiny_wide, export_fn, tmp_pa
         export_fn(tiny_wide, tmp_path / "cn", min_size=64, opt_size=64, max_size=128, deepcache=True,
                   controlnets=(tiny_wide.controlnet,))
     assert not (tmp_path / "cn").exists()
+
+
+def _style(seed: int):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray((rng.uniform(0, 1, (96, 128, 3)) * 255).astype(np.uint8))]
+
+
+def test_sdxl_deepcache_matches_the_published_deepcache_reference(sdxl_tiny, export_checkpoints, tmp_path):
+    """SDXL: the shallow graph has no cross-attention (the last up block is an UpBlock2D) but the added
+    embedding; maskst and diffusers' StableDiffusionXLPipeline with DeepCacheSDHelper agree within 1/255."""
+    from maskst.families import resolve_checkpoints
+    from maskst.reference import ReferencePipeline
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engines = export_checkpoints(sdxl_tiny.base, sdxl_tiny.ip_adapter, None, None, tmp_path / "sdxl",
+                                     deepcache=True).folder
+    reference = ReferencePipeline(resolve_checkpoints(sdxl_tiny.base, sdxl_tiny.ip_adapter, None, None)[1])
+    style = _style(1)
+    with MaskstPipeline(engines, deepcache=True) as pipe:
+        for interval in (1, 3):
+            config = GenerationConfig.create(prompt="a cat", content="a house", steps=6, height=64, width=64, seed=2,
+                                             scheduler="unipc", deepcache_interval=interval)
+            want = reference.generate(config, style)
+            got = pipe.generate(config, style)
+            assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 1
+            assert want.images.std() > 10
+
+
+def test_plus_adapter_with_deepcache_matches_the_reference(tiny, export_checkpoints, tmp_path):
+    """IP-Adapter Plus (16 tokens from the Resampler): the tokens are an input of both graphs."""
+    from maskst.checkpoints import resolve_checkpoints
+    from maskst.reference import ReferencePipeline
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engines = export_checkpoints(tiny.base, tiny.ip_adapter_plus, tiny.image_encoder, tiny.content_encoder,
+                                     tmp_path / "plus", deepcache=True).folder
+    reference = ReferencePipeline(resolve_checkpoints(tiny.base, tiny.ip_adapter_plus, tiny.image_encoder,
+                                                      tiny.content_encoder))
+    config = GenerationConfig.create(prompt="a cat", method="ip-adapter", steps=6, height=64, width=64, seed=2,
+                                     scheduler="unipc", deepcache_interval=3)
+    style = _style(1)
+    with MaskstPipeline(engines, deepcache=True) as pipe:
+        got = pipe.generate(config, style)
+    assert np.abs(got.images.astype(int) - reference.generate(config, style).images.astype(int)).max() <= 1
+
+
+def test_export_cli_offers_deepcache():
+    from click.testing import CliRunner
+
+    from maskst.cli.export import main as export_main
+
+    help_text = CliRunner().invoke(export_main, ["--help"]).output
+    assert "--deepcache" in help_text and "unet_shallow" in help_text
