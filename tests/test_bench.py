@@ -347,3 +347,20 @@ def test_contender_names_round_trip():
 
     assert split_contender(deepcache_contender("openvino:vae_decoder=bf16", 3)) == ("openvino:vae_decoder=bf16", 3)
     assert split_contender("openvino-bf16") == ("openvino-bf16", 1)
+
+
+def test_random_models_keep_deepcache_engines_apart(tmp_path):
+    """The preset's DeepCache engines live beside the plain ones (engines-deepcache/, own cache marker), from
+    the same fixtures, and are reused on the next call."""
+    from maskst.bench.bench import random_models
+    from maskst.engines.manifest import load_manifest
+
+    models = random_models(tmp_path, "tiny", progress=False, deepcache=True)
+    assert models.engines.name == "engines-deepcache"
+    manifest = load_manifest(models.engines, verify_hashes=False)
+    assert manifest.data["options"]["deepcache"] is True and "unet_shallow" in manifest.data["graphs"]
+    stamp = (models.engines / "manifest.json").stat().st_mtime_ns
+    again = random_models(tmp_path, "tiny", progress=False, deepcache=True)
+    assert again.engines == models.engines and (models.engines / "manifest.json").stat().st_mtime_ns == stamp
+    assert not (models.engines.parent / "engines").exists()  # the plain engines are built only when asked for
+    assert models.base.parent == models.engines.parent / "fixtures"

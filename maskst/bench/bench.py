@@ -136,7 +136,8 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     build is never half-used. The full preset took 7 min and 8 GB of RAM (peak RSS) on 2 cores.
     ``image_driven``: engines with the fixtures' ControlNet (``maskst-export --controlnet``), cached
     under ``bench-<preset>-control-<version>/``. ``deepcache``: engines with the DeepCache graphs
-    (``maskst-export --deepcache``), cached under ``bench-<preset>-deepcache-<version>/``.
+    (``maskst-export --deepcache``) in ``engines-deepcache/`` beside ``engines/``, from the same fixtures, tied
+    to them by ``bench-cache-deepcache.json``.
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
@@ -144,12 +145,12 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.export.options import ExportOptions
     from maskst.fixtures import fixture_paths, write_fixtures
 
-    variant = ("-control" if image_driven else "") + ("-deepcache" if deepcache else "")
-    root = Path(cache_dir) / f"bench-{preset}{variant}-{__version__}"
+    root = Path(cache_dir) / f"bench-{preset}{'-control' if image_driven else ''}-{__version__}"
     paths = fixture_paths(root / "fixtures", preset)
     content_encoder = paths.default_content_encoder  # SDXL ip-adapter_sdxl: None, the base's own text_encoder_2
-    engines = root / "engines"
-    marker = root / CACHE_MARKER
+    # the DeepCache engines beside the plain ones, from the same fixtures (written once for both)
+    engines = root / ("engines-deepcache" if deepcache else "engines")
+    marker = root / (CACHE_MARKER.replace(".json", "-deepcache.json") if deepcache else CACHE_MARKER)
     fixture_marker = paths.root / "fixture.json"
     wanted_fixture = {"preset": preset, "seed": seed}
     options = ExportOptions(**_EXPORT_SIZES[preset], deepcache=deepcache)
