@@ -145,12 +145,13 @@ class GenerationConfig:
                                              "Replaces --style/--content.", flag="--region")
     region_scales: tuple[float, ...] | None = _field(None, "Comma-separated adapter scale per --region (a factor on "
                                                            "--scale / --target-block / --layer-scales).")
-    # image-driven style transfer (ControlNet engines: maskst-export --controlnet); see maskst.control
+    # DeepCache step caching (engines exported with maskst-export --deepcache); see maskst.deepcache
     deepcache_interval: int = _field(1, "DeepCache step caching: run the whole UNet every N-th step (steps 0, N, 2N, ...) and "
                                         "only its shallow layers, reusing the deep feature of the last full step, on the "
                                         "others. 1 = off (exact). Needs engines exported with maskst-export --deepcache; "
                                         "not with --control-image. Faster, and the image deviates from full computation "
                                         "(maskst-bench reports by how much).")
+    # image-driven style transfer (ControlNet engines: maskst-export --controlnet); see maskst.control
     control_image: tuple[Path, ...] = _field((), "Content image for the ControlNet (image-driven style transfer; engines "
                                                  "exported with --controlnet). Sets the output size unless --height/--width "
                                                  "are given. Repeat for several ControlNets, in export order.",

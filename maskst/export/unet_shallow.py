@@ -54,26 +54,12 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
 
 
 def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
-    """The plain graph's cases (R = 1 with all-ones masks; regional feeds with soft, partly zero masks and a
-    region switched off) on the inputs this graph has."""
-    import numpy as np
-
-    names = {t.name for t in graph.inputs}
-    if "ip_scale" not in names:  # no cross-attention in the shallow layers: no region axis to vary
+    """The plain graph's cases (:func:`maskst.export.unet.parity_feeds`: R = 1 with all-ones masks; regional
+    feeds with soft, partly zero masks and a region switched off) where the shallow layers have cross-attention;
+    one random feed where they have none (SDXL: no region input)."""
+    if "ip_scale" not in {t.name for t in graph.inputs}:
         return [graph.sample_inputs(dims, seed=1)]
-    feeds = []
-    for index, count in enumerate([1] + sorted({2, 3, graph.dims["R"].max} & set(range(2, graph.dims["R"].max + 1)))):
-        feed = graph.sample_inputs({**dims, "R": count}, seed=1 if count == 1 else 10 + count)
-        for t in graph.inputs:
-            if t.name.startswith("region_mask_"):
-                if count == 1:
-                    feed[t.name] = np.ones_like(feed[t.name])
-                else:
-                    feed[t.name][feed[t.name] < 0.3] = 0.0
-        if count == 3:
-            feed["ip_scale"][:, -1] = 0.0
-        feeds.append(feed)
-    return feeds
+    return unet.parity_feeds(graph, dims)
 
 
 def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):

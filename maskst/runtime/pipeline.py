@@ -408,7 +408,7 @@ class MaskstPipeline:
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
         interval = config.deepcache_interval
         if interval > 1:  # DeepCache: unet_deep on full steps, unet_shallow (reusing its feature) on the others
-            deep, shallow = self.deepcache_runners()
+            _, shallow = self.deepcache_runners()
             shallow_inputs = [t.name for t in shallow.spec.inputs if t.name != FEATURE]
             feature = None
         guidance = np.float32(config.guidance)
