@@ -249,6 +249,21 @@ def test_engines_without_the_graphs_are_refused_before_any_work(wide_engines, st
     assert "--deepcache-interval" in help_text
 
 
+def test_run_cli_with_deepcache_writes_its_metadata(deepcache_engines, style_image, tmp_path):
+    from click.testing import CliRunner
+
+    from maskst.cli.run import main as run_main
+
+    out = tmp_path / "cat.png"
+    result = CliRunner().invoke(run_main, [str(a) for a in [
+        "--engines", deepcache_engines, "--prompt", "a cat", "--style", style_image, "--content", "a house",
+        "--steps", "5", "--height", "64", "--width", "64", "--quiet", "--out", out, "--deepcache-interval", "2"]],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads(Image.open(out).text["maskst"])
+    assert meta["deepcache"] == {"interval": 2, "branch": 0, "full_steps": 3} and meta["steps"] == 5
+
+
 def test_png_metadata_records_deepcache(pipeline, style_image, tmp_path):
     from maskst.runtime.output import generation_metadata
 
