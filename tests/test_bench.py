@@ -321,6 +321,7 @@ def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_en
     assert report["image_diff_vs_reference"][name]["max_abs"] >= full["max_abs"] - 2  # the reference is full
     assert report["deepcache_speedup_vs_full"][name] > 0
     assert report["targets"]["deepcache_speedup_at_least_1.8x"]["backend"] == name
+    assert report["targets"]["end_to_end_speedup_at_least_6x"]["backend"] == "ort-cpu"  # without step caching
     calls = report["runs"][name][0]
     assert calls["unet_calls"] == 5  # DDIM: one UNet-graph call per step, deep on steps 0 and 3
     graphs = report["graph_efficiency"][name]
