@@ -341,3 +341,30 @@ def test_export_cli_offers_deepcache():
 
     help_text = CliRunner().invoke(export_main, ["--help"]).output
     assert "--deepcache" in help_text and "unet_shallow" in help_text
+
+
+def test_cache_point_of_the_real_layouts_and_refusals():
+    import json
+    from pathlib import Path
+
+    from maskst.deepcache import cache_point, full_steps, is_full_step
+    from maskst.errors import CheckpointError
+
+    sd15 = {"up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "layers_per_block": 2,
+            "block_out_channels": [320, 640, 1280, 1280]}
+    assert cache_point(sd15) == cache_point(sd15).__class__(up_block=3, feature_channels=320, cross_attention=True)
+    sdxl = {"up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 2,
+            "block_out_channels": [320, 640, 1280]}
+    assert cache_point(sdxl).cross_attention is False and cache_point(sdxl).feature_channels == 320
+    configs = Path(__file__).resolve().parents[2] / "shared" / "configs"  # the public checkpoints' (where present)
+    for family, cross in (("sd15", True), ("sdxl", False)):
+        path = configs / family / "unet_config.json"
+        if path.is_file():
+            point = cache_point(json.loads(path.read_text()))
+            assert (point.feature_channels, point.cross_attention) == (320, cross), path
+    with pytest.raises(CheckpointError, match="layers_per_block=0"):
+        cache_point({**sd15, "layers_per_block": 0})
+    with pytest.raises(CheckpointError, match="class_embed_type"):
+        cache_point({**sd15, "class_embed_type": "timestep"})
+    assert [is_full_step(i, 3) for i in range(7)] == [True, False, False, True, False, False, True]
+    assert full_steps(10, 3) == 4 and full_steps(11, 3) == 4 and full_steps(5, 100) == 1
