@@ -264,6 +264,28 @@ def test_run_cli_with_deepcache_writes_its_metadata(deepcache_engines, style_ima
     assert meta["deepcache"] == {"interval": 2, "branch": 0, "full_steps": 3} and meta["steps"] == 5
 
 
+def test_batch_with_a_deepcache_default(deepcache_engines, style_image, tmp_path):
+    """--batch with --deepcache-interval 2: a line may turn it off (interval 1: unet_deep every step)."""
+    from click.testing import CliRunner
+
+    from maskst.cli.run import main as run_main
+
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [{"name": "cached", "prompt": "a cat", "style": str(style_image), "content": "a house"},
+             {"name": "full", "prompt": "a cat", "style": str(style_image), "content": "a house", "deepcache_interval": 1}]
+    jobs.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out_dir = tmp_path / "out"
+    result = CliRunner().invoke(run_main, [str(a) for a in [
+        "--engines", deepcache_engines, "--batch", jobs, "--out-dir", out_dir, "--steps", "4", "--height", "64",
+        "--width", "64", "--quiet", "--deepcache-interval", "2"]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cached = json.loads(Image.open(out_dir / "cached.png").text["maskst"])
+    full = json.loads(Image.open(out_dir / "full.png").text["maskst"])
+    assert cached["deepcache"]["interval"] == 2 and "deepcache" not in full
+    a, b = (np.asarray(Image.open(out_dir / f"{n}.png")).astype(int) for n in ("cached", "full"))
+    assert np.abs(a - b).max() > 0
+
+
 def test_png_metadata_records_deepcache(pipeline, style_image, tmp_path):
     from maskst.runtime.output import generation_metadata
 
