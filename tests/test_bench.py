@@ -194,7 +194,7 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
     from maskst.engines.manifest import load_manifest
     from maskst.generation import GenerationConfig
     from maskst.runtime.openvino_runner import OpenVinoRunner, parity_vs_ort
-    from maskst.runtime.pipeline import MaskstPipeline
+    from maskst.runtime.pipeline import MaskstPipeline, PipelineCallback
 
     manifest = load_manifest(tiny_engines)
     for name in manifest.data["graphs"]:
@@ -206,12 +206,21 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
                                      height=64, width=64, seed=3)
     with MaskstPipeline(tiny_engines, backend="ort-cpu", threads=1) as ort_pipeline:
         expected = ort_pipeline.generate(config)
-    with MaskstPipeline(tiny_engines, backend="openvino-f32", threads=1, compile_cache=tmp_path / "ov-cache") as ov_pipeline:
+    class UnetLoadedFirst(PipelineCallback):  # the pipeline loads the UNet before any encoder runs (memory)
+        seen: dict = {}
+
+        def on_infer_start(self, graph):
+            self.seen.setdefault(graph, len(ov_pipeline.runners["unet"].compile_ms))
+
+    with MaskstPipeline(tiny_engines, backend="openvino-f32", threads=1, compile_cache=tmp_path / "ov-cache",
+                        callbacks=[UnetLoadedFirst()]) as ov_pipeline:
         assert isinstance(ov_pipeline.runners["unet"], OpenVinoRunner)
         assert ov_pipeline.runners["unet"].precision == "f32"
         got = ov_pipeline.generate(config)
         again = ov_pipeline.generate(config)  # compiled models reused for the same shapes
+        # prepared for exactly the shapes of its calls: one compiled model, loaded before the first encoder call
         assert len(ov_pipeline.runners["unet"].compile_ms) == 1
+        assert UnetLoadedFirst.seen["text_encoder"] == 1 and UnetLoadedFirst.seen["image_encoder"] == 1
     np.testing.assert_array_equal(got.mask, expected.mask)
     assert np.abs(got.images.astype(int) - expected.images).max() <= 1
     np.testing.assert_array_equal(again.images, got.images)
