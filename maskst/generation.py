@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.control import ControlPreprocess
+from maskst.deepcache import MAX_INTERVAL
 from maskst.errors import InputError
 from maskst.tokenization import check_text
 from maskst.contract.wire import SCHEDULER_NAMES, MaskMode, Method, canonical_scheduler_name, parse_enum
@@ -144,6 +145,12 @@ class GenerationConfig:
                                              "Replaces --style/--content.", flag="--region")
     region_scales: tuple[float, ...] | None = _field(None, "Comma-separated adapter scale per --region (a factor on "
                                                            "--scale / --target-block / --layer-scales).")
+    # DeepCache step caching (engines exported with maskst-export --deepcache); see maskst.deepcache
+    deepcache_interval: int = _field(1, "DeepCache step caching: run the whole UNet every N-th step (steps 0, N, 2N, ...) and "
+                                        "only its shallow layers, reusing the deep feature of the last full step, on the "
+                                        "others. 1 = off (exact). Needs engines exported with maskst-export --deepcache; "
+                                        "not with --control-image. Faster, and the image deviates from full computation "
+                                        "(maskst-bench reports by how much).")
     # image-driven style transfer (ControlNet engines: maskst-export --controlnet); see maskst.control
     control_image: tuple[Path, ...] = _field((), "Content image for the ControlNet (image-driven style transfer; engines "
                                                  "exported with --controlnet). Sets the output size unless --height/--width "
@@ -238,8 +245,16 @@ class GenerationConfig:
             raise InputError(
                 f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
             )
+        if (not isinstance(self.deepcache_interval, int) or isinstance(self.deepcache_interval, bool)
+                or not 1 <= self.deepcache_interval <= MAX_INTERVAL):
+            raise InputError(f"--deepcache-interval {self.deepcache_interval!r} must be an integer in [1, {MAX_INTERVAL}] "
+                             "(1: off; 3: the whole UNet every third step)")
         self._validate_regions()
         self._validate_control()
+        if self.deepcache_interval > 1 and self.control_image:
+            raise InputError(f"--deepcache-interval {self.deepcache_interval} with --control-image: ControlNet residuals "
+                             "enter the UNet blocks DeepCache's cached steps skip; use --deepcache-interval 1 (off) for "
+                             "image-driven requests")
 
     def _validate_regions(self) -> None:
         if not self.regions:

@@ -13,22 +13,58 @@ Regional requests (``config.regions``) go through diffusers' own masks path: emb
 ``[2, R, D]`` (each region's style masked with its own content), ``cross_attention_kwargs=
 {"ip_adapter_masks": [IPAdapterMaskProcessor().preprocess(masks, H, W).reshape(1, R, H, W)]}`` and
 per-image scales ``proc.scale = [[s_l * r_1, ..., s_l * r_R]]`` (:meth:`ReferencePipeline.regional_inputs`).
+
+DeepCache requests (``config.deepcache_interval > 1``) run with the published DeepCache code as its README
+shows it: ``DeepCacheSDHelper(pipe)``, ``set_params(cache_interval=N, cache_branch_id=0)``, ``enable()``
+around the pipeline call, ``disable()`` after (the helper wraps the UNet's and its blocks' ``forward`` on
+this pipeline instance and restores them; maskst patches nothing itself). It works unchanged with
+diffusers 0.42 and its IP-Adapter path: the image embeddings enter through ``added_cond_kwargs`` and the
+regional masks through ``cross_attention_kwargs`` of the UNet call, which the helper passes through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
 
 from maskst.checkpoints import AdapterKind, CheckpointSet
 from maskst.contract.wire import diffusers_class_name
+from maskst.deepcache import CACHE_BRANCH_ID
 from maskst.errors import InputError
 from maskst.families import detect_family
 from maskst.generation import (GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error,
                                region_layer_scales, region_methods)
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
+
+
+@contextlib.contextmanager
+def _deepcache(pipe, interval: int):
+    """The published DeepCache helper enabled on ``pipe`` for one call (uniform schedule, branch
+    :data:`maskst.deepcache.CACHE_BRANCH_ID`); nothing for interval 1.
+
+    The helper numbers a UNet call by ``list(scheduler.timesteps).index(t)``: the step index wherever the
+    timesteps are distinct (DDIM, Euler, UniPC, DPM-Solver++), but PNDM (PLMS) repeats its second timestep, and
+    the helper counts that repeat (call 2) as step 1 again, so with PNDM its full steps agree with maskst's
+    ``i % N`` (:func:`maskst.deepcache.is_full_step`) for every N but 2 (where call 2 is full for maskst and
+    cached for the helper). maskst keeps the call index: the schedule the paper describes."""
+    if interval == 1:
+        yield
+        return
+    try:
+        from DeepCache import DeepCacheSDHelper
+    except ImportError:
+        raise InputError("the reference of --deepcache-interval needs the published DeepCache code: "
+                         "pip install 'maskst[deepcache]' (DeepCache==0.1.1)") from None
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=CACHE_BRANCH_ID)
+    helper.enable()
+    try:
+        yield
+    finally:
+        helper.disable()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +218,7 @@ class ReferencePipeline:
             embeds = torch.from_numpy(np.stack([np.stack([self.negative_embeds(e) for e in e_hat]), e_hat]))
         else:
             embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
-        with torch.no_grad():
+        with torch.no_grad(), _deepcache(self.pipe, config.deepcache_interval):
             out = self.pipe(
                 # an empty negative prompt as diffusers' own default (None): SDXL then zeros it when the
                 # base says force_zeros_for_empty_prompt, SD 1.5 encodes ""

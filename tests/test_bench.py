@@ -195,7 +195,7 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
     from maskst.engines.manifest import load_manifest
     from maskst.generation import GenerationConfig
     from maskst.runtime.openvino_runner import OpenVinoRunner, parity_vs_ort
-    from maskst.runtime.pipeline import MaskstPipeline
+    from maskst.runtime.pipeline import MaskstPipeline, PipelineCallback
 
     manifest = load_manifest(tiny_engines)
     for name in manifest.data["graphs"]:
@@ -207,12 +207,21 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
                                      height=64, width=64, seed=3)
     with MaskstPipeline(tiny_engines, backend="ort-cpu", threads=1) as ort_pipeline:
         expected = ort_pipeline.generate(config)
-    with MaskstPipeline(tiny_engines, backend="openvino-f32", threads=1, compile_cache=tmp_path / "ov-cache") as ov_pipeline:
+    class UnetLoadedFirst(PipelineCallback):  # the pipeline loads the UNet before any encoder runs (memory)
+        seen: dict = {}
+
+        def on_infer_start(self, graph):
+            self.seen.setdefault(graph, len(ov_pipeline.runners["unet"].compile_ms))
+
+    with MaskstPipeline(tiny_engines, backend="openvino-f32", threads=1, compile_cache=tmp_path / "ov-cache",
+                        callbacks=[UnetLoadedFirst()]) as ov_pipeline:
         assert isinstance(ov_pipeline.runners["unet"], OpenVinoRunner)
         assert ov_pipeline.runners["unet"].precision == "f32"
         got = ov_pipeline.generate(config)
         again = ov_pipeline.generate(config)  # compiled models reused for the same shapes
+        # prepared for exactly the shapes of its calls: one compiled model, loaded before the first encoder call
         assert len(ov_pipeline.runners["unet"].compile_ms) == 1
+        assert UnetLoadedFirst.seen["text_encoder"] == 1 and UnetLoadedFirst.seen["image_encoder"] == 1
     np.testing.assert_array_equal(got.mask, expected.mask)
     assert np.abs(got.images.astype(int) - expected.images).max() <= 1
     np.testing.assert_array_equal(again.images, got.images)
@@ -295,3 +304,74 @@ def test_rounds_are_pooled():
     assert unet["ms_samples"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and unet["ms_median"] == 3.5
     assert unet["calls_per_generation"] == 3.0
     assert merge_rounds([{"error": "x"}]) == {"error": "x"}
+
+
+@pytest.fixture(scope="module")
+def tiny_deepcache_engines(tiny, export_fn, tmp_path_factory):
+    return export_fn(tiny, tmp_path_factory.mktemp("engines") / "tiny_deepcache", deepcache=True).folder
+
+
+def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_engines, tmp_path):
+    """--deepcache-interval 3: one more contender per backend, its image against the same backend's full
+    computation and the reference, its UNet graphs' calls and FLOPs (structure and sanity; no timing bound)."""
+    out = tmp_path / "bench.json"
+    args = _checkpoint_args(tiny, tiny_deepcache_engines) + [
+        "--height", "64", "--width", "64", "--steps", "5", "--scheduler", "ddim", "--repeats", "1", "--warmup", "0",
+        "--threads", "1", "--backends", "ort-cpu", "--deepcache-interval", "3", "--ceiling-repeats", "0",
+        "--no-cold-start", "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    name = "ort-cpu+deepcache3"
+    assert set(report["end_to_end_ms"]) == {"reference", "ort-cpu", name}
+    assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    full = report["image_diff_vs_full"][name]
+    assert set(report["image_diff_vs_full"]) == {name}
+    assert 0 < full["mean_abs"] <= full["max_abs"] <= 255  # random weights: caching shows in the image
+    assert report["image_diff_vs_reference"][name]["max_abs"] >= full["max_abs"] - 2  # the reference is full
+    assert report["deepcache_speedup_vs_full"][name] > 0
+    assert report["targets"]["deepcache_speedup_at_least_1.8x"]["backend"] == name
+    assert report["targets"]["end_to_end_speedup_at_least_6x"]["backend"] == "ort-cpu"  # without step caching
+    calls = report["runs"][name][0]
+    assert calls["unet_calls"] == 5  # DDIM: one UNet-graph call per step, deep on steps 0 and 3
+    graphs = report["graph_efficiency"][name]
+    assert graphs["unet_deep"][0]["calls_per_generation"] == 2 and graphs["unet_shallow"][0]["calls_per_generation"] == 3
+    assert "unet" not in graphs
+    if HAVE_OPENVINO:  # FLOPs per graph: the shallow graph is a small part of the full one
+        deep, shallow = graphs["unet_deep"][0]["gflop"], graphs["unet_shallow"][0]["gflop"]
+        assert 0 < shallow < 0.5 * deep
+    assert "image vs same backend, full computation" in result.output and name in result.output
+
+
+def test_bench_deepcache_refusals(tiny_engines):
+    runner = CliRunner()
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-interval", "3"])
+    assert result.exit_code != 0 and "maskst-export --deepcache" in result.output
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-interval", "1"])
+    assert result.exit_code == 2 and "--deepcache-interval 1" in result.output
+
+
+def test_contender_names_round_trip():
+    from maskst.bench.bench import deepcache_contender, split_contender
+
+    assert split_contender(deepcache_contender("openvino:vae_decoder=bf16", 3)) == ("openvino:vae_decoder=bf16", 3)
+    assert split_contender("openvino-bf16") == ("openvino-bf16", 1)
+
+
+def test_random_models_keep_deepcache_engines_apart(tmp_path):
+    """The preset's DeepCache engines live beside the plain ones (engines-deepcache/, own cache marker), from
+    the same fixtures, and are reused on the next call."""
+    from maskst.bench.bench import random_models
+    from maskst.engines.manifest import load_manifest
+
+    models = random_models(tmp_path, "tiny", progress=False, deepcache=True)
+    assert models.engines.name == "engines-deepcache"
+    manifest = load_manifest(models.engines, verify_hashes=False)
+    assert manifest.data["options"]["deepcache"] is True and "unet_shallow" in manifest.data["graphs"]
+    stamp = (models.engines / "manifest.json").stat().st_mtime_ns
+    again = random_models(tmp_path, "tiny", progress=False, deepcache=True)
+    assert again.engines == models.engines and (models.engines / "manifest.json").stat().st_mtime_ns == stamp
+    assert not (models.engines.parent / "engines").exists()  # the plain engines are built only when asked for
+    assert models.base.parent == models.engines.parent / "fixtures"

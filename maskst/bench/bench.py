@@ -27,6 +27,11 @@ unet_step               one UNet call, batch 2N (CFG), median of calls  unet for
 vae_decoder             VAE decode + uint8 conversion                   ``vae.decode``
 ======================  ==============================================  ==================================
 
+DeepCache contenders (``--deepcache-interval N``): ``BACKEND+deepcacheN`` runs the same backend with
+``deepcache_interval=N`` (engines exported with ``--deepcache``); its ``unet_step`` is the mean UNet-graph
+call over the steps (``unet_deep`` on full steps, ``unet_shallow`` on the others), and its image is
+compared with the same backend's full computation (``image_diff_vs_full``) besides the reference.
+
 Cold start is measured in one more fresh process per backend: from just before the parent starts
 it to the end of the first UNet step (imports, manifest check without hashing, session creation or
 OpenVINO cache load, encoders, first step), with engines already built and OpenVINO's compiled-model
@@ -73,6 +78,20 @@ for _preset in ("full", "tiny", "tiny-wide"):  # SDXL: the same ranges (the fami
     _EXPORT_SIZES[f"sdxl-{_preset}"] = dict(_EXPORT_SIZES[_preset], max_size=1024)
 
 
+DEEPCACHE_TAG = "+deepcache"  # contender name BACKEND+deepcacheN: BACKEND with --deepcache-interval N
+
+
+def deepcache_contender(backend: str, interval: int) -> str:
+    """The contender name of ``backend`` with DeepCache every ``interval`` steps (``openvino-bf16+deepcache3``)."""
+    return f"{backend}{DEEPCACHE_TAG}{interval}"
+
+
+def split_contender(name: str) -> tuple[str, int]:
+    """(backend, DeepCache interval) of a contender name; interval 1 for a plain backend."""
+    backend, tag, interval = name.rpartition(DEEPCACHE_TAG)
+    return (backend, int(interval)) if tag and interval.isdigit() else (name, 1)
+
+
 # ---------------------------------------------------------------------------- models to benchmark
 
 
@@ -108,7 +127,7 @@ def _quiet_tracer():
 
 
 def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = True,
-                  image_driven: bool = False) -> BenchModels:
+                  image_driven: bool = False, deepcache: bool = False) -> BenchModels:
     """Random-weight checkpoints of ``preset`` and their engines, built once under ``cache_dir``.
 
     ``<cache>/bench-<preset>-<version>/`` holds ``fixtures/`` (with its ``fixture.json`` marker),
@@ -117,7 +136,9 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     not check out is rebuilt (the fixtures only when their own marker is wrong), so an interrupted
     build is never half-used. The full preset took 7 min and 8 GB of RAM (peak RSS) on 2 cores.
     ``image_driven``: engines with the fixtures' ControlNet (``maskst-export --controlnet``), cached
-    under ``bench-<preset>-control-<version>/``.
+    under ``bench-<preset>-control-<version>/``. ``deepcache``: engines with the DeepCache graphs
+    (``maskst-export --deepcache``) in ``engines-deepcache/`` beside ``engines/``, from the same fixtures, tied
+    to them by ``bench-cache-deepcache.json``.
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
@@ -129,19 +150,22 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     root = Path(cache_dir) / f"bench-{preset}{'-control' if image_driven else ''}-{__version__}"
     paths = fixture_paths(root / "fixtures", preset)
     content_encoder = paths.default_content_encoder  # SDXL ip-adapter_sdxl: None, the base's own text_encoder_2
-    engines = root / "engines"
-    marker = root / CACHE_MARKER
+    # the DeepCache engines beside the plain ones, from the same fixtures (written once for both)
+    engines = root / ("engines-deepcache" if deepcache else "engines")
+    marker = root / (CACHE_MARKER.replace(".json", "-deepcache.json") if deepcache else CACHE_MARKER)
     fixture_marker = paths.root / "fixture.json"
     wanted_fixture = {"preset": preset, "seed": seed}
-    # int8 IRs too (--backend openvino-int8) where nncf is installed, calibrated on the fixture's demo request
-    int8 = importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("openvino") is not None
+    # int8 IRs too (--backend openvino-int8) where nncf is installed (not in the DeepCache set: its contenders run
+    # the DeepCache graphs), calibrated on the built-in prompts with the fixture's demo style image
+    int8 = (not deepcache and importlib.util.find_spec("nncf") is not None
+            and importlib.util.find_spec("openvino") is not None)
     # calibrated at 256 px for the full-size presets (the benchmark's default request; 512, the opt size, would
     # cost ~4x the calibration time), at the opt size for the tiny ones
     calibration_size = 256 if _EXPORT_SIZES[preset]["opt_size"] > 256 else None
     # scheme full (int8 MatMuls too): on the full-size random models it runs the UNet 1.23x faster than hybrid's
     # 1.03x (vs bf16) at the same held-out error (docs/benchmarks.md "int8"); the benchmark measures speed and
     # reports the image error, maskst-export's default stays hybrid (the quality-safe recipe for trained weights)
-    options = ExportOptions(**_EXPORT_SIZES[preset], int8=int8, int8_scheme=Int8Scheme.FULL,
+    options = ExportOptions(**_EXPORT_SIZES[preset], deepcache=deepcache, int8=int8, int8_scheme=Int8Scheme.FULL,
                             calibration_size=calibration_size)
     wanted_options = _options_json(options)
 
@@ -194,8 +218,9 @@ def _options_json(options) -> dict:
 
 
 def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_encoder: Path | None,
-                       content_encoder: Path | None, progress: bool = True) -> Path:
-    """An engines folder for user checkpoints, exported once into the cache (keyed by the files)."""
+                       content_encoder: Path | None, progress: bool = True, deepcache: bool = False) -> Path:
+    """An engines folder for user checkpoints, exported once into the cache (keyed by the files and
+    ``deepcache``: with the DeepCache graphs)."""
     import hashlib
 
     from maskst.families import resolve_checkpoints
@@ -209,7 +234,7 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     # Path, size and mtime identify the inputs without hashing GBs; the manifest re-checks paths.
     key = hashlib.sha256(json.dumps({name: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
                                      for name, p in sorted(files.items())}).encode()).hexdigest()[:16]
-    engines = Path(cache_dir) / f"bench-engines-{key}"
+    engines = Path(cache_dir) / f"bench-engines-{key}{'-deepcache' if deepcache else ''}"
     try:
         manifest = load_manifest(engines, verify_hashes=False)
         if {n: s["path"] for n, s in manifest.data["sources"].items()} == {n: str(p.resolve()) for n, p in files.items()}:
@@ -220,7 +245,8 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     with _quiet_tracer():
         export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
                                      content_encoder=content_encoder, out=engines, force=True, lock_timeout=3600,
-                                     options=ExportOptions(**_EXPORT_SIZES["full"])), progress=progress)
+                                     options=ExportOptions(**_EXPORT_SIZES["full"], deepcache=deepcache)),
+                      progress=progress)
     return engines
 
 
@@ -327,12 +353,13 @@ def _median(values) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8):
-    """The request, style images and initial noise every contender gets."""
+def _inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8, **override):
+    """The request, style images and initial noise every contender gets (``override``: a contender's own
+    request fields, e.g. ``deepcache_interval``)."""
     from maskst.generation import initial_noise
     from maskst.images import load_image
 
-    config = settings.config()
+    config = settings.config(**override)
     latents = initial_noise(config.seed, (config.num_images, latent_channels, config.height // factor, config.width // factor))
     return config, [load_image(p) for p in config.style], latents
 
@@ -528,17 +555,24 @@ def _run_maskst(job: dict) -> dict:
 
     from maskst.runtime.pipeline import MaskstPipeline
 
+    from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
+
     settings = BenchSettings(**job["settings"])
+    backend, interval = split_contender(job["backend"])
     t0 = time.perf_counter()
-    pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=job["backend"], verify_hashes=False,
-                              threads=settings.threads)
+    # DeepCache contenders load unet_deep + unet_shallow instead of the plain unet (peak RSS: one full UNet)
+    pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=backend, verify_hashes=False,
+                              threads=settings.threads, deepcache=interval > 1)
     load_ms = (time.perf_counter() - t0) * 1e3
-    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
+    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor,
+                                      deepcache_interval=interval)
     runs, first_ms, result = [], None, None
     # Per UNet call, as for the reference (the pipeline's own unet_step is the denoising loop over
-    # the scheduler's steps, which with PNDM makes one more UNet call than steps).
+    # the scheduler's steps, which with PNDM makes one more UNet call than steps). DeepCache: every call of
+    # unet_deep and unet_shallow (unet_step is then their mean: the UNet's cost per step)
     unet_calls: list[float] = []
-    pipeline.add_callback(GraphCallTimer("unet", unet_calls))
+    for graph in ("unet",) + ((DEEP_GRAPH, SHALLOW_GRAPH) if interval > 1 else ()):
+        pipeline.add_callback(GraphCallTimer(graph, unet_calls))
     controlnet_calls: list[float] = []
     pipeline.add_callback(GraphCallTimer("controlnet_0", controlnet_calls))
     recorder = GraphCallRecorder()
@@ -560,7 +594,8 @@ def _run_maskst(job: dict) -> dict:
             if i < settings.warmup:
                 continue
             runs.append({"end_to_end": elapsed, **{s: result.timings_ms[s] for s in STAGES},
-                         "unet_step": _median(unet_calls), "unet_calls": len(unet_calls),
+                         "unet_step": _median(unet_calls) if interval == 1 else sum(unet_calls) / len(unet_calls),
+                         "unet_calls": len(unet_calls),
                          "denoise_loop_per_step": result.timings_ms["unet_step"], "cpu_share": load})
             if settings.image_driven:
                 runs[-1][CONTROL_STAGE] = _median(controlnet_calls)
@@ -780,10 +815,13 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
                 ceilings(f"after-round-{round_index + 1}")
         results = {name: merge_rounds(found) for name, found in rounds_of.items()}
         diffs = {b: _image_diff(workdir, _safe(b)) for b in backends} if reference else {}
+        # DeepCache contenders against the same backend's full computation (when that backend ran too)
+        full_diffs = {b: _image_diff(workdir, _safe(b), _safe(split_contender(b)[0])) for b in backends
+                      if split_contender(b)[1] > 1 and split_contender(b)[0] in backends}
         if cold_start:
             for name in backends:
-                if "error" in results[name]:
-                    continue
+                if "error" in results[name] or split_contender(name)[1] > 1:
+                    continue  # a DeepCache contender's first step is a full one: its backend's cold start
                 _say(progress, f"cold start: {name} in a fresh process (engines built, caches warm)")
                 cold[name] = _spawn({**common, "kind": "cold_start", "backend": name, "progress": False},
                                     workdir, _safe(name) + "-cold")
@@ -794,7 +832,7 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
             _say(progress, f"counting FLOPs of {len(calls)} graph call shape(s)")
             flops = _spawn({**common, "kind": "flops", "calls": calls}, workdir, "flops")
     return _report(models, settings, results, cold, diffs, verify_ms, started, command,
-                   machine_limits(ceiling_passes, flops))
+                   machine_limits(ceiling_passes, flops), full_diffs)
 
 
 def merge_rounds(found: list[dict]) -> dict:
@@ -908,7 +946,8 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _report(models, settings, results, cold, diffs, verify_ms, started, command, limits=None) -> dict:
+def _report(models, settings, results, cold, diffs, verify_ms, started, command, limits=None,
+            full_diffs=None) -> dict:
     from maskst.engines.manifest import library_versions
 
     end_to_end, stages, errors = {}, {}, {}
@@ -955,6 +994,11 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "cold_start": cold,
         "manifest_verify_ms": verify_ms,
         "image_diff_vs_reference": {n: d for n, d in diffs.items() if d is not None},
+        # DeepCache contenders: their image against the same backend's full computation (max / mean abs, 0-255),
+        # and their end-to-end speedup over it
+        "image_diff_vs_full": {n: d for n, d in (full_diffs or {}).items() if d is not None},
+        "deepcache_speedup_vs_full": {n: end_to_end[split_contender(n)[0]] / v for n, v in end_to_end.items()
+                                      if split_contender(n)[1] > 1 and end_to_end.get(split_contender(n)[0]) and v},
         "masked_elements": {n: r["masked_elements"] for n, r in ok.items()},
         "runners": {n: r["runners"] for n, r in ok.items() if "runners" in r},
         "runs": {n: r["runs"] for n, r in ok.items()},
@@ -981,8 +1025,9 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
 
 def _targets(report: dict) -> dict:
     """The issue's targets, as measured in this run (informational: nothing here fails the run)."""
-    speed = report["speedup_vs_reference"]
-    quiet = report.get("speedup_vs_reference_quiet") or {}
+    # issue 15's 6x is "the best backend without step caching": DeepCache contenders have their own target below
+    speed = {n: v for n, v in report["speedup_vs_reference"].items() if split_contender(n)[1] == 1}
+    quiet = {n: v for n, v in (report.get("speedup_vs_reference_quiet") or {}).items() if split_contender(n)[1] == 1}
     targets = {}
     if speed:
         best = max(speed, key=speed.get)
@@ -1007,6 +1052,11 @@ def _targets(report: dict) -> dict:
         targets["unet_step_at_least_70pct_of_ceiling"] = {
             "backend": best, "pct": unet[best]["pct_of_ceiling"], "precision": unet[best].get("precision"),
             "met": unet[best]["pct_of_ceiling"] >= 70.0}
+    cached = report.get("deepcache_speedup_vs_full") or {}
+    if cached:  # issue 15: with --deepcache-interval 3 a further >= 1.8x over the same backend's full computation
+        best = max(cached, key=cached.get)
+        targets["deepcache_speedup_at_least_1.8x"] = {"backend": best, "speedup": cached[best],
+                                                      "met": cached[best] >= 1.8}
     rss = report.get("peak_rss_mib", {})
     if "reference" in rss and len(rss) > 1:
         targets["peak_rss_not_above_reference"] = {
@@ -1056,6 +1106,12 @@ def format_table(report: dict) -> str:
     diffs = report["image_diff_vs_reference"]
     lines.append("| image vs reference (max / mean abs, 0-255) | " + " | ".join(
         "-" if n not in diffs else f"{diffs[n]['max_abs']} / {diffs[n]['mean_abs']}" for n in names) + " |")
+    full = report.get("image_diff_vs_full") or {}
+    if full:
+        lines.append("| image vs same backend, full computation (max / mean abs, 0-255) | " + " | ".join(
+            f"{full[n]['max_abs']} / {full[n]['mean_abs']}" if n in full else "-" for n in names) + " |")
+        lines.append("| speedup vs same backend, full computation | " + " | ".join(
+            _fmt(report["deepcache_speedup_vs_full"].get(n), "x") for n in names) + " |")
     out = ["\n".join(lines)]
     for name, error in report["errors"].items():
         out.append(f"{name}: FAILED: {error}")

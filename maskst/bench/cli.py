@@ -79,8 +79,10 @@ def _request_options(func):
 
 
 def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, cache_dir,
-                   progress: bool, family: str = "sd15", image_driven: bool = False):
-    """BenchModels from the model options (building random models or engines into the cache once)."""
+                   progress: bool, family: str = "sd15", image_driven: bool = False, deepcache_interval: int = 1):
+    """BenchModels from the model options (building random models or engines into the cache once).
+    ``deepcache_interval`` > 1: engines with the DeepCache graphs (built with them; a given folder must have them)."""
+    deepcache = deepcache_interval > 1
     from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
     from maskst.cli.embedded import default_cache_dir
 
@@ -95,7 +97,8 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         if any(given) or engines:
             raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
                              "--content-encoder and --engines, or drop the preset")
-        return random_models(cache, fixture_preset(family, preset), progress=progress, image_driven=image_driven)
+        return random_models(cache, fixture_preset(family, preset), progress=progress, image_driven=image_driven,
+                             deepcache=deepcache)
     if family != "sd15":
         raise InputError(f"--family {family} selects the random-weight models of --random-full-size / --preset; "
                          "checkpoints and engines folders carry their own family: drop --family")
@@ -106,11 +109,17 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
             raise InputError("--image-driven with checkpoints: pass --engines exported from them with "
                              "maskst-export --controlnet (or use --preset / --random-full-size)")
         if engines is None:
-            engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress)
+            engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress,
+                                         deepcache=deepcache)
         return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
     if engines is None:
         raise InputError("no models given: pass --engines, the checkpoints (--base --ip-adapter --content-encoder), "
                          "--random-full-size, or --preset tiny for a smoke run")
+    if deepcache:  # a prebuilt folder without the DeepCache graphs: the export hint now, before any contender
+        from maskst.engines.manifest import load_manifest
+        from maskst.runtime.pipeline import check_deepcache_request
+
+        check_deepcache_request(load_manifest(Path(engines), verify_hashes=False), deepcache_interval)
     sources = engines_sources(Path(engines))
     if image_driven and sources["controlnet"] is None:
         from maskst.engines.manifest import load_manifest
@@ -161,10 +170,16 @@ def _command(program: str) -> str:
 @click.option("--image-driven", is_flag=True,
               help="Image-driven requests: the bundled picture as control image (canny) through the engines' first "
                    "ControlNet (presets build engines with their ControlNet); adds the ControlNet-step row.")
+@click.option("--deepcache-interval", type=int, default=None,
+              help="Also run each backend with DeepCache step caching every N steps (maskst-run --deepcache-interval "
+                   "N), as contender BACKEND+deepcacheN, and report its image's deviation from the same backend's "
+                   "full computation and its speedup over it. Presets and checkpoints build engines with "
+                   "maskst-export --deepcache; an --engines folder must have been exported with it.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven):
+               backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven,
+               deepcache_interval):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -178,10 +193,12 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     maskst-bench --random-full-size --family sdxl --height 512 --width 512 --steps 10 --json sdxl.json
     maskst-bench --engines eng/ --backends ort-cpu,openvino --repeats 5
     maskst-bench --preset tiny --image-driven --steps 2 --repeats 1   # image-driven (ControlNet) smoke run
+    maskst-bench --random-full-size --height 256 --width 256 --steps 10 --backends openvino-bf16 \
+                 --deepcache-interval 3 --json deepcache.json        # + openvino-bf16+deepcache3
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
     """
-    from maskst.bench.bench import BenchSettings, format_table, run_bench
+    from maskst.bench.bench import BenchSettings, deepcache_contender, format_table, run_bench
 
     if backends is not None:
         names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -197,8 +214,14 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
                              scheduler=scheduler, image_driven=image_driven)
     settings.config()  # every request value checked before any model loads
+    if deepcache_interval is not None:
+        if deepcache_interval < 2:
+            raise InputError(f"--deepcache-interval {deepcache_interval}: give N >= 2 (the plain backends are the "
+                             "full computation, interval 1), e.g. 3")
+        settings.config(deepcache_interval=deepcache_interval)  # the request's own checks (range, control image)
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
-                            cache_dir, progress=not quiet, family=family, image_driven=image_driven)
+                            cache_dir, progress=not quiet, family=family, image_driven=image_driven,
+                            deepcache_interval=deepcache_interval or 1)
     if backends is None:  # every CPU backend that applies here (openvino-int8: where the engines have int8 graphs)
         from maskst.engines.manifest import load_manifest
         from maskst.runtime.backends import default_cpu_backends, engines_have_int8
@@ -209,6 +232,8 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
             click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
                        err=True)
         _check_backends(names)
+    if deepcache_interval is not None:
+        names = [n for b in names for n in (b, deepcache_contender(b, deepcache_interval))]
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
                        rounds=rounds)

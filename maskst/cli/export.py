@@ -84,13 +84,18 @@ def _family_sizes(index: int) -> str:
 @click.option("--calibration-size", type=int, default=None,
               help="Image side (px) of the --int8 calibration generations [default: --opt-size]; the size of your "
                    "requests is the natural choice (the cost grows with it).")
+@click.option("--deepcache", is_flag=True,
+              help="Also write the DeepCache step-caching graphs unet_deep (full UNet + cached feature) and "
+                   "unet_shallow (the shallow layers that reuse it), for maskst-run --deepcache-interval N. Adds a "
+                   "second full UNet file to the folder; not with --controlnet / --styleshot.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another export into the same folder to finish.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
 def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
-         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts, calibration_size, skip_parity, wait, quiet):
+         target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts,
+         calibration_size, deepcache, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -100,6 +105,7 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/sd15
     maskst-export --base stable-diffusion-xl-base-1.0 \\
                   --ip-adapter IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors --out engines/sdxl
+    maskst-export ... --deepcache --out engines/sd15-deepcache   # for maskst-run --deepcache-interval 3
     maskst-export ... --controlnet control_v11p_sd15_canny --lineart-model Annotators/sk_model.pth --out engines/cn
     maskst-export --base stable-diffusion-v1-5 --styleshot StyleShot \\
                   --content-encoder CLIP-ViT-H-14-laion2B-s32B-b79K --out engines/styleshot
@@ -121,7 +127,7 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity,
                             int8=int8, int8_scheme=Int8Scheme(int8_scheme), calibration_prompts=prompts,
-                            calibration_size=calibration_size)
+                            calibration_size=calibration_size, deepcache=deepcache)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)

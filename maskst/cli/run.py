@@ -168,9 +168,14 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
         check_control_request(load_manifest(engines, verify_hashes=False), config)
     from maskst.runtime.pipeline import MaskstPipeline
 
+    # --deepcache-interval N > 1 (the request, or the batch's default): unet_deep + unet_shallow load instead of the
+    # plain unet, one full UNet in memory (engines without them: the export hint before any session loads); batch
+    # lines with interval 1 then run unet_deep, lines asking for DeepCache on a plain pipeline load it on first use
+    interval = config.deepcache_interval if batch is None else defaults.get("deepcache_interval") or 1
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
                         allow_fallback=allow_fallback,
-                        compile_cache=False if no_compile_cache else compile_cache) as pipeline:
+                        compile_cache=False if no_compile_cache else compile_cache,
+                        deepcache=isinstance(interval, int) and interval > 1) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
         bar = tqdm(desc="denoise", unit="step", disable=quiet)

@@ -22,7 +22,7 @@ from maskst.errors import CheckpointError, InputError
 from maskst.regions import checkpoint_strides
 from maskst.families import IP_ADAPTER_LAYOUT, STYLESHOT_LAYOUT, detect_family
 from maskst.export.controlnet import control_manifest, control_sources, with_control
-from maskst.export.graphs import GRAPH_BUILDERS
+from maskst.export.graphs import DEEPCACHE_GRAPHS, GRAPH_BUILDERS
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
@@ -157,6 +157,21 @@ def preflight_control(ckpt: CheckpointSet, controlnets, lineart_model):
     return infos, lineart
 
 
+def deepcache_builders(ckpt: CheckpointSet, options: ExportOptions, controlnets) -> list:
+    """The DeepCache graphs (``unet_deep``, ``unet_shallow``) that ``--deepcache`` adds; InputError with
+    ControlNets (their residuals enter the blocks a cached step skips), CheckpointError for a UNet layout the
+    split does not cover. Without ``--deepcache``: none."""
+    if not options.deepcache:
+        return []
+    if controlnets:
+        raise InputError("--deepcache with --controlnet (or StyleShot's content-fusion ControlNet): ControlNet "
+                         "residuals enter the UNet blocks that DeepCache's cached steps skip; export without one of them")
+    from maskst.deepcache import cache_point
+
+    cache_point(ckpt.unet_config)  # the layout check, before any export work
+    return [GRAPH_BUILDERS[name] for name in DEEPCACHE_GRAPHS]
+
+
 def export_engines(request: ExportRequest, progress: bool = True,
                    calibrate: Callable[[Path], dict[str, list[dict[str, np.ndarray]]]] | None = None) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder.
@@ -181,6 +196,7 @@ def export_engines(request: ExportRequest, progress: bool = True,
     builders = with_control([GRAPH_BUILDERS[name] for name in family.export_graphs(ckpt)], controlnets, lineart)
     options = request.options
     options.validate(ckpt.vae_scale_factor)
+    builders += deepcache_builders(ckpt, options, controlnets)
     if options.int8:
         from maskst.engines.int8 import require_nncf
 

@@ -17,9 +17,14 @@ from maskst.export import (
     text_encoder,
     text_encoder_2,
     unet,
+    unet_deep,
+    unet_shallow,
     vae_decoder,
 )
 
 GRAPH_BUILDERS = {module.NAME: module for module in (
     text_encoder, text_encoder_2, image_encoder, style_encoder, content_encoder, image_conditioner, unet, vae_decoder,
+    unet_deep, unet_shallow,
 )}
+# written on request, beside the family's graphs (maskst-export --deepcache): DeepCache step caching
+DEEPCACHE_GRAPHS = (unet_deep.NAME, unet_shallow.NAME)

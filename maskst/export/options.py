@@ -56,6 +56,7 @@ class ExportOptions:
     int8_scheme: Int8Scheme = Int8Scheme.HYBRID
     calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8)
     calibration_size: int | None = None  # image side of the calibration generations (px); None: opt_size
+    deepcache: bool = False  # also write unet_deep + unet_shallow (DeepCache step caching, maskst.deepcache)
 
     def validate(self, vae_scale_factor: int = 8) -> None:
         DimRange(self.min_batch, self.opt_batch, self.max_batch)

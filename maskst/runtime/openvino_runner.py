@@ -36,8 +36,11 @@ cache hit never reads the ONNX graph (OpenVINO's own cache read and hashed the w
 instead of 14 GB peak for the pipeline) and the model's weights stay file-backed. A blob OpenVINO refuses
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
 precision and input shape in bf16: delete the folder to reclaim the space. After a model's first
-inference the blob's pages are handed back to the kernel (:func:`release_pages`): the process keeps
-only OpenVINO's repacked weights (UNet bf16: 1.9 GB resident). Without the cache a compiled model
+import the blob's pages are handed back to the kernel (:func:`release_pages`; OpenVINO repacks the weights
+while importing, so nothing reads the blob after that): the process keeps only OpenVINO's repacked weights
+(UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
+once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
+(:meth:`Runner.prepare`), before the other graphs' weights are resident. Without the cache a compiled model
 keeps the weights it was compiled from (UNet: 3.6 GB bf16, 7.0 GB f32).
 
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
@@ -147,10 +150,11 @@ MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux >= 5.4; Python 3.11 do
 def release_pages(mapped: mmap.mmap) -> bool:
     """Hand the resident pages of a blob map back to the kernel (``madvise(MADV_PAGEOUT)``).
 
-    After the first inference OpenVINO's CPU plugin computes from its own repacked weights; the model
+    OpenVINO's CPU plugin repacks the weights while importing and computes from its own copies; the model
     weights in the blob are only read again by a re-compile (they are then faulted in from the file:
-    the map is copy-on-write and clean, so nothing is lost). Measured on the full UNet (bf16): 3.6 ->
-    1.9 GB resident, same outputs bit for bit, no page read back over further calls. False where the
+    the map is copy-on-write and clean, so nothing is lost). Measured on the full UNet right after the
+    import, before any inference: bf16 3.6 -> 1.9 GB resident, f32 6.9 -> 3.5 GB, the first and later
+    outputs bit for bit those of a model whose pages stayed, no page read back over further calls. False where the
     kernel or platform does not offer it (the pages then stay until memory pressure reclaims them).
     """
     if not hasattr(mapped, "madvise"):
@@ -203,7 +207,6 @@ class OpenVinoRunner(Runner):
         self._compiled: dict[tuple, tuple] = {}  # shape key -> (compiled model, infer request, output names, blob map)
         self.compile_ms: dict[tuple, float] = {}
         self.loaded_from: dict[tuple, str] = {}  # shape key -> "compiled" or "cache"
-        self._released: set[int] = set()  # blob maps whose pages were handed back after the first inference
 
     @property
     def config(self) -> dict:
@@ -228,7 +231,6 @@ class OpenVinoRunner(Runner):
         # compiled models first: a model imported from a blob points into the blob's memory map
         blobs = [entry[3] for entry in self._compiled.values() if entry[3] is not None]
         self._compiled.clear()
-        self._released.clear()
         del blobs  # each map is unmapped when the last OpenVINO tensor viewing it goes
 
     def _read_model(self):
@@ -315,6 +317,8 @@ class OpenVinoRunner(Runner):
                         compiled, mapped = self._compile(shapes, None), None
                     else:
                         compiled, mapped = imported
+            if mapped is not None:
+                release_pages(mapped)  # the import repacked the weights: the blob's pages are not read again
             # by tensor name, not get_any_name(): an output may carry several names (the fp16
             # converter's output Casts add one), and the spec's is only one of them
             names = []
@@ -329,18 +333,20 @@ class OpenVinoRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(array) for name, array in feed.items()}
-        _, request, names, mapped = self._compiled_for(feed)
+        _, request, names, _ = self._compiled_for(feed)
         # share_inputs: no copy of the inputs; share_outputs: the results are views of the request's
         # output tensors, valid until the next infer (the runner contract).
         results = request.infer(feed, share_inputs=True, share_outputs=True)
-        if mapped is not None and id(mapped) not in self._released:
-            release_pages(mapped)
-            self._released.add(id(mapped))
         out = {}
         for name, tensor in zip(names, results.to_tuple()):
             want = next(t.dtype for t in self.spec.outputs if t.name == name)
             out[name] = tensor if str(tensor.dtype) == want else tensor.astype(want)
         return out
+
+    def _prepare(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        # compiled (or imported) for exactly the shapes of the coming calls: the cache key is the feed's shapes
+        names = {t.name for t in self.spec.inputs}
+        self._compiled_for({name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items() if name in names})
 
     def profiling_info(self) -> list[dict]:
         """Per-node timings of the last inference of every compiled shape (needs ``profile=True``).

@@ -103,11 +103,23 @@ def generation_metadata(config, result, pipeline) -> dict:
         "engines_manifest": pipeline.manifest.digest, "precision": pipeline.manifest.precision,
         "backend": pipeline.backend, "maskst_version": __version__,
         **control_metadata(config),  # image-driven requests only: a text-driven PNG is as before
+        **deepcache_metadata(config),  # --deepcache-interval > 1 only: a full-computation PNG is as before
         **result.style_metadata,  # StyleShot engines: style_input, shuffle_seed, style_crop; {} otherwise
     }
     if config.regions:
         meta["regions"] = region_metadata(config, result)
     return meta
+
+
+def deepcache_metadata(config) -> dict:
+    """DeepCache step caching of a request that used it: {"deepcache": {"interval", "branch", "full_steps"}};
+    {} for full computation (interval 1)."""
+    from maskst.deepcache import CACHE_BRANCH_ID, full_steps
+
+    if config.deepcache_interval == 1:
+        return {}
+    return {"deepcache": {"interval": config.deepcache_interval, "branch": CACHE_BRANCH_ID,
+                          "full_steps": full_steps(config.steps, config.deepcache_interval)}}
 
 
 def control_metadata(config) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst.deepcache import DEEP_GRAPH, EXPORT_FLAG, FEATURE, SHALLOW_GRAPH, is_full_step
 from maskst.engines.manifest import Manifest, load_manifest
 from maskst.errors import EngineError, InputError, NonFiniteError
 from maskst.families import family_named
@@ -60,6 +61,19 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
         raise NonFiniteError(f"stage {stage} produced NaN or infinity{hint}; nothing was written")
 
 
+def check_deepcache_request(manifest: Manifest, interval: int) -> None:
+    """EngineError naming the fix when a request asks for DeepCache (``deepcache_interval`` > 1) and the engines
+    have no ``unet_deep`` / ``unet_shallow`` graph (exported without ``maskst-export --deepcache``). The request's
+    own conflicts (a control image) are refused by ``GenerationConfig.validate``."""
+    if interval == 1:
+        return
+    missing = [g for g in (DEEP_GRAPH, SHALLOW_GRAPH) if g not in manifest.data["graphs"]]
+    if missing:
+        raise EngineError(f"--deepcache-interval {interval}: the engines {manifest.folder} have no "
+                          f"{' / '.join(missing)} graph; re-export them with maskst-export {EXPORT_FLAG} "
+                          "(or run with --deepcache-interval 1)")
+
+
 class PipelineCallback:
     """Observer of one pipeline (diffusers' ``callback_on_step_end``, widened to every graph call).
 
@@ -90,12 +104,22 @@ class _Progress(PipelineCallback):
 
 
 class MaskstPipeline:
-    """Style transfer on an engines folder. Use as a context manager or call close()."""
+    """Style transfer on an engines folder. Use as a context manager or call close().
+
+    ``deepcache``: a pipeline for DeepCache requests (``--deepcache-interval N``): it loads ``unet_deep`` and
+    ``unet_shallow`` instead of the plain ``unet`` (one full UNet in memory, not two), and runs a request with
+    interval 1 on ``unet_deep`` every step (the same UNet computation, its feature unused). Without it the
+    plain ``unet`` runs interval-1 requests, and the DeepCache graphs load on the first request that asks for
+    them."""
 
     def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
                  threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None,
-                 compile_cache: Path | bool | None = None, callbacks=()):
+                 compile_cache: Path | bool | None = None, callbacks=(), deepcache: bool = False):
         self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
+        if deepcache:
+            check_deepcache_request(self.manifest, 2)  # engines without the DeepCache graphs: the export hint
+        # the graph of a full UNet step (noise_pred): the plain unet, or unet_deep on a DeepCache pipeline
+        self.unet_graph = DEEP_GRAPH if deepcache else "unet"
         self.backend = backend
         self.callbacks: list[PipelineCallback] = list(callbacks)
         options = RunnerOptions(threads=threads, allow_fallback=allow_fallback, profile_prefix=profile_prefix,
@@ -121,6 +145,8 @@ class MaskstPipeline:
             raise EngineError(f"{self.manifest.folder}: the manifest lists no {', '.join(missing)} graph, which "
                               f"{self.family.title} engines need; rebuild them with maskst-export --force")
         graphs = [name for name in self.family.graphs if name in exported]
+        if self.unet_graph != "unet":
+            graphs = [name for name in graphs if name != "unet"] + [DEEP_GRAPH, SHALLOW_GRAPH]
         # {graph: tokenizer of its input_ids}, from the family's declaration
         self.tokenizers = {graph: load_tokenizer(self.manifest.folder / folder)
                            for folder, graph in self.family.tokenizers if graph in graphs}
@@ -129,6 +155,8 @@ class MaskstPipeline:
         runtime_backend = parse_backend(backend)
         graphs = [*graphs, *control_graphs(self.manifest)]  # ControlNets, lineart: as the manifest records
         self.runners = {name: runtime_backend.runner(self.manifest, name, options) for name in graphs}
+        # the DeepCache graphs load on the first request that asks for them (a second full UNet in memory)
+        self._backend, self._runner_options = runtime_backend, options
         for runner in self.runners.values():
             runner.activate()
         self._content_cache: dict[str, np.ndarray] = {}
@@ -138,13 +166,44 @@ class MaskstPipeline:
         self.style = style_input_for(self.family.style_input, self)
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
-        self.control = ControlStage(self.manifest, self.runners["unet"].spec, self.run_graph)
+        self.control = ControlStage(self.manifest, self.unet_spec, self.run_graph)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def unet_spec(self):
+        """The IO spec of the UNet's inputs (``unet``; ``unet_deep`` has the same inputs)."""
+        return self.runners[self.unet_graph].spec
+
+    def deepcache_runners(self):
+        """(unet_deep runner, unet_shallow runner), created and activated on first use (check_request has
+        checked that the manifest has both graphs)."""
+        for name in (DEEP_GRAPH, SHALLOW_GRAPH):
+            if name not in self.runners:
+                runner = self._backend.runner(self.manifest, name, self._runner_options)
+                runner.activate()
+                self.runners[name] = runner
+        return self.runners[DEEP_GRAPH], self.runners[SHALLOW_GRAPH]
+
+    def prepare_denoiser(self, config: GenerationConfig, n: int, h: int, w: int) -> None:
+        """Load the denoising graphs of a request (N images, latent h x w) for its shapes, before any encoder runs.
+
+        The UNet is the largest graph, and a backend that compiles per input shape (OpenVINO) holds its weights
+        twice while loading it (the cached blob and the repacked copy: full SD 1.5 UNet in f32, 6.9 GB for a
+        moment, 3.5 GB after); loading it first keeps that moment from stacking on the encoders' resident
+        weights. Later requests of the same shapes find it loaded; ONNX Runtime has nothing to do here.
+        Graphs with dimensions of their own (ControlNet residual inputs) are loaded at their first call.
+        """
+        dims = {"N": n, "h": h, "w": w, "R": max(1, len(config.regions))}
+        runners = self.deepcache_runners() if config.deepcache_interval > 1 else (self.runners[self.unet_graph],)
+        for runner in runners:
+            if set(runner.spec.dims) <= set(dims):
+                shapes = runner.spec.shapes(dims)
+                runner.prepare({t.name: shapes[t.name] for t in runner.spec.inputs})
 
     def add_callback(self, callback: PipelineCallback) -> None:
         self.callbacks.append(callback)
@@ -185,7 +244,7 @@ class MaskstPipeline:
         config = self.resolve(config)
         config.validate(self.vae_scale_factor)
         f = self.vae_scale_factor
-        unet = self.runners["unet"].spec
+        unet = self.unet_spec
         unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
                         what={"N": "num_images", "h": f"height/{f}", "w": f"width/{f}"})
         if config.regions:
@@ -199,6 +258,7 @@ class MaskstPipeline:
         if config.layer_scales is not None or config.target_blocks:
             layer_scales(self.layer_names, config)
         check_control_request(self.manifest, config)
+        check_deepcache_request(self.manifest, config.deepcache_interval)
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
 
     # ---------------------------------------------------------------- stages
@@ -330,6 +390,7 @@ class MaskstPipeline:
         control = self.control.prepare(config, n, h, w)  # control images first (a bad file fails before any encoder)
         if control.active:
             timings["control_preprocess"] = (clock() - t0) * 1e3
+        self.prepare_denoiser(config, n, h, w)  # largest graph first (memory; a no-op once loaded)
         t0 = clock()
         text = self.prompt_inputs(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
@@ -355,13 +416,18 @@ class MaskstPipeline:
         ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [2N, R, k, C]; R = 1 without regions
         scheduler.set_timesteps(config.steps)
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
-        unet = self.runners["unet"]
+        unet = self.runners[self.unet_graph]
         feed = {**text_inputs, **size_inputs, "ip_tokens": ip_tokens,
                 **regional.unet_region_feed(config, self.layer_names, self.layer_strides, h, w, pixels)}
         feed.update(control.zeros)
 
         unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
+        interval = config.deepcache_interval
+        if interval > 1:  # DeepCache: unet_deep on full steps, unet_shallow (reusing its feature) on the others
+            _, shallow = self.deepcache_runners()
+            shallow_inputs = [t.name for t in shallow.spec.inputs if t.name != FEATURE]
+            feature = None
         guidance = np.float32(config.guidance)
         t0 = clock()
         for i, t in enumerate(scheduler.timesteps):
@@ -370,7 +436,15 @@ class MaskstPipeline:
             feed["timestep"] = np.array([t], dtype=np.float32)
             if control.active:
                 feed.update(control.residuals(feed, check_inputs=i == 0))
-            noise = self.run_graph("unet", feed, check_inputs=False)["noise_pred"]
+            if interval == 1:
+                noise = self.run_graph(self.unet_graph, feed, check_inputs=False)["noise_pred"]
+            elif is_full_step(i, interval):
+                out = self.run_graph(DEEP_GRAPH, feed, check_inputs=i == 0)
+                noise, feature = out["noise_pred"], out[FEATURE].copy()  # kept for the next cached steps
+            else:
+                cached = {name: feed[name] for name in shallow_inputs}
+                cached[FEATURE] = feature
+                noise = self.run_graph(SHALLOW_GRAPH, cached, check_inputs=i == 1)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
             guided = uncond_pred + guidance * (text_pred - uncond_pred)
             latents = scheduler.step(guided, t, latents)

@@ -54,6 +54,20 @@ class Runner(abc.ABC):
             self.spec.check_feed(feed)
         return self._infer(feed)
 
+    def prepare(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Get ready for calls with these input shapes ({input name: shape}) without running the graph.
+
+        Backends that compile per input shape (OpenVINO) compile or load from their cache now, so the
+        caller decides when that memory-hungry moment comes (the pipeline loads its largest graph
+        first); the others have nothing to do.
+        """
+        if not self.is_active:
+            raise BackendError(f"{self.spec.name}: runner used before activate()")
+        self._prepare({name: tuple(shape) for name, shape in shapes.items()})
+
+    def _prepare(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Backend part of :meth:`prepare` (default: nothing to prepare)."""
+
     @abc.abstractmethod
     def _activate(self) -> None: ...
 

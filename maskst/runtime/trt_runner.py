@@ -52,7 +52,8 @@ from maskst.runtime.runners import Runner
 
 log = logging.getLogger(__name__)
 
-CUDA_GRAPH_GRAPHS = ("unet",)  # the graph run once per denoising step; the others run once per request
+# the graphs run once per denoising step (DeepCache: its two UNet graphs); the others run once per request
+CUDA_GRAPH_GRAPHS = ("unet", "unet_deep", "unet_shallow")
 
 
 def require_trt_runtime():
