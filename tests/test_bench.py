@@ -317,8 +317,8 @@ def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_en
     out = tmp_path / "bench.json"
     args = _checkpoint_args(tiny, tiny_deepcache_engines) + [
         "--height", "64", "--width", "64", "--steps", "5", "--scheduler", "ddim", "--repeats", "1", "--warmup", "0",
-        "--threads", "1", "--backends", "ort-cpu", "--deepcache-interval", "3", "--ceiling-repeats", "0",
-        "--no-cold-start", "--json", str(out), "--quiet"]
+        "--threads", "1", "--backends", "ort-cpu", "--deepcache-interval", "3", "--deepcache-backends", "ort-cpu",
+        "--ceiling-repeats", "0", "--no-cold-start", "--json", str(out), "--quiet"]
     result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -351,6 +351,13 @@ def test_bench_deepcache_refusals(tiny_engines):
     result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
                                         "--deepcache-interval", "1"])
     assert result.exit_code == 2 and "--deepcache-interval 1" in result.output
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-backends", "ort-cpu"])
+    assert result.exit_code == 2 and "give --deepcache-interval N too" in result.output
+    result = runner.invoke(bench_main, ["--engines", str(tiny_engines), "--backends", "ort-cpu", "--no-reference",
+                                        "--deepcache-interval", "3", "--deepcache-backends", "ort-cpu,openvino-bf16"])
+    assert result.exit_code == 2 \
+        and "each must be one of the benchmarked backends (ort-cpu)" in result.output
 
 
 def test_contender_names_round_trip():

@@ -155,10 +155,10 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     marker = root / (CACHE_MARKER.replace(".json", "-deepcache.json") if deepcache else CACHE_MARKER)
     fixture_marker = paths.root / "fixture.json"
     wanted_fixture = {"preset": preset, "seed": seed}
-    # int8 IRs too (--backend openvino-int8) where nncf is installed (not in the DeepCache set: its contenders run
-    # the DeepCache graphs), calibrated on the built-in prompts with the fixture's demo style image
-    int8 = (not deepcache and importlib.util.find_spec("nncf") is not None
-            and importlib.util.find_spec("openvino") is not None)
+    # int8 IRs too (--backend openvino-int8) where nncf is installed, calibrated on the built-in prompts with the
+    # fixture's demo style image; the DeepCache set has them too (its plain contenders are every backend), while
+    # its DeepCache contenders run unet_deep / unet_shallow in the backend's float precision
+    int8 = importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("openvino") is not None
     # calibrated at 256 px for the full-size presets (the benchmark's default request; 512, the opt size, would
     # cost ~4x the calibration time), at the opt size for the tiny ones
     calibration_size = 256 if _EXPORT_SIZES[preset]["opt_size"] > 256 else None

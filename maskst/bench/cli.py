@@ -175,11 +175,14 @@ def _command(program: str) -> str:
                    "N), as contender BACKEND+deepcacheN, and report its image's deviation from the same backend's "
                    "full computation and its speedup over it. Presets and checkpoints build engines with "
                    "maskst-export --deepcache; an --engines folder must have been exported with it.")
+@click.option("--deepcache-backends", default=None,
+              help="With --deepcache-interval: the backends (comma list, of those benchmarked) that also run with "
+                   "DeepCache. Default: every benchmarked backend.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
                backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven,
-               deepcache_interval):
+               deepcache_interval, deepcache_backends):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -219,6 +222,11 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
             raise InputError(f"--deepcache-interval {deepcache_interval}: give N >= 2 (the plain backends are the "
                              "full computation, interval 1), e.g. 3")
         settings.config(deepcache_interval=deepcache_interval)  # the request's own checks (range, control image)
+    elif deepcache_backends is not None:
+        raise InputError("--deepcache-backends names the backends that also run with DeepCache: give "
+                         "--deepcache-interval N too (e.g. 3), or drop it")
+    if backends is not None:
+        _deepcache_backends(deepcache_backends, names)  # a misspelt name fails before any model is built
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet, family=family, image_driven=image_driven,
                             deepcache_interval=deepcache_interval or 1)
@@ -233,7 +241,8 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
                        err=True)
         _check_backends(names)
     if deepcache_interval is not None:
-        names = [n for b in names for n in (b, deepcache_contender(b, deepcache_interval))]
+        cached = _deepcache_backends(deepcache_backends, names)
+        names = [n for b in names for n in (b, *([deepcache_contender(b, deepcache_interval)] if b in cached else []))]
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
                        rounds=rounds)
@@ -244,6 +253,18 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         click.echo(f"\nwrote {json_out}")
     if report["errors"]:
         sys.exit(1)
+
+
+def _deepcache_backends(option: str | None, names: list[str]) -> list[str]:
+    """The backends of ``--deepcache-backends`` (default: all of ``names``), each one of ``names``."""
+    if option is None:
+        return list(names)
+    cached = [b.strip() for b in option.split(",") if b.strip()]
+    unknown = [b for b in cached if b not in names]
+    if unknown or not cached:
+        raise InputError(f"--deepcache-backends {option!r}: each must be one of the benchmarked backends "
+                         f"({', '.join(names)}); a DeepCache contender is compared with its backend's full computation")
+    return cached
 
 
 def _check_backends(names: list[str]) -> None:
