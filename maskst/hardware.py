@@ -1,4 +1,5 @@
-"""What this machine offers: NVIDIA GPUs, TensorRT, a CUDA build of torch, ONNX Runtime's providers.
+"""What this machine offers: its CPU (model, ISA flags, cores), NVIDIA GPUs, TensorRT, a CUDA build of torch,
+ONNX Runtime's providers.
 
 Every probe lives here once; the engine builders (``maskst.engines``) and the runtime backends
 both ask these functions and never probe on their own. Nothing here imports ``tensorrt``, torch
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 from importlib import metadata
+from pathlib import Path
 
 from maskst.errors import BackendError
 
@@ -19,6 +22,48 @@ TRT_INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU and d
                     "(after pip uninstall onnxruntime), plus a CUDA build of torch for the runtime's device buffers "
                     "(pip install torch --index-url https://download.pytorch.org/whl/cu128)")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as ``/proc/cpuinfo`` describes it (Linux; empty elsewhere): ``model`` (model name),
+    ``flags`` (ISA flags, space separated, as listed), ``physical_cores`` (distinct physical/core id
+    pairs; None where unknown)."""
+
+    model: str | None
+    flags: str
+    physical_cores: int | None
+
+    def has(self, *flags: str) -> bool:
+        """Whether the CPU lists any of ``flags`` (e.g. ``"avx512_vnni", "amx_int8"``)."""
+        listed = set(self.flags.split())
+        return any(flag in listed for flag in flags)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's :class:`CpuInfo`, read once per process."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return CpuInfo(None, "", None)  # not Linux
+    model, flags, cores, physical, core_id = None, None, set(), None, None
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and model is None:
+            model = value
+        elif key == "flags" and flags is None:
+            flags = value
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core_id = value
+        elif not line.strip() and core_id is not None:
+            cores.add((physical, core_id))
+            physical = core_id = None
+    if core_id is not None:
+        cores.add((physical, core_id))
+    return CpuInfo(model, flags or "", len(cores) or None)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -57,6 +57,7 @@ from pathlib import Path
 
 from maskst import __version__
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE
+from maskst.hardware import cpu_info
 from maskst.runtime.pipeline import PipelineCallback
 
 CACHE_MARKER = "bench-cache.json"
@@ -699,30 +700,14 @@ def machine_info() -> dict:
     """CPU model, ISA flags that decide the kernels (AMX, AVX-512 BF16 / VNNI), cores, memory."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""  # not Linux: the platform string has to do
-    cores, physical, core_id = set(), None, None
-    for line in cpuinfo.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "model name" and "cpu_model" not in info:
-            info["cpu_model"] = value
-        elif key == "flags" and "isa_flags" not in info:
-            flags = set(value.split())
-            info["isa_flags"] = [f for f in ISA_FLAGS if f in flags]
-            info["cpu_features"] = info["isa_flags"]  # the name older reports used
-        elif key == "physical id":
-            physical = value
-        elif key == "core id":
-            core_id = value
-        elif not line.strip() and core_id is not None:
-            cores.add((physical, core_id))
-            physical = core_id = None
-    if core_id is not None:
-        cores.add((physical, core_id))
-    if cores:
-        info["physical_cores"] = len(cores)
+    cpu = cpu_info()
+    if cpu.model is not None:
+        info["cpu_model"] = cpu.model
+    if cpu.flags:
+        info["isa_flags"] = [f for f in ISA_FLAGS if cpu.has(f)]
+        info["cpu_features"] = info["isa_flags"]  # the name older reports used
+    if cpu.physical_cores:
+        info["physical_cores"] = cpu.physical_cores
     try:
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:

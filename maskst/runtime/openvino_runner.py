@@ -110,8 +110,9 @@ INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: V
 @functools.lru_cache(maxsize=1)
 def native_int8() -> bool:
     """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), from its ISA flags."""
-    flags = set(_cpu_identity().get("flags", "").split())
-    return any(flag in flags for flag in INT8_CPU_FLAGS)
+    from maskst.hardware import cpu_info
+
+    return cpu_info().has(*INT8_CPU_FLAGS)
 
 
 def resolve_precision(precision: str) -> str:
@@ -168,17 +169,14 @@ def release_pages(mapped: mmap.mmap) -> bool:
 
 def _cpu_identity() -> dict:
     """What a compiled CPU blob depends on besides the model: the CPU model and its ISA flags."""
-    info: dict = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key in ("model name", "flags") and key not in info:
-                info[key] = value
-    except OSError:
+    from maskst.hardware import cpu_info
+
+    cpu = cpu_info()
+    if cpu.model is None and not cpu.flags:  # not Linux
         import platform
 
-        info["processor"] = platform.processor()
-    return info
+        return {"processor": platform.processor()}
+    return {"model name": cpu.model, "flags": cpu.flags}
 
 
 class OpenVinoRunner(Runner):
