@@ -24,25 +24,64 @@ TRT_INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU and d
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
 
+# oneDNN's CPU dispatcher levels that model CPUs without AMX (oneDNN "CPU dispatcher control":
+# ONEDNN_MAX_CPU_ISA, read by oneDNN itself in torch and in OpenVINO's CPU plugin), lowest first, each with the
+# /proc/cpuinfo flags whose kernels it adds. A cap hides every flag of the levels above it.
+ISA_CAP_LEVELS = (
+    ("avx2", ("avx2", "fma")),
+    ("avx2_vnni", ("avx_vnni",)),
+    ("avx512_core", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd")),
+    ("avx512_core_vnni", ("avx512_vnni",)),
+    ("avx512_core_bf16", ("avx512_bf16",)),
+    ("avx512_core_fp16", ("avx512_fp16",)),
+    ("avx512_core_amx", ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16")),
+)
+ISA_CAPS = tuple(name for name, _flags in ISA_CAP_LEVELS[:5])  # the caps maskst-bench offers (CPUs without AMX/FP16)
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN's names for it (the second: older releases)
+
+
 @dataclasses.dataclass(frozen=True)
 class CpuInfo:
     """The CPU as ``/proc/cpuinfo`` describes it (Linux; empty elsewhere): ``model`` (model name),
-    ``flags`` (ISA flags, space separated, as listed), ``physical_cores`` (distinct physical/core id
-    pairs; None where unknown)."""
+    ``flags`` (ISA flags, space separated, as listed, less those above ``isa_cap``), ``physical_cores``
+    (distinct physical/core id pairs; None where unknown), ``isa_cap`` (the oneDNN dispatcher cap in effect
+    for this process, lower case, e.g. ``avx512_core_bf16``; None: the kernels may use every listed flag)."""
 
     model: str | None
     flags: str
     physical_cores: int | None
+    isa_cap: str | None = None
 
     def has(self, *flags: str) -> bool:
-        """Whether the CPU lists any of ``flags`` (e.g. ``"avx512_vnni", "amx_int8"``)."""
+        """Whether the CPU lists any of ``flags`` (e.g. ``"avx512_vnni", "amx_int8"``) and the cap allows it."""
         listed = set(self.flags.split())
         return any(flag in listed for flag in flags)
+
+    def capped(self, cap: str | None) -> "CpuInfo":
+        """This CPU as oneDNN's kernels see it under ``ONEDNN_MAX_CPU_ISA=cap`` (one of :data:`ISA_CAPS`,
+        any case; None or ``default``: uncapped). Flags keep their order, so the uncapped string is unchanged."""
+        if cap is None or cap.lower() == "default":
+            return self
+        names = [name for name, _flags in ISA_CAP_LEVELS]
+        if cap.lower() not in names:  # a level maskst does not model (sse41, avx10_*): recorded, nothing hidden
+            return dataclasses.replace(self, isa_cap=cap.lower())
+        hidden = {flag for _name, flags in ISA_CAP_LEVELS[names.index(cap.lower()) + 1:] for flag in flags}
+        return dataclasses.replace(self, flags=" ".join(f for f in self.flags.split() if f not in hidden),
+                                   isa_cap=cap.lower())
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
-    """This machine's :class:`CpuInfo`, read once per process."""
+    """This machine's :class:`CpuInfo`, read once per process, capped as oneDNN is in this process.
+
+    The cap is oneDNN's own setting (its environment variable, read by oneDNN at its first kernel), not
+    maskst configuration: it is read here only so that what depends on the kernels (the default precision,
+    the compiled-model cache key, the machine in a bench report) describes the kernels that really run.
+    ``maskst-bench --cpu-isa-cap`` is what sets it, for its worker processes.
+    """
+    import os
+
+    cap = next((os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)), None)
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -63,7 +102,7 @@ def cpu_info() -> CpuInfo:
             physical = core_id = None
     if core_id is not None:
         cores.add((physical, core_id))
-    return CpuInfo(model, flags or "", len(cores) or None)
+    return CpuInfo(model, flags or "", len(cores) or None).capped(cap)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

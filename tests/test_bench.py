@@ -78,7 +78,8 @@ def _check_limits(report: dict, output: str) -> None:
             assert set(kinds) == {"matmul", "conv"}, (runtime, precision)
             for summary in kinds.values():
                 assert summary["gflops"] > 0 and summary["gflops_min"] <= summary["gflops"] <= summary["gflops_max"]
-                assert len(summary["ms_samples"]) == 2  # one per pass at --ceiling-repeats 1
+                # one per pass at --ceiling-repeats 1, over the quiet passes (all of them when none was quiet)
+                assert len(summary["ms_samples"]) == (report["ceiling_quiet_passes"] or 2)
     assert "ceiling (GFLOP/s" in output
     if not HAVE_OPENVINO:  # FLOPs are counted with OpenVINO's shape propagation
         assert report["machine_limits_errors"]
@@ -382,3 +383,43 @@ def test_random_models_keep_deepcache_engines_apart(tmp_path):
     assert again.engines == models.engines and (models.engines / "manifest.json").stat().st_mtime_ns == stamp
     assert not (models.engines.parent / "engines").exists()  # the plain engines are built only when asked for
     assert models.base.parent == models.engines.parent / "fixtures"
+
+
+def test_isa_cap_hides_the_flags_above_it():
+    from maskst.hardware import ISA_CAPS, CpuInfo
+
+    amx = CpuInfo("Xeon", "fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8", 2)
+    assert amx.capped(None) is amx and amx.capped("default") is amx
+    zen4 = amx.capped("AVX512_CORE_BF16")  # oneDNN's spelling is upper case
+    assert zen4.isa_cap == "avx512_core_bf16" and zen4.model == "Xeon" and zen4.physical_cores == 2
+    assert zen4.flags == "fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16"  # order kept, AMX and FP16 gone
+    assert zen4.has("avx512_bf16") and zen4.has("avx512_vnni") and not zen4.has("amx_bf16", "amx_int8", "avx512_fp16")
+    skylake = amx.capped("avx512_core")
+    assert skylake.has("avx512f") and not skylake.has("avx512_vnni", "avx512_bf16")
+    assert not amx.capped("avx2").has("avx512f") and amx.capped("avx2").has("avx2")
+    # a level maskst does not model is recorded (it changes the kernels, so the cache key) and hides nothing
+    other = amx.capped("avx10_1_512")
+    assert other.isa_cap == "avx10_1_512" and other.flags == amx.flags
+    assert set(ISA_CAPS) == {"avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni", "avx512_core_bf16"}
+
+
+@needs_openvino
+def test_bench_isa_cap_reaches_every_worker(tiny, tiny_engines, tmp_path):
+    """--cpu-isa-cap runs the ceilings (and contenders) under oneDNN's cap: no AMX kernel is picked, and the report
+    says the run was emulated and on which real CPU."""
+    out = tmp_path / "capped.json"
+    args = ["--engines", str(tiny_engines), "--height", "64", "--width", "64", "--steps", "1", "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--backends", "openvino-bf16", "--no-reference", "--no-cold-start",
+            "--ceiling-repeats", "1", "--cpu-isa-cap", "avx512_core_bf16", "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["cpu_isa_cap"] == "avx512_core_bf16"
+    assert not {"amx_bf16", "amx_int8", "amx_tile", "avx512_fp16"} & set(machine["isa_flags"])
+    assert set(machine["isa_flags"]) <= set(machine["hardware_isa_flags"])
+    assert "EMULATED" in result.output and "avx512_core_bf16" in result.output
+    kernels = [summary["kernel"] for precision in report["ceilings"]["openvino"].values() for summary in precision.values()]
+    assert kernels and not [k for k in kernels if "amx" in k.lower()], kernels
+    if "bf16" in report["ceilings"]["openvino"]:  # a CPU with AVX-512 BF16: bf16 kernels without AMX
+        assert "bf16" in report["ceilings"]["openvino"]["bf16"]["matmul"]["kernel"]

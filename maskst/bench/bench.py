@@ -57,7 +57,7 @@ from pathlib import Path
 
 from maskst import __version__
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE
-from maskst.hardware import cpu_info
+from maskst.hardware import ISA_CAP_VARIABLES, cpu_info
 from maskst.runtime.pipeline import PipelineCallback
 
 CACHE_MARKER = "bench-cache.json"
@@ -696,16 +696,23 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx51
              "amx_int8", "amx_fp16")
 
 
-def machine_info() -> dict:
-    """CPU model, ISA flags that decide the kernels (AMX, AVX-512 BF16 / VNNI), cores, memory."""
+def machine_info(isa_cap: str | None = None) -> dict:
+    """CPU model, ISA flags that decide the kernels (AMX, AVX-512 BF16 / VNNI), cores, memory.
+
+    ``isa_cap`` (``--cpu-isa-cap``): ``isa_flags`` are those the kernels may use under that oneDNN cap,
+    ``hardware_isa_flags`` what the CPU has, ``cpu_isa_cap`` the cap."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
-    cpu = cpu_info()
+    hardware = cpu_info()
+    cpu = hardware.capped(isa_cap)
     if cpu.model is not None:
         info["cpu_model"] = cpu.model
     if cpu.flags:
         info["isa_flags"] = [f for f in ISA_FLAGS if cpu.has(f)]
         info["cpu_features"] = info["isa_flags"]  # the name older reports used
+    if cpu.isa_cap is not None:
+        info["cpu_isa_cap"] = cpu.isa_cap
+        info["hardware_isa_flags"] = [f for f in ISA_FLAGS if f in hardware.flags.split()]
     if cpu.physical_cores:
         info["physical_cores"] = cpu.physical_cores
     try:
@@ -731,6 +738,9 @@ def _spawn(job: dict, workdir: Path, name: str) -> dict:
     job_path.write_text(json.dumps(job))
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if job.get("isa_cap"):  # --cpu-isa-cap: oneDNN reads its own variable (torch and OpenVINO's CPU plugin alike)
+        for variable in ISA_CAP_VARIABLES:
+            env[variable] = job["isa_cap"].upper()
     proc = subprocess.run([sys.executable, "-m", "maskst.bench.bench", str(job_path)], env=env)
     result_path = Path(job["result"])
     if proc.returncode != 0 or not result_path.is_file():
@@ -753,13 +763,15 @@ def _image_diff(workdir: Path, name: str, reference: str = "reference") -> dict 
 
 def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str], reference: bool = True,
               cold_start: bool = True, progress: bool = True, command: str | None = None,
-              ceiling_repeats: int = 8, rounds: int = 1) -> dict:
+              ceiling_repeats: int = 8, rounds: int = 1, isa_cap: str | None = None) -> dict:
     """Run every contender and return the report (see :func:`format_table` and docs/benchmarks.md).
 
     ``ceiling_repeats``: timed calls of each ceiling kernel per pass (two passes: before the first and
     after the last contender); 0 measures no ceilings (and reports no % of ceiling). ``rounds``: the
     contenders run one after the other ``rounds`` times, each time in a fresh process (warm-up included);
-    their timed generations are pooled (:func:`merge_rounds`).
+    their timed generations are pooled (:func:`merge_rounds`). ``isa_cap``: every worker (contenders, ceilings,
+    cold starts) runs under that oneDNN ISA cap (:data:`maskst.hardware.ISA_CAPS`), e.g. ``avx512_core_bf16`` to
+    measure an AMX machine as a CPU with AVX-512 BF16 / VNNI and no AMX; the report's machine records it.
     """
     from maskst.engines.manifest import load_manifest
     from maskst.errors import InputError
@@ -774,7 +786,8 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
     t0 = time.perf_counter()
     load_manifest(models.engines, verify_hashes=True)
     verify_ms = (time.perf_counter() - t0) * 1e3
-    common = {"settings": dataclasses.asdict(settings), "models": models.to_json(), "progress": progress}
+    common = {"settings": dataclasses.asdict(settings), "models": models.to_json(), "progress": progress,
+              "isa_cap": isa_cap}
     results: dict[str, dict] = {}
     cold: dict[str, dict] = {}
     plan = (["reference"] if reference else []) + list(backends)
@@ -817,7 +830,7 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
             _say(progress, f"counting FLOPs of {len(calls)} graph call shape(s)")
             flops = _spawn({**common, "kind": "flops", "calls": calls}, workdir, "flops")
     return _report(models, settings, results, cold, diffs, verify_ms, started, command,
-                   machine_limits(ceiling_passes, flops), full_diffs)
+                   machine_limits(ceiling_passes, flops), full_diffs, isa_cap)
 
 
 def merge_rounds(found: list[dict]) -> dict:
@@ -932,7 +945,7 @@ def _safe(name: str) -> str:
 
 
 def _report(models, settings, results, cold, diffs, verify_ms, started, command, limits=None,
-            full_diffs=None) -> dict:
+            full_diffs=None, isa_cap=None) -> dict:
     from maskst.engines.manifest import library_versions
 
     end_to_end, stages, errors = {}, {}, {}
@@ -960,7 +973,7 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 1),
-        "machine": machine_info(),
+        "machine": machine_info(isa_cap),
         "versions": library_versions(),
         "settings": dataclasses.asdict(settings),
         "models": models.to_json(),
@@ -1115,7 +1128,19 @@ def format_table(report: dict) -> str:
     out.append(f"{s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), "
                f"median of {s['repeats']} after {s['warmup']} warm-up; manifest SHA-256 check "
                f"{_fmt(report['manifest_verify_ms'])} ms (not in cold start: it uses --skip-verify)")
+    out.append(describe_machine(report["machine"]))
     return "\n\n".join(out)
+
+
+def describe_machine(machine: dict) -> str:
+    """One line: CPU model, cores, the ISA flags the kernels used, and a --cpu-isa-cap emulation said plainly."""
+    text = (f"machine: {machine.get('cpu_model') or machine.get('processor')}, "
+            f"{machine.get('physical_cores') or machine.get('cpu_count')} cores, "
+            f"{machine.get('memory_gib', '?')} GiB; kernels' ISA: {', '.join(machine.get('isa_flags') or ['-'])}")
+    if machine.get("cpu_isa_cap"):
+        text += (f" (EMULATED: oneDNN ISA capped at {machine['cpu_isa_cap']} on a CPU with "
+                 f"{', '.join(machine.get('hardware_isa_flags') or ['-'])})")
+    return text
 
 
 def _limits_tables(report: dict) -> list[str]:

@@ -203,13 +203,15 @@ def torch_ceiling(kind: str, precision: str, warmup: int, repeats: int) -> dict:
 
 
 def cpu_capabilities() -> dict:
-    """{"bf16": bool, "int8": bool}: what OpenVINO reports this CPU runs natively (False without openvino)."""
-    try:
-        import openvino as ov
-    except ImportError:
+    """{"bf16": bool, "int8": bool}: whether this CPU runs bf16 / int8 natively, as the OpenVINO backends decide it
+    (under the oneDNN ISA cap of this process; False without openvino)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
         return {"bf16": False, "int8": False}
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return {"bf16": "BF16" in caps, "int8": "INT8" in caps}
+    from maskst.runtime.openvino_runner import native_bf16, native_int8
+
+    return {"bf16": native_bf16(), "int8": native_int8()}
 
 
 def measure_ceilings(threads: int | None = None, warmup: int = 2, repeats: int = 8,

@@ -13,6 +13,7 @@ from maskst.cli.common import EXIT_CODES_HELP, run_cli
 from maskst.errors import InputError
 from maskst.families import FAMILIES, IP_ADAPTER_LAYOUT
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
+from maskst.hardware import ISA_CAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PRESETS = ("tiny", "tiny-wide", "full")
@@ -178,11 +179,16 @@ def _command(program: str) -> str:
 @click.option("--deepcache-backends", default=None,
               help="With --deepcache-interval: the backends (comma list, of those benchmarked) that also run with "
                    "DeepCache. Default: every benchmarked backend.")
+@click.option("--cpu-isa-cap", type=click.Choice(ISA_CAPS, case_sensitive=False), default=None,
+              help="Run every worker (reference, backends, ceilings) under this oneDNN ISA cap (oneDNN's "
+                   "ONEDNN_MAX_CPU_ISA, honoured by torch and OpenVINO's CPU plugin): e.g. avx512_core_bf16 measures an "
+                   "AMX machine as a CPU with AVX-512 BF16 and VNNI but no AMX. An emulation on this machine's cores "
+                   "and memory, not another CPU: the report's machine records the cap and the real flags.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
                backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven,
-               deepcache_interval, deepcache_backends):
+               deepcache_interval, deepcache_backends, cpu_isa_cap):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -235,7 +241,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         from maskst.runtime.backends import default_cpu_backends, engines_have_int8
 
         int8 = engines_have_int8(load_manifest(models.engines, verify_hashes=False).data)
-        names = default_cpu_backends(int8_engines=int8)
+        names = default_cpu_backends(int8_engines=int8, isa_cap=cpu_isa_cap)
         if names == ["ort-cpu"] and not quiet:
             click.echo("note: openvino is not installed (pip install 'maskst[openvino]'): benchmarking ort-cpu only",
                        err=True)
@@ -245,7 +251,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         names = [n for b in names for n in (b, *([deepcache_contender(b, deepcache_interval)] if b in cached else []))]
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
-                       rounds=rounds)
+                       rounds=rounds, isa_cap=cpu_isa_cap and cpu_isa_cap.lower())
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
     click.echo(format_table(report))

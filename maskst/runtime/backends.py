@@ -286,13 +286,14 @@ def engines_have_int8(manifest_data: dict) -> bool:
     return bool(manifest_data.get("int8", {}).get("graphs"))
 
 
-def default_cpu_backends(int8_engines: bool = False) -> list[str]:
+def default_cpu_backends(int8_engines: bool = False, isa_cap: str | None = None) -> list[str]:
     """Every CPU backend and precision that applies to this machine (what maskst-bench runs by default):
     ``ort-cpu``; with openvino installed ``openvino-f32`` and, where the CPU has native bf16 (AMX or
     AVX-512-BF16), ``openvino`` (bf16, VAE fp32) and ``openvino-bf16`` (every graph bf16). On a CPU
     without native bf16 ``openvino`` would run what ``openvino-f32`` runs, so it is left out.
     ``openvino-int8`` where the engines have int8 graphs (``int8_engines``) and the CPU has int8 dot-product
-    instructions (VNNI or AMX-INT8)."""
+    instructions (VNNI or AMX-INT8). ``isa_cap``: decide for the CPU as oneDNN's kernels see it under that
+    cap (:meth:`maskst.hardware.CpuInfo.capped`; ``maskst-bench --cpu-isa-cap``)."""
     import importlib.util
 
     names = ["ort-cpu"]
@@ -301,8 +302,8 @@ def default_cpu_backends(int8_engines: bool = False) -> list[str]:
     from maskst.runtime.openvino_runner import native_bf16, native_int8
 
     names.append("openvino-f32")
-    if native_bf16():
+    if native_bf16(isa_cap):
         names += ["openvino", "openvino-bf16"]
-    if int8_engines and native_int8():
+    if int8_engines and native_int8(isa_cap):
         names.append("openvino-int8")
     return names

@@ -98,21 +98,28 @@ def _core():
     return _import_openvino().Core()
 
 
-@functools.lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AMX or AVX-512-BF16), as OpenVINO reports it."""
-    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products: AVX-512 BF16 or AMX
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: VNNI (AVX-512 or AVX) or AMX
 
 
-@functools.lru_cache(maxsize=1)
-def native_int8() -> bool:
-    """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), from its ISA flags."""
+@functools.lru_cache(maxsize=None)
+def native_bf16(isa_cap: str | None = None) -> bool:
+    """Whether this CPU runs bf16 natively (AMX or AVX-512-BF16), as OpenVINO reports it, under oneDNN's ISA cap
+    (``isa_cap``, or the one in effect for this process: OpenVINO reports BF16 from CPUID whatever the cap)."""
     from maskst.hardware import cpu_info
 
-    return cpu_info().has(*INT8_CPU_FLAGS)
+    cpu = cpu_info().capped(isa_cap)
+    allowed = cpu.isa_cap is None or cpu.has(*BF16_CPU_FLAGS)
+    return allowed and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@functools.lru_cache(maxsize=None)
+def native_int8(isa_cap: str | None = None) -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), from its ISA flags under oneDNN's
+    ISA cap (``isa_cap``, or the one in effect for this process)."""
+    from maskst.hardware import cpu_info
+
+    return cpu_info().capped(isa_cap).has(*INT8_CPU_FLAGS)
 
 
 def resolve_precision(precision: str) -> str:
