@@ -93,7 +93,13 @@ def _check_limits(report: dict, output: str) -> None:
         assert unet["runtime"] == ("torch" if name == "reference" else "onnxruntime") and unet["precision"] == "f32"
         assert unet["gflop"] > 0 and unet["gflops"] > 0 and unet["pct_of_ceiling"] > 0
         assert unet["calls_per_generation"] == 3  # PNDM: 2 steps make 3 UNet calls
+    memory = report["memory_ceiling"]
+    assert memory["gbps"] > 0 and memory["bytes"] == 2**29
     ort_unet = report["graph_efficiency"]["ort-cpu"]["unet"][0]
+    bound = ort_unet["roofline"]  # f32 weights read at the memory ceiling beside the arithmetic at the f32 ceiling
+    assert 0 < bound["compute_ms"] <= bound["ms"] and 0 < bound["attainable_pct_of_ceiling"] <= 100
+    assert bound["weight_bytes"] > 0 and bound["weight_bytes"] % 4 == 0
+    assert ort_unet["pct_of_roofline"] == pytest.approx(100 * bound["ms"] / ort_unet["ms_median"])
     assert ort_unet["shapes"]["sample"] == [2, 4, 8, 8]  # CFG batch of one 64 px image
     assert "% of ceiling" in output
 

@@ -72,6 +72,12 @@ def test_flop_count_matches_hand_count(tmp_path, n):
     assert count.by_op["ConvolutionBackpropData"] == hand["transposed"]
     assert count.flops == sum(hand.values())
     assert count.nodes["MatMul"] == 2 and not count.uncounted
+    # weights read per node (whatever Transpose / Reshape OpenVINO puts between them and their op): w1 [4, 5],
+    # w2 [6, 15] (Gemm), w3 [4, 2, 3, 3], w4 [6, 2, 3, 3] (grouped), w5 [6, 2, 2, 2] (transposed); the batch does
+    # not change them
+    weights = sorted(elements for _kind, _flops, elements in count.per_node)
+    assert weights == sorted([20, 90, 72, 108, 48])
+    assert sum(flops for _kind, flops, _elements in count.per_node) == count.flops
     assert count.to_json()["gflop"] == pytest.approx(count.flops / 1e9)
 
 
@@ -89,6 +95,7 @@ def test_flop_count_of_attention_op():
     model = ov.Model([ops.scaled_dot_product_attention(q, k, v, causal=False)], [q, k, v])
     count = count_model(model, "sdpa", {})
     assert count.flops == 2 * 2 * 8 * 64 * 77 * 40 + 2 * 2 * 8 * 64 * 77 * 24
+    assert count.per_node == [["ScaledDotProductAttention", count.flops, 0]]  # activations only: no weights
 
 
 @needs_openvino
@@ -139,3 +146,27 @@ def test_merge_samples_pools_passes():
     assert merged["ms_samples"] == [10.0, 12.0, 11.0, 30.0]
     assert merged["ms_median"] == pytest.approx(11.5)
     assert merged["gflops_max"] == pytest.approx(100.0) and merged["timed"] == "call"
+
+
+def test_roofline_takes_the_longer_of_arithmetic_and_weights_per_node():
+    from maskst.bench.ceilings import merge_memory, roofline
+
+    ceilings = {"openvino": {"bf16": {"matmul": {"gflops": 100.0}, "conv": {"gflops": 50.0}},
+                             "f32": {"matmul": {"gflops": 100.0}, "conv": {"gflops": 50.0}}}}
+    memory = {"gbps": 10.0}
+    per_node = [["MatMul", 10**9, 0],  # attention-like: 10 ms of arithmetic, no weights
+                ["Convolution", 10**8, 50 * 10**6],  # 2 ms of arithmetic, 100 MB of bf16 weights: 10 ms at 10 GB/s
+                ["MatMul", 10**8, 10**6]]  # 1 ms of arithmetic, 2 MB: 0.2 ms
+    got = roofline(ceilings, memory, "openvino", "bf16", per_node)
+    assert got["ms"] == pytest.approx(10 + 10 + 1)
+    assert got["compute_ms"] == pytest.approx(13) and got["weights_ms"] == pytest.approx(10.2)
+    assert got["weight_bytes"] == 2 * (50 * 10**6 + 10**6)
+    assert got["attainable_pct_of_ceiling"] == pytest.approx(100 * 13 / 21)
+    # f32 weights are twice the bytes: the convolution now takes 20 ms
+    assert roofline(ceilings, memory, "openvino", "f32", per_node)["ms"] == pytest.approx(10 + 20 + 1)
+    assert roofline(ceilings, None, "openvino", "bf16", per_node) is None  # no memory ceiling measured
+    assert roofline(ceilings, memory, "openvino", "int8", per_node) is None  # no int8 ceilings measured
+    pooled = merge_memory([{"ms_samples": [10.0, 30.0], "bytes": 10**9, "kernel": "k"}, None,
+                           {"ms_samples": [20.0], "bytes": 10**9, "kernel": "k"}])
+    assert pooled["ms_median"] == pytest.approx(20.0) and pooled["gbps"] == pytest.approx(50.0)
+    assert merge_memory([None]) is None

@@ -651,13 +651,14 @@ def _progress(iterable, job: dict, label: str):
 
 def _run_ceilings(job: dict) -> dict:
     """The machine's MatMul / convolution ceilings per runtime and precision (maskst.bench.ceilings)."""
-    from maskst.bench.ceilings import measure_ceilings
+    from maskst.bench.ceilings import measure_ceilings, memory_ceiling
 
     settings = BenchSettings(**job["settings"])
     share = CpuShare()
     share.start()
     ceilings = measure_ceilings(settings.threads, repeats=job["repeats"])
-    return {"ceilings": ceilings, "peak_rss_mib": _peak_rss_mib(), "cpu_share": share.stop()}
+    memory = memory_ceiling(settings.threads, warmup=1, repeats=job["repeats"])
+    return {"ceilings": ceilings, "memory": memory, "peak_rss_mib": _peak_rss_mib(), "cpu_share": share.stop()}
 
 
 def _run_flops(job: dict) -> dict:
@@ -880,7 +881,7 @@ def graph_call_shapes(results: dict) -> list[tuple[str, dict]]:
 
 def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
     """The ceilings (passes pooled) and the FLOP counts, with the errors of their workers."""
-    from maskst.bench.ceilings import merge_samples
+    from maskst.bench.ceilings import merge_memory, merge_samples
 
     errors = [p["error"] for p in ceiling_passes if "error" in p] + ([flops["error"]] if "error" in flops else [])
     measured = [p for p in ceiling_passes if "ceilings" in p]
@@ -888,6 +889,7 @@ def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
     # passes make the ceiling when there are any (all passes are kept in the JSON either way)
     quiet = [p for p in measured if (p.get("cpu_share") or {}).get("others_cores", 1.0) < QUIET_CORES]
     return {"ceilings": merge_samples([p["ceilings"] for p in (quiet or measured)]),
+            "memory_ceiling": merge_memory([p.get("memory") for p in (quiet or measured)]),
             "ceiling_passes": len(measured), "ceiling_quiet_passes": len(quiet),
             "ceiling_passes_all": [p["ceilings"] for p in measured],
             "ceiling_peak_rss_mib": max((p.get("peak_rss_mib", 0) for p in ceiling_passes), default=None),
@@ -902,7 +904,7 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
     MatMul and convolution FLOPs (:func:`maskst.bench.ceilings.effective_ceiling`). The reference's
     UNet and VAE decoder get the FLOPs of maskst's graphs at the same request shapes.
     """
-    from maskst.bench.ceilings import effective_ceiling
+    from maskst.bench.ceilings import effective_ceiling, roofline
 
     counts = {(c["graph"], json.dumps(c["shapes"], sort_keys=True)): c for c in limits["flop_counts"]}
     by_graph: dict[str, dict] = {}
@@ -931,6 +933,12 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
                     if ceiling is not None and ceiling["gflops"]:
                         row["ceiling"] = ceiling
                         row["pct_of_ceiling"] = 100 * row["gflops"] / ceiling["gflops"]
+                    bound = roofline(limits["ceilings"], limits.get("memory_ceiling"), where.get("runtime", ""),
+                                     where.get("precision", ""), count.get("per_node") or [],
+                                     matmul_precision=where.get("matmul_precision"))
+                    if bound is not None:
+                        row["roofline"] = bound
+                        row["pct_of_roofline"] = 100 * bound["ms"] / entry["ms_median"]
                 rows.append(row)
             out.setdefault(name, {})[graph] = rows
     return out
@@ -1008,6 +1016,7 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
     }
     limits = limits or {"ceilings": {}, "ceiling_passes": 0, "flop_counts": [], "errors": []}
     report["ceilings"] = limits["ceilings"]
+    report["memory_ceiling"] = limits.get("memory_ceiling")
     report["ceiling_passes"] = limits["ceiling_passes"]
     report["ceiling_peak_rss_mib"] = limits.get("ceiling_peak_rss_mib")
     report["ceiling_other_load_cores"] = limits.get("ceiling_other_load_cores")
@@ -1047,8 +1056,11 @@ def _targets(report: dict) -> dict:
             for g, rows in graphs.items() if g == "unet" and rows and "pct_of_ceiling" in rows[0]}
     if unet:
         best = min(unet, key=lambda n: unet[n]["ms_median"])
+        attainable = (unet[best].get("roofline") or {}).get("attainable_pct_of_ceiling")
         targets["unet_step_at_least_70pct_of_ceiling"] = {
             "backend": best, "pct": unet[best]["pct_of_ceiling"], "precision": unet[best].get("precision"),
+            **({"attainable_pct": attainable, "pct_of_roofline": unet[best]["pct_of_roofline"]}
+               if attainable is not None else {}),
             "met": unet[best]["pct_of_ceiling"] >= 70.0}
     cached = report.get("deepcache_speedup_vs_full") or {}
     if cached:  # issue 15: with --deepcache-interval 3 a further >= 1.8x over the same backend's full computation
@@ -1161,6 +1173,10 @@ def _limits_tables(report: dict) -> list[str]:
                      + ", ".join(_fmt(v) for v in loads) + " cores; the ceiling is the median of the "
                      + (f"{report['ceiling_quiet_passes']} quiet pass(es)" if report.get("ceiling_quiet_passes")
                         else "passes (none was quiet: the ceiling is low and % of it high)"))
+        memory = report.get("memory_ceiling")
+        if memory:
+            lines.append(f"memory ceiling (read, {memory.get('kernel', '')}): {_fmt(memory['gbps'])} GB/s "
+                         f"[{_fmt(memory['gbps_min'])}-{_fmt(memory['gbps_max'])}]")
         out.append("\n".join(lines))
     efficiency = report.get("graph_efficiency") or {}
     rows = []
@@ -1173,13 +1189,19 @@ def _limits_tables(report: dict) -> list[str]:
                             f"{_fmt(row['gflop'])} | {_fmt(row['ms_median'])} [{_fmt(row['ms_min'])}-{_fmt(row['ms_max'])}] | "
                             f"{_fmt(row['calls_per_generation'])} | {_fmt(row['gflops'])} | "
                             f"{_fmt(row['ceiling']['gflops']) if 'ceiling' in row else '-'} | "
-                            f"{_fmt(row['pct_of_ceiling'], '%') if 'pct_of_ceiling' in row else '-'} |")
+                            f"{_fmt(row['pct_of_ceiling'], '%') if 'pct_of_ceiling' in row else '-'} | "
+                            + (f"{_fmt(row['roofline']['ms'])} ({_fmt(row['roofline']['weight_bytes'] / 2**20)} MiB) | "
+                               f"{_fmt(row['roofline']['attainable_pct_of_ceiling'], '%')} | "
+                               f"{_fmt(row['pct_of_roofline'], '%')} |" if "roofline" in row else "- | - | - |"))
     if rows:
         out.append("| graph | contender | runs in | GFLOP/call | ms/call median [min-max] | calls/gen | GFLOP/s | "
-                   "ceiling GFLOP/s | % of ceiling |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+                   "ceiling GFLOP/s | % of ceiling | roofline ms (weights) | attainable % of ceiling | % of roofline |\n"
+                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
         out.append("FLOPs: MatMul/Gemm/Conv/ConvTranspose/SDPA at the request's shapes, 2 per multiply-add, convolutions "
                    "counted for the direct algorithm; the ceiling of a graph is its runtime's and precision's MatMul "
-                   "and convolution ceilings weighted by its own mix of the two.")
+                   "and convolution ceilings weighted by its own mix of the two. Roofline: per counted node the longer "
+                   "of its arithmetic at that ceiling and its weights (in the precision it runs) read at the memory "
+                   "ceiling; 'attainable % of ceiling' is the most % of ceiling the graph can reach on this machine.")
     for error in report.get("machine_limits_errors") or []:
         out.append(f"machine limits not measured: {error}")
     return out

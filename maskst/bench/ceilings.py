@@ -12,6 +12,10 @@ A ceiling is what the runtime's best kernel reaches on a shape that keeps it bus
 - ONNX Runtime (CPU provider): fp32 (what ``ort-cpu`` runs), whole-session time.
 - torch (the reference): fp32 and, where the CPU has native bf16, bf16; call time.
 
+Memory (:func:`memory_ceiling`): the rate at which OpenVINO's CPU plugin reads a 512 MiB f32 tensor whose rows it
+sums (``ReduceSum``, kernel node time), in GB/s. It bounds how fast a graph can stream weights that do not stay in the
+caches (the UNet's 1.7 GB of bf16 weights per call do not); :func:`roofline` sets it beside the arithmetic.
+
 Shapes: MatMul [2048, 2048] x [2048, 2048] (weights constant, as in the UNet's projections) and a
 3x3 convolution 640 -> 640 channels on [2, 640, 32, 32] (a UNet level at 256 px), counted by
 :mod:`maskst.bench.flops` (direct algorithm). Each is run ``warmup`` times, then timed ``repeats``
@@ -238,6 +242,90 @@ def measure_ceilings(threads: int | None = None, warmup: int = 2, repeats: int =
         precisions = ["f32"] + (["bf16"] if caps["bf16"] else [])
         out["torch"] = {p: {k: torch_ceiling(k, p, warmup, repeats) for k in ("matmul", "conv")} for p in precisions}
     return out
+
+
+MEMORY_ELEMENTS = 2**27  # f32 elements read by the memory ceiling (512 MiB: far beyond any cache)
+MEMORY_ROWS = 4096  # summed row by row, each row 128 KiB
+WEIGHT_BYTES = {"f32": 4, "bf16": 2, "int8": 1}  # bytes per weight element a graph streams in each precision
+
+
+def _bandwidth_summary(nbytes: int, seconds: list[float], **extra) -> dict:
+    median = statistics.median(seconds)
+    return {"gbps": nbytes / median / 1e9, "gbps_min": nbytes / max(seconds) / 1e9, "gbps_max": nbytes / min(seconds) / 1e9,
+            "ms_median": median * 1e3, "ms_samples": [round(s * 1e3, 3) for s in seconds], "bytes": nbytes, **extra}
+
+
+def memory_ceiling(threads: int | None, warmup: int, repeats: int) -> dict | None:
+    """GB/s at which OpenVINO reads memory: ReduceSum of the rows of a 512 MiB f32 tensor (its node time), or None without
+    openvino. A bandwidth-bound kernel with the same threads as the graphs: the rate weights stream at best."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    # rows summed in parallel (one sum over the whole tensor runs on one thread: 1.4 GB/s against 11 here)
+    shape = [MEMORY_ROWS, MEMORY_ELEMENTS // MEMORY_ROWS]
+    x = ops.parameter(shape, np.float32, name="x")
+    model = ov.Model([ops.reduce_sum(x, ops.constant(np.array([1], np.int64)), False)], [x], "ceiling_memory")
+    config = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    tensor = ov.Tensor(_rng().standard_normal(shape, dtype=np.float32))
+    seconds = []
+    for i in range(warmup + repeats):
+        request.infer({0: tensor})
+        if i >= warmup:
+            seconds.append(sum(info.real_time.total_seconds() for info in request.profiling_info
+                               if info.node_type == "Reduce" or info.node_type == "ReduceSum"))
+    return _bandwidth_summary(MEMORY_ELEMENTS * 4, seconds, kernel="ReduceSum f32 (OpenVINO)",
+                              timed="kernel node (PERF_COUNT)")
+
+
+def merge_memory(passes: list[dict]) -> dict | None:
+    """One memory ceiling from several passes' (pooled samples, new median)."""
+    measured = [p for p in passes if p]
+    if not measured:
+        return None
+    samples = [s / 1e3 for p in measured for s in p["ms_samples"]]
+    extra = {k: v for k, v in measured[0].items() if k in ("kernel", "timed")}
+    return _bandwidth_summary(measured[0]["bytes"], samples, **extra)
+
+
+def roofline(ceilings: dict, memory: dict | None, runtime: str, precision: str, per_node: list[list],
+             matmul_precision: str | None = None) -> dict | None:
+    """The least time a graph's counted nodes can take on this machine: per node, the longer of its arithmetic at
+    the ceiling (MatMul / convolution of the precision it runs in) and its weights streamed at the memory ceiling
+    (:data:`WEIGHT_BYTES` per element of that precision; the weights of a whole UNet call do not stay in the caches).
+    Element-wise work and activations are left out, so a graph can only be slower than this.
+
+    Returns ``ms`` (that least time), ``compute_ms`` (arithmetic alone: what % of ceiling compares with) and
+    ``weights_ms`` (weights alone), ``weight_bytes``, and ``attainable_pct_of_ceiling`` = 100 * compute_ms / ms: the
+    highest % of the arithmetic ceiling the graph can reach here. None without the ceilings it needs."""
+    table = ceilings.get(runtime, {}).get(precision)
+    matmul_table = ceilings.get(runtime, {}).get(matmul_precision) if matmul_precision else table
+    if not memory or not memory.get("gbps") or not table or not matmul_table or precision not in WEIGHT_BYTES:
+        return None
+    if "matmul" not in matmul_table or "conv" not in table:
+        return None
+    per_byte = 1 / (memory["gbps"] * 1e9)
+    total = compute = weights = 0.0
+    weight_bytes = 0
+    for kind, flops, elements in per_node:
+        rate = table["conv"]["gflops"] if "Convolution" in kind else matmul_table["matmul"]["gflops"]
+        # int8 hybrid graphs: the MatMuls compute in bf16/f32 from int8 weights; the weights are int8 everywhere
+        nbytes = elements * WEIGHT_BYTES[precision]
+        arithmetic, streaming = flops / (rate * 1e9), nbytes * per_byte
+        total += max(arithmetic, streaming)
+        compute += arithmetic
+        weights += streaming
+        weight_bytes += nbytes
+    if not total:
+        return None
+    return {"ms": total * 1e3, "compute_ms": compute * 1e3, "weights_ms": weights * 1e3, "weight_bytes": weight_bytes,
+            "memory_gbps": memory["gbps"], "attainable_pct_of_ceiling": 100 * compute / total}
 
 
 def merge_samples(passes: list[dict]) -> dict:

@@ -13,6 +13,12 @@ unknown):
   2 * |input| * (output channels per group) * kernel area.
 - ``ScaledDotProductAttention`` (OpenVINO's PyTorch frontend): 2 * B * L * S * (E + Ev).
 
+Weights: each counted node also records how many elements of constant weights it reads (a ``Constant``
+reached through ``Convert`` / ``Reshape`` / ``Transpose`` / decompression or ``FakeQuantize`` nodes; an
+activation x activation product such as attention reads none), so that the time the runtime needs to stream
+them from memory can be set beside the time of their arithmetic (``per_node``; the roofline of
+:func:`maskst.bench.ceilings.roofline`).
+
 Element-wise work (normalisations, activations, softmax, additions) is left out: it is memory bound
 and a few percent of the arithmetic of the graphs here; ``other_ops`` in the result counts those
 nodes. An op type that does tensor arithmetic but has no rule here (``Einsum``, ``DeformableConvolution``)
@@ -27,8 +33,8 @@ from pathlib import Path
 
 from maskst.errors import BackendError, EngineError
 
-COUNTED = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
-           "ScaledDotProductAttention")
+CONVOLUTIONS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData")
+COUNTED = ("MatMul", *CONVOLUTIONS, "ScaledDotProductAttention")
 NOT_COUNTABLE = ("Einsum", "DeformableConvolution", "BinaryConvolution")
 
 
@@ -42,6 +48,7 @@ class FlopCount:
     by_op: dict[str, int]  # op type -> FLOPs
     nodes: dict[str, int]  # op type -> number of counted nodes
     uncounted: dict[str, int]  # op types with tensor arithmetic but no rule here -> node count
+    per_node: list[list] = dataclasses.field(default_factory=list)  # [op type, FLOPs, weight elements] per counted node
     method: str = "direct algorithm for convolutions; 2 FLOPs per multiply-add; MatMul/Gemm/Conv/ConvTranspose/SDPA only"
 
     @property
@@ -94,20 +101,50 @@ def op_flops(op) -> int | None:
     return None
 
 
+# nodes between a weight Constant and the op that reads it: casts, layout changes, int8 decompression
+# (Convert -> Subtract zero point -> Multiply scale) and FakeQuantize; their first input leads to the Constant
+WEIGHT_PATH = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Subtract", "Multiply", "FakeQuantize")
+
+
+def _weight_elements(port) -> int:
+    """Elements of the constant weights an input port reads (0: the input is an activation)."""
+    node = port.get_source_output().get_node()
+    for _ in range(8):  # the chains above are short; a longer one is not a weight path
+        kind = node.get_type_name()
+        if kind == "Constant":
+            return math.prod(int(d) for d in node.get_output_shape(0))
+        if kind not in WEIGHT_PATH:
+            return 0
+        node = node.input(0).get_source_output().get_node()
+    return 0
+
+
+def op_weight_elements(op) -> int:
+    """Constant weight elements a counted node reads: a MatMul's constant operand, a convolution's kernel."""
+    if op.get_type_name() == "MatMul":
+        return sum(_weight_elements(op.input(i)) for i in range(2))
+    if op.get_type_name() in CONVOLUTIONS:  # the kernel is input 1
+        return _weight_elements(op.input(1))
+    return 0
+
+
 def count_model(model, graph: str, shapes: dict[str, list[int]]) -> FlopCount:
     """Count an ``openvino.Model`` already reshaped to ``shapes``."""
     by_op: dict[str, int] = {}
     nodes: dict[str, int] = {}
     uncounted: dict[str, int] = {}
+    per_node: list[list] = []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         flops = op_flops(op)
         if flops is not None:
             by_op[kind] = by_op.get(kind, 0) + flops
             nodes[kind] = nodes.get(kind, 0) + 1
+            per_node.append([kind, flops, op_weight_elements(op)])
         elif kind in NOT_COUNTABLE:
             uncounted[kind] = uncounted.get(kind, 0) + 1
-    return FlopCount(graph, {k: list(v) for k, v in shapes.items()}, sum(by_op.values()), by_op, nodes, uncounted)
+    return FlopCount(graph, {k: list(v) for k, v in shapes.items()}, sum(by_op.values()), by_op, nodes, uncounted,
+                     per_node)
 
 
 def graph_flops(path: Path, graph: str, shapes: dict[str, list[int]]) -> FlopCount:
