@@ -121,23 +121,23 @@ def phases(mode: str, graph: str, precision: str, cache: str, threads: int | Non
         for chunk in iter(lambda: handle.read(1 << 24), b""):
             digest.update(chunk)
     OUT_DIR.mkdir(exist_ok=True)
-    np.save(OUT_DIR / f"{graph}-{precision}-{mode}.npy", out)
+    np.save(OUT_DIR / f"{engines.name}-{graph}-{precision}-{mode}.npy", out)  # the engines' name: compared like with like
     record = {"mode": mode, "graph": graph, "precision": precision, "threads": threads, "shapes": shapes, "rows": rows,
               "peak_mib": max(r["peak_in_phase_mib"] for r in rows), "blob_mib": blob.stat().st_size >> 20,
               "blob_sha256": digest.hexdigest()}
     for other in ("phases", "phases-bytesio"):
-        reference = OUT_DIR / f"{graph}-{precision}-{other}.npy"
+        reference = OUT_DIR / f"{engines.name}-{graph}-{precision}-{other}.npy"
         if other != mode and reference.is_file():
             record[f"max_abs_vs_{other}"] = float(np.abs(out - np.load(reference)).max())
     return record
 
 
-def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None, calls: int) -> dict:
+def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None, calls: int, engines: Path = ENGINES) -> dict:
     import openvino as ov
 
     from maskst.engines.manifest import load_manifest
 
-    manifest = load_manifest(ENGINES, verify_hashes=False)
+    manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
     shapes = _shapes(spec)
     feed = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
@@ -152,7 +152,7 @@ def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None
         record["loaded_from"] = list(runner.loaded_from.values())
         infer = lambda: runner.infer(feed)  # noqa: E731
     elif mode == "pinning":
-        return pinning(graph, precision, calls)
+        return pinning(graph, precision, calls, engines)
     else:
         core = ov.Core()
         if mode == "onnx-nommap":
@@ -192,7 +192,7 @@ def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None
     return record
 
 
-def pinning(graph: str, precision: str, calls: int) -> dict:
+def pinning(graph: str, precision: str, calls: int, engines: Path = ENGINES) -> dict:
     """ENABLE_CPU_PINNING on vs off, alternated calls, each with the other processes' load."""
     import openvino as ov
     from openvino._offline_transformations import compress_model_transformation
@@ -200,7 +200,7 @@ def pinning(graph: str, precision: str, calls: int) -> dict:
     from maskst.bench.bench import CpuShare
     from maskst.engines.manifest import load_manifest
 
-    manifest = load_manifest(ENGINES, verify_hashes=False)
+    manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
     shapes = _shapes(spec)
     feed = {name: np.random.default_rng(0).random(shape).astype(np.float32) for name, shape in shapes.items()}
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
     parser.add_argument("--mode", action="append", required=True,
                         choices=("onnx", "onnx-nommap", "onnx-f16", "ir", "runner", "pinning", "phases", "phases-bytesio"))
-    parser.add_argument("--engines", type=Path, default=ENGINES, help="engines folder (for --mode phases*)")
+    parser.add_argument("--engines", type=Path, default=ENGINES, help=f"engines folder (default {ENGINES})")
     parser.add_argument("--threads", type=int, help="INFERENCE_NUM_THREADS (for --mode phases*; default OpenVINO's)")
     parser.add_argument("--ir", help="OpenVINO IR (.xml) for --mode ir")
     parser.add_argument("--cache", help="compiled-model cache folder for --mode runner")
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
                 parser.error("--mode phases needs --cache (a folder of its own, not ~/.cache/maskst/openvino)")
             record = phases(args.mode[0], args.graph, args.precision, args.cache, args.threads, args.engines)
         else:
-            record = one(args.mode[0], args.graph, args.precision, args.ir, args.cache, args.calls)
+            record = one(args.mode[0], args.graph, args.precision, args.ir, args.cache, args.calls, args.engines)
         print(json.dumps(record))
         return 0
     records = []
