@@ -9,11 +9,17 @@ Modes: ``onnx`` (read the ONNX graph, static reshape, compile: the issue-5 runne
 (the same without memory-mapping the weights), ``onnx-f16`` (weights to f16 in memory before
 compiling), ``ir`` (an OpenVINO IR file given with ``--ir``, e.g. from ``python -m
 maskst.bench.unet_variants maskst-ov``), ``runner`` (maskst's ``OpenVinoRunner`` with its
-compiled-model cache in ``--cache``: run it twice for a miss and a hit), and ``pinning`` (two compiles
-with ``ENABLE_CPU_PINNING`` on and off, calls alternated, each call's other load recorded).
+compiled-model cache in ``--cache``: run it twice for a miss and a hit), ``pinning`` (two compiles
+with ``ENABLE_CPU_PINNING`` on and off, calls alternated, each call's other load recorded), and ``phases`` /
+``phases-bytesio`` (a cache miss step by step, the runner's own calls: read, reshape, f16 weights, compile,
+export the blob into ``--cache``, import it back, page out, first call; RSS after each phase and the peak within
+it; ``phases`` streams the blob to its file as the runner does, ``phases-bytesio`` is the runner before that
+change: the blob built in an ``io.BytesIO``, then written).
 
     python bench/openvino_memory.py --graph unet --precision bf16 --mode onnx --mode onnx-f16 \\
         --mode runner --mode runner --cache /tmp/ov-cache --json bench/results/issue15-unet-memory.json
+    python bench/openvino_memory.py --engines ~/.cache/maskst/bench-full-0.1.0/engines-deepcache --graph unet \\
+        --precision f32 --mode phases-bytesio --mode phases --cache /tmp/ovmem-cache --threads 2
 """
 
 from __future__ import annotations
@@ -48,12 +54,90 @@ def _shapes(spec) -> dict:
     return {t.name: list(shapes[t.name]) for t in spec.inputs}
 
 
-def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None, calls: int) -> dict:
+def phases(mode: str, graph: str, precision: str, cache: str, threads: int | None, engines: Path) -> dict:
+    """A cache miss of ``OpenVinoRunner`` phase by phase: RSS after each phase and the peak within it (VmHWM,
+    reset between phases through /proc/self/clear_refs), the blob's size and SHA-256, the first call's output."""
+    import hashlib
+    import io
+
+    from maskst.engines.manifest import load_manifest
+    from maskst.runtime.openvino_runner import OpenVinoRunner, _core, export_blob, release_pages
+
+    manifest = load_manifest(engines, verify_hashes=False)
+    spec = manifest.graph_spec(graph)
+    shapes = _shapes(spec)
+    runner = OpenVinoRunner(spec, manifest.graph_path(graph), precision=precision, cache_dir=Path(cache), threads=threads)
+    runner.activate()
+    rows = []
+    started = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        status = _status()
+        rows.append({"phase": name, "rss_mib": status["VmRSS"], "anon_mib": status["RssAnon"], "file_mib": status["RssFile"],
+                     "peak_in_phase_mib": status["VmHWM"], "s": round(time.perf_counter() - started[0], 1)})
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the next row's peak is its own phase's
+        started[0] = time.perf_counter()
+
+    phase("start")
+    model = runner._read_model()
+    phase("read_model")
+    names = {n for port in model.inputs for n in port.get_names()}
+    shapes = {k: v for k, v in shapes.items() if k in names}
+    model.reshape(shapes)
+    phase("reshape")
+    if runner.compress_weights:
+        from openvino._offline_transformations import compress_model_transformation
+
+        compress_model_transformation(model)
+        phase("f16 weights")
+    compiled = _core().compile_model(model, "CPU", runner.config)
+    del model
+    phase("compile_model")
+    blob = runner.blob_path(shapes)
+    blob.unlink(missing_ok=True)
+    if mode == "phases":
+        export_blob(compiled, blob)
+        phase("export_model to the file")
+    else:  # the runner before: the whole blob in memory, then written
+        stream = io.BytesIO()
+        compiled.export_model(stream)
+        phase("export_model to io.BytesIO")
+        tmp = blob.with_suffix(".tmp")
+        tmp.write_bytes(stream.getbuffer())
+        tmp.replace(blob)
+        del stream
+        phase("write the blob, free the BytesIO")
+    del compiled
+    phase("drop the compiled model")
+    compiled, mapped = runner._import_blob(blob)
+    phase("import the blob")
+    release_pages(mapped)
+    phase("page the blob out")
+    feed = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
+    out = np.array(compiled.create_infer_request().infer(feed)[0], copy=True)
+    phase("first call")
+    digest = hashlib.sha256()
+    with open(blob, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    OUT_DIR.mkdir(exist_ok=True)
+    np.save(OUT_DIR / f"{engines.name}-{graph}-{precision}-{mode}.npy", out)  # the engines' name: compared like with like
+    record = {"mode": mode, "graph": graph, "precision": precision, "threads": threads, "shapes": shapes, "rows": rows,
+              "peak_mib": max(r["peak_in_phase_mib"] for r in rows), "blob_mib": blob.stat().st_size >> 20,
+              "blob_sha256": digest.hexdigest()}
+    for other in ("phases", "phases-bytesio"):
+        reference = OUT_DIR / f"{engines.name}-{graph}-{precision}-{other}.npy"
+        if other != mode and reference.is_file():
+            record[f"max_abs_vs_{other}"] = float(np.abs(out - np.load(reference)).max())
+    return record
+
+
+def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None, calls: int, engines: Path = ENGINES) -> dict:
     import openvino as ov
 
     from maskst.engines.manifest import load_manifest
 
-    manifest = load_manifest(ENGINES, verify_hashes=False)
+    manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
     shapes = _shapes(spec)
     feed = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
@@ -68,7 +152,7 @@ def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None
         record["loaded_from"] = list(runner.loaded_from.values())
         infer = lambda: runner.infer(feed)  # noqa: E731
     elif mode == "pinning":
-        return pinning(graph, precision, calls)
+        return pinning(graph, precision, calls, engines)
     else:
         core = ov.Core()
         if mode == "onnx-nommap":
@@ -108,7 +192,7 @@ def one(mode: str, graph: str, precision: str, ir: str | None, cache: str | None
     return record
 
 
-def pinning(graph: str, precision: str, calls: int) -> dict:
+def pinning(graph: str, precision: str, calls: int, engines: Path = ENGINES) -> dict:
     """ENABLE_CPU_PINNING on vs off, alternated calls, each with the other processes' load."""
     import openvino as ov
     from openvino._offline_transformations import compress_model_transformation
@@ -116,7 +200,7 @@ def pinning(graph: str, precision: str, calls: int) -> dict:
     from maskst.bench.bench import CpuShare
     from maskst.engines.manifest import load_manifest
 
-    manifest = load_manifest(ENGINES, verify_hashes=False)
+    manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
     shapes = _shapes(spec)
     feed = {name: np.random.default_rng(0).random(shape).astype(np.float32) for name, shape in shapes.items()}
@@ -152,7 +236,9 @@ def main(argv=None) -> int:
     parser.add_argument("--graph", default="unet")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
     parser.add_argument("--mode", action="append", required=True,
-                        choices=("onnx", "onnx-nommap", "onnx-f16", "ir", "runner", "pinning"))
+                        choices=("onnx", "onnx-nommap", "onnx-f16", "ir", "runner", "pinning", "phases", "phases-bytesio"))
+    parser.add_argument("--engines", type=Path, default=ENGINES, help=f"engines folder (default {ENGINES})")
+    parser.add_argument("--threads", type=int, help="INFERENCE_NUM_THREADS (for --mode phases*; default OpenVINO's)")
     parser.add_argument("--ir", help="OpenVINO IR (.xml) for --mode ir")
     parser.add_argument("--cache", help="compiled-model cache folder for --mode runner")
     parser.add_argument("--calls", type=int, default=3)
@@ -160,7 +246,13 @@ def main(argv=None) -> int:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.mode[0], args.graph, args.precision, args.ir, args.cache, args.calls)))
+        if args.mode[0].startswith("phases"):
+            if not args.cache:
+                parser.error("--mode phases needs --cache (a folder of its own, not ~/.cache/maskst/openvino)")
+            record = phases(args.mode[0], args.graph, args.precision, args.cache, args.threads, args.engines)
+        else:
+            record = one(args.mode[0], args.graph, args.precision, args.ir, args.cache, args.calls, args.engines)
+        print(json.dumps(record))
         return 0
     records = []
     for mode in args.mode:
@@ -168,6 +260,7 @@ def main(argv=None) -> int:
                "--calls", str(args.calls)]
         cmd += ["--ir", args.ir] if args.ir else []
         cmd += ["--cache", args.cache] if args.cache else []
+        cmd += ["--engines", str(args.engines)] + (["--threads", str(args.threads)] if args.threads else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
@@ -175,7 +268,7 @@ def main(argv=None) -> int:
             continue
         record = json.loads(proc.stdout.strip().splitlines()[-1])
         records.append(record)
-        print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
+        print(json.dumps({k: v for k, v in record.items() if k != "rows" or mode.startswith("phases")}), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "records": records}, indent=2))
     return 0

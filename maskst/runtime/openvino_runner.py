@@ -31,7 +31,8 @@ Compiled models are cached by maskst (``CACHE_DIR`` is not used) under ``~/.cach
 the folder given as ``compile_cache`` (maskst-run ``--compile-cache DIR``; ``--no-compile-cache``
 disables it): one blob per graph file (path, size, modification time of the graph and its external
 data), input shapes, precision, compile properties, OpenVINO version and CPU (model and ISA flags),
-written by ``export_model`` after the first compile and imported through a memory map afterwards, so a
+written by ``export_model`` after the first compile and imported through a memory map afterwards (the
+imported model replaces the compiled one, so a first compile also ends with file-backed weights), so a
 cache hit never reads the ONNX graph (OpenVINO's own cache read and hashed the whole graph first: 18 GB
 instead of 14 GB peak for the pipeline) and the model's weights stay file-backed. A blob OpenVINO refuses
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
@@ -43,6 +44,16 @@ once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its larges
 (:meth:`Runner.prepare`), before the other graphs' weights are resident. Without the cache a compiled model
 keeps the weights it was compiled from (UNet: 3.6 GB bf16, 7.0 GB f32).
 
+A cache miss never holds the blob in memory: it is streamed into its file as OpenVINO serializes it
+(:func:`export_blob`). Measured on the full UNet, 256 px, phase by phase
+(``bench/openvino_memory.py --mode phases``, docs/benchmarks.md): compiling holds the fp32 graph's mapped weights
+and the repacked ones (f32: 3.4 + 3.5 GB), and exporting into an ``io.BytesIO`` added the whole 3.4 GB blob on
+top: 10.3 GB peak for f32 (bf16: 5.3 GB), against 6.9 GB (3.6 GB) for the import of a cache hit. Streamed to the
+file, the export adds ~0.1 GB (one constant at a time), the blob the same byte for byte: f32 peaks at 7.1 GB;
+bf16 at 5.1 GB, now in the f16 conversion before the compile (the mapped fp32 file and the f16 copies).
+OpenVINO's weightless blobs (``CACHE_MODE=OPTIMIZE_SIZE``, 3 MB) were not taken: the CPU plugin could not import
+one with the ONNX weights as ``WEIGHTS_PATH``, and a hit would need the ONNX graph read and its weights mapped.
+
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
 static), and recompiled (and cached) for new shapes; static shapes ran the UNet step at ~1.0 s
 against 1.2-2.4 s with dynamic shapes here. Outputs are OpenVINO's own output tensors, shared: like
@@ -52,6 +63,7 @@ the ONNX Runtime runner's buffers they stay valid until the next ``infer`` of th
 from __future__ import annotations
 
 import functools
+import io
 import mmap
 import os
 import time
@@ -174,6 +186,51 @@ def release_pages(mapped: mmap.mmap) -> bool:
     return True
 
 
+class _FileSink(io.BytesIO):
+    """The ``io.BytesIO`` that ``CompiledModel.export_model`` insists on, writing to a file instead of memory.
+
+    OpenVINO's Python binding takes only an ``io.BytesIO`` (or returns one) and drives it through its Python
+    methods: 2026.4 streams the blob in pieces (``write`` per constant, ``seek`` / ``tell`` to patch the header,
+    ``flush``), older bindings make one ``write`` of the whole blob. Every byte passes through these overrides,
+    so the blob goes to the file and never exists in memory: a real ``io.BytesIO`` held the whole blob next to
+    the compiled model's weights (UNet f32, 256 px: 10.3 GB peak at the export instead of 7.1 GB).
+    """
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+
+    def write(self, data) -> int:
+        return self._handle.write(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def export_blob(compiled, blob: Path) -> None:
+    """Write ``compiled.export_model()`` to ``blob`` through a file, atomically (a reader sees the old blob or
+    the whole new one; no partial ``.tmp`` file is left behind when the export or the write fails)."""
+    tmp = blob.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            sink = _FileSink(handle)
+            compiled.export_model(sink)
+            # a binding that wrote through a method not overridden above would leave (part of) the blob in the
+            # BytesIO's own buffer and a wrong file: refused rather than cached
+            if sink.getbuffer().nbytes:
+                raise BackendError("OpenVINO's export_model bypassed the file sink; the compiled model is not cached")
+        tmp.replace(blob)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _cpu_identity() -> dict:
     """What a compiled CPU blob depends on besides the model: the CPU model and its ISA flags."""
     from maskst.hardware import cpu_info
@@ -278,8 +335,6 @@ class OpenVinoRunner(Runner):
 
     def _compile(self, shapes: dict[str, list[int]], blob: Path | None):
         """Read, reshape to static ``shapes``, (f16 weights,) compile; write the blob if caching."""
-        import io
-
         model = self._read_model()
         # Static shapes for this call: no per-shape kernel preparation on the first inference.
         model.reshape(shapes)
@@ -293,12 +348,7 @@ class OpenVinoRunner(Runner):
             raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
         del model
         if blob is not None:
-            stream = io.BytesIO()
-            compiled.export_model(stream)
-            tmp = blob.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(stream.getbuffer())
-            del stream
-            tmp.replace(blob)  # atomic: a reader sees the old blob or the whole new one
+            export_blob(compiled, blob)
         return compiled
 
     def _compiled_for(self, feed: dict[str, np.ndarray]):
