@@ -45,14 +45,16 @@ if stage == "record":
 elif stage == "quantize":
     from maskst.engines.int8 import INT8_GRAPHS, Int8Scheme, quantize_file, split_calibration
     from maskst.engines.manifest import load_manifest
+    from maskst.export.options import DEFAULT_CALIBRATION_PROMPTS
 
     scheme = Int8Scheme(sys.argv[4])
-    graphs = sys.argv[5].split(",") if len(sys.argv) > 5 else INT8_GRAPHS
     manifest = load_manifest(engines, verify_hashes=False)
     feeds = pickle.load(open(out / "feeds.pkl", "rb"))
+    # the DeepCache graphs only where the engines have them (recorded)
+    graphs = sys.argv[5].split(",") if len(sys.argv) > 5 else [g for g in INT8_GRAPHS if feeds.get(g)]
     (out / scheme.value).mkdir(exist_ok=True)
     for graph in graphs:
-        calibration, _held = split_calibration(feeds[graph])
+        calibration, _held = split_calibration(feeds[graph], generations=len(DEFAULT_CALIBRATION_PROMPTS))
         info = quantize_file(manifest.graph_path(graph), out / scheme.value / f"{graph}.int8.xml", scheme, calibration)
         info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(graph, info, flush=True)
@@ -64,13 +66,15 @@ elif stage == "eval":
     from maskst.contract.compare import run_onnx_cpu
     from maskst.engines.int8 import split_calibration
     from maskst.engines.manifest import load_manifest
+    from maskst.export.options import DEFAULT_CALIBRATION_PROMPTS
     from maskst.runtime.openvino_runner import OpenVinoRunner
 
     scheme, graph = sys.argv[4], sys.argv[5]
     rounds = int(sys.argv[6]) if len(sys.argv) > 6 else 8
     manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
-    _calibration, held = split_calibration(pickle.load(open(out / "feeds.pkl", "rb"))[graph])
+    _calibration, held = split_calibration(pickle.load(open(out / "feeds.pkl", "rb"))[graph],
+                                           generations=len(DEFAULT_CALIBRATION_PROMPTS))
     name = spec.outputs[0].name
     reference = [r[name] for r in run_onnx_cpu(manifest.graph_path(graph), held)]
     gc.collect()

@@ -33,6 +33,10 @@ FEATURE = "deep_feature"
 CACHE_BRANCH_ID = 0  # DeepCacheSDHelper.set_params(cache_branch_id=0): the paper's SD setting
 MAX_INTERVAL = 1000  # the steps limit of GenerationConfig: an interval above the step count runs one full step
 EXPORT_FLAG = "--deepcache"
+# DeepCache interval of the maskst-export --int8 calibration pass that records unet_deep / unet_shallow
+# (maskst.runtime.calibration): the interval docs/deepcache.md recommends and the benchmark measures; at 10 steps
+# (11 UNet calls with PNDM) 4 deep and 7 shallow calls per prompt, the cached feature 1 and 2 steps old as at run time
+CALIBRATION_INTERVAL = 3
 
 
 def is_full_step(index: int, interval: int) -> bool:

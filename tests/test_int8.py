@@ -341,3 +341,192 @@ def test_other_int8_schemes_quantize_within_the_tolerance(int8_engines, style_im
         assert ("FakeQuantize" in record["nodes"]) == chosen.calibrated
         limit = WORST_OF_PEAK if chosen.calibrated else 0.1  # weight-only: measured <= 4.2% (UNet), 2.3% (VAE)
         assert max(max(v["max_err_of_peak"]) for v in record["error"].values()) <= limit
+
+
+# --------------------------------------------------------------- the DeepCache graphs: maskst-export --int8 --deepcache
+
+DEEPCACHE_GRAPHS = ("unet_deep", "unet_shallow")
+# calls per calibration generation (10 steps: 11 UNet calls with PNDM) with DeepCache every 3rd call
+# (maskst.deepcache.CALIBRATION_INTERVAL): full calls 0, 3, 6, 9 run unet_deep, the 7 others unet_shallow
+DEEPCACHE_CALLS = {"unet_deep": 4, "unet_shallow": 7}
+# mean error of unet_deep: measured up to 0.22 of the mean magnitude (vs the unet's 0.14) on the tiny models: 8
+# calibration calls (full steps only) against the unet's 22; unet_shallow measured <= 0.10 (MEAN_REL_UNET holds)
+MEAN_REL_DEEP = 0.35
+
+
+@pytest.fixture(scope="module")
+def int8_deepcache_engines(tiny, tmp_path_factory):
+    """--int8 --deepcache on the tiny models. max_regions 1: the regional parity feeds of three UNet graphs cost
+    ~10 s of export, and the calibration generations are non-regional either way."""
+    return _export_int8(tiny, tmp_path_factory.mktemp("engines") / "int8_deepcache", deepcache=True,
+                        max_regions=1).folder
+
+
+def test_export_int8_deepcache_quantizes_the_deepcache_graphs(int8_deepcache_engines):
+    from maskst.engines.int8 import INT8_TOLERANCE, missing_int8_graphs
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(int8_deepcache_engines)  # the new IRs are recorded files like the others
+    assert manifest.data["int8"]["graphs"] == ["unet", "vae_decoder", *DEEPCACHE_GRAPHS]
+    assert missing_int8_graphs(manifest.data) == ()
+    # the plain unet is calibrated as without --deepcache: every step of the plain generations
+    assert manifest.data["graphs"]["unet"]["int8"]["calibration_cases"] == len(CALIBRATION_PROMPTS) * 11 // 2
+    for name in DEEPCACHE_GRAPHS:
+        record = manifest.data["graphs"][name]["int8"]
+        assert record["file"] == f"{name}.int8.xml" and record["weights"] == f"{name}.int8.bin"
+        assert record["file"] in manifest.data["files"] and record["weights"] in manifest.data["files"]
+        assert manifest.data["graphs"][name]["file"] == f"{name}.onnx"
+        assert record["nodes"]["FakeQuantize"] > 0 and record["nodes"]["int8_weight_constants"] > 0
+        calls = len(CALIBRATION_PROMPTS) * DEEPCACHE_CALLS[name]
+        assert record["calibration_cases"] == calls // 2 and record["held_out_cases"] == 4
+        outputs = [t.name for t in manifest.graph_spec(name).outputs]  # unet_deep: noise_pred and deep_feature
+        assert set(record["error"]) == set(outputs)
+        assert len(record["parity"]) == 4 * len(outputs) and {r["output"] for r in record["parity"]} == set(outputs)
+        for r in record["parity"]:
+            assert r["passed"] and r["reference"] == "onnxruntime-cpu fp32"
+            assert r["atol"] > 0 and 0 < r["max_abs_err"] <= r["atol"]  # atol = INT8_TOLERANCE x the peak
+        for error in record["error"].values():
+            assert all(0 < e <= WORST_OF_PEAK for e in error["max_err_of_peak"])
+            assert max(error["mean_err_of_mean"]) <= (MEAN_REL_DEEP if name == "unet_deep" else MEAN_REL_UNET)
+
+
+def test_shallow_calibration_feature_comes_from_the_deep_calls(int8_deepcache_engines):
+    """The DeepCache pass records what runs: each unet_shallow feed's deep_feature is the output of the
+    unet_deep call before it (recorded on ONNX Runtime here, so the fp32 deep graph gives it back exactly)."""
+    from maskst.contract.compare import run_onnx_cpu
+    from maskst.runtime.calibration import record_feeds
+
+    feeds = record_feeds(int8_deepcache_engines, CALIBRATION_PROMPTS[:1], DEEPCACHE_GRAPHS, 64, backend="ort-cpu",
+                         threads=1)
+    deep, shallow = feeds["unet_deep"], feeds["unet_shallow"]
+    assert (len(deep), len(shallow)) == (DEEPCACHE_CALLS["unet_deep"], DEEPCACHE_CALLS["unet_shallow"])
+    features = [r["deep_feature"] for r in run_onnx_cpu(int8_deepcache_engines / "unet_deep.onnx", deep)]
+    for j, feed in enumerate(shallow):  # interval 3: each full call is followed by two cached ones
+        np.testing.assert_allclose(feed["deep_feature"], features[j // 2], rtol=0, atol=1e-6)
+        assert not np.array_equal(feed["sample"], deep[j // 2]["sample"])  # a later step's latents
+
+
+def _deepcache_generation(engines: Path, backend: str, style_image: Path, interval: int, seed=7):
+    """(result, {UNet graph: (file its runner loaded, int8 scheme, calls, shapes compiled)}) of one request."""
+    from maskst.generation import GenerationConfig
+    from maskst.runtime.pipeline import MaskstPipeline, PipelineCallback
+
+    class Calls(PipelineCallback):
+        def __init__(self):
+            self.count: dict[str, int] = {}
+
+        def on_infer_start(self, graph):
+            self.count[graph] = self.count.get(graph, 0) + 1
+
+    calls = Calls()
+    config = GenerationConfig.create(prompt="a red car on a road", style=(style_image,), content="a house", steps=6,
+                                     height=64, width=64, seed=seed, deepcache_interval=interval)
+    with MaskstPipeline(engines, backend=backend, threads=1, compile_cache=False, callbacks=[calls]) as pipeline:
+        result = pipeline.generate(config)
+        ran = {g: (r.path.name, getattr(r, "int8_scheme", None), calls.count.get(g, 0), len(getattr(r, "loaded_from", {})))
+               for g, r in pipeline.runners.items() if g.startswith("unet")}
+    return result, ran
+
+
+def test_openvino_int8_deepcache_runs_the_int8_graphs_close_to_fp32(int8_deepcache_engines, style_image):
+    """--backend openvino-int8 --deepcache-interval 3: unet_deep and unet_shallow run from their int8 IRs, and
+    the image stays as close to the fp32 DeepCache image (ort-cpu, same request) as int8 stays without DeepCache.
+
+    Measured on the tiny models (uint8 levels, 6 steps): here int8+DeepCache vs fp32+DeepCache mean 9.2, 99th
+    percentile 38, max 64; with the demo style image and seeds 7 / 3 / 11 mean 9.8 / 12.4 / 10.1, p99 40 / 50 / 46,
+    where int8 vs fp32 without DeepCache gives 7.5 / 11.3 / 7.2, p99 36 / 54 / 33 (the cached steps reuse the int8
+    deep call's feature, so its error lasts two more steps). The bounds sit above those and far below an
+    unrelated image (another seed: mean ~63). DeepCache's own deviation from full computation (mean ~24-28 on
+    random weights) is a property of the schedule, not of int8: int8 gives it at 0.98-1.10x fp32's (bounded at
+    0.75-1.33x)."""
+    got, ran = _deepcache_generation(int8_deepcache_engines, "openvino-int8", style_image, 3)
+    # 6 steps (7 UNet calls with PNDM): full calls 0, 3, 6, cached 1, 2, 4, 5; each runner ran from its int8 IR
+    assert ran["unet_deep"] == ("unet_deep.int8.xml", "hybrid", 3, 1)
+    assert ran["unet_shallow"] == ("unet_shallow.int8.xml", "hybrid", 4, 1)
+    assert ran["unet"][2] == 0  # the plain unet is loaded (interval-1 requests) but not called
+    expected, ran_fp32 = _deepcache_generation(int8_deepcache_engines, "ort-cpu", style_image, 3)
+    assert ran_fp32["unet_deep"][0] == "unet_deep.onnx"
+    diff = np.abs(got.images.astype(int) - expected.images.astype(int))
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    unrelated, _ = _deepcache_generation(int8_deepcache_engines, "ort-cpu", style_image, 3, seed=8)
+    unrelated = np.abs(unrelated.images.astype(int) - expected.images.astype(int)).mean()
+    assert diff.mean() <= 14 and np.percentile(diff, 99) <= 60, (diff.mean(), np.percentile(diff, 99))
+    assert diff.mean() < 0.5 * unrelated, (diff.mean(), unrelated)
+    assert diff.max() > 0
+    int8_full, ran_full = _deepcache_generation(int8_deepcache_engines, "openvino-int8", style_image, 1)
+    fp32_full, _ = _deepcache_generation(int8_deepcache_engines, "ort-cpu", style_image, 1)
+    assert ran_full["unet"][:3] == ("unet.int8.xml", "hybrid", 7)
+    int8_deviation = np.abs(got.images.astype(int) - int8_full.images.astype(int)).mean()
+    fp32_deviation = np.abs(expected.images.astype(int) - fp32_full.images.astype(int)).mean()
+    assert 0.75 <= int8_deviation / fp32_deviation <= 1.33, (int8_deviation, fp32_deviation)
+
+
+def test_bad_calibration_fails_the_deepcache_graphs_too(int8_deepcache_engines, tmp_path):
+    """Calibrated on latents and cached features 100x too small, both DeepCache graphs fail the held-out check,
+    reported together in one ParityError (the hook quantizes every graph before raising). The export-level
+    guarantees (no folder, no staging files) are the same code for every graph:
+    test_bad_calibration_fails_the_int8_parity_check."""
+    import shutil
+
+    from maskst.engines.int8 import Int8Scheme, quantize_graphs, split_calibration
+    from maskst.errors import ParityError
+    from maskst.runtime.calibration import record_feeds
+
+    folder = tmp_path / "eng"
+    shutil.copytree(int8_deepcache_engines, folder)
+    graphs = json.loads((folder / "manifest.json").read_text())["graphs"]
+    graphs = {name: {k: v for k, v in graphs[name].items() if k != "int8"} for name in DEEPCACHE_GRAPHS}
+    prompts = CALIBRATION_PROMPTS[:2]
+    feeds = record_feeds(folder, prompts, DEEPCACHE_GRAPHS, 64, threads=1)
+    for name in DEEPCACHE_GRAPHS:
+        for feed in split_calibration(feeds[name], generations=len(prompts))[0]:  # the calibrating calls only
+            for key in ("sample", "deep_feature"):
+                if key in feed:
+                    feed[key] = feed[key] * 0.01
+    with pytest.raises(ParityError, match="int8 tolerance") as caught:
+        quantize_graphs(folder, graphs, feeds, Int8Scheme.HYBRID, generations=len(prompts))
+    assert {r.graph for r in caught.value.failures} == set(DEEPCACHE_GRAPHS)
+    assert all(graphs[name]["int8"]["parity"] for name in DEEPCACHE_GRAPHS)  # each graph measured, then one raise
+
+
+def test_int8_set_without_the_deepcache_irs_is_refused_with_the_fix(int8_deepcache_engines, tmp_path):
+    """Engines with the DeepCache graphs and an int8 set from before --int8 quantized them: openvino-int8 refuses
+    the DeepCache graphs (naming the re-export and the explicit float choice) rather than running them in bf16
+    unseen; the explicit variant runs them from their fp32 graphs and keeps the int8 unet / VAE."""
+    import shutil
+
+    from maskst.engines.int8 import missing_int8_graphs
+    from maskst.engines.manifest import MANIFEST_NAME, load_manifest, write_manifest
+    from maskst.errors import EngineError, InputError
+    from maskst.runtime.backends import RunnerOptions, parse_backend
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    folder = tmp_path / "old"
+    shutil.copytree(int8_deepcache_engines, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    for name in DEEPCACHE_GRAPHS:
+        record = data["graphs"][name].pop("int8")
+        (folder / record["file"]).unlink()
+        (folder / record["weights"]).unlink()
+    data["int8"]["graphs"] = ["unet", "vae_decoder"]
+    write_manifest(folder, {k: v for k, v in data.items() if k not in ("format", "schema", "files")})
+    manifest = load_manifest(folder)
+    assert missing_int8_graphs(manifest.data) == DEEPCACHE_GRAPHS
+    with pytest.raises(EngineError, match=r"re-export with maskst-export --int8 --deepcache --force.*"
+                                          r"openvino-int8:unet_deep=auto:unet_shallow=auto"):
+        MaskstPipeline(folder, backend="openvino-int8", deepcache=True)
+    options = RunnerOptions(threads=1, compile_cache=False)
+    explicit = parse_backend("openvino-int8:unet_deep=auto:unet_shallow=auto")
+    assert [explicit.runner(manifest, g, options).path.name for g in ("unet", "unet_deep", "unet_shallow")] == [
+        "unet.int8.xml", "unet_deep.onnx", "unet_shallow.onnx"]
+    # on the full set: the DeepCache graphs follow unet's choice unless named, as on the openvino backend
+    full = load_manifest(int8_deepcache_engines)
+    names = lambda spec: [parse_backend(spec).runner(full, g, options).path.name  # noqa: E731
+                          for g in ("unet", "unet_deep", "unet_shallow")]
+    assert names("openvino-int8") == ["unet.int8.xml", "unet_deep.int8.xml", "unet_shallow.int8.xml"]
+    assert names("openvino-int8:unet=bf16") == ["unet.onnx", "unet_deep.onnx", "unet_shallow.onnx"]
+    assert names("openvino-int8:unet_shallow=f32") == ["unet.int8.xml", "unet_deep.int8.xml", "unet_shallow.onnx"]
+    assert parse_backend("openvino:unet=f32:unet_deep=bf16").runner(full, "unet_deep", options).precision == "bf16"
+    assert parse_backend("openvino:unet=f32").runner(full, "unet_shallow", options).precision == "f32"
+    with pytest.raises(InputError, match="unet_shallow"):  # the accepted names are listed
+        parse_backend("openvino:unet_middle=f32")

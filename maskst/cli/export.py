@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli
+from maskst.deepcache import CALIBRATION_INTERVAL
 from maskst.errors import InputError
 from maskst.engines.int8 import Int8Scheme
 from maskst.export.options import ExportOptions, Precision, Target
@@ -68,10 +69,12 @@ def _family_sizes(index: int) -> str:
 @click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True)
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
 @click.option("--int8", is_flag=True,
-              help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), for maskst-run --backend "
-                   "openvino-int8; the fp32 ONNX graphs stay for every other backend. Needs pip install 'maskst[int8]'. "
-                   "Calibration runs one generation per calibration prompt on the new engines (OpenVINO, "
-                   "--calibration-size, 10 steps). Only with --precision fp32.")
+              help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), with --deepcache also of "
+                   "unet_deep and unet_shallow, for maskst-run --backend openvino-int8; the fp32 ONNX graphs stay for "
+                   "every other backend. Needs pip install 'maskst[int8]'. Calibration runs one generation per "
+                   "calibration prompt on the new engines (OpenVINO, --calibration-size, 10 steps), with --deepcache "
+                   f"a second one with DeepCache on (interval {CALIBRATION_INTERVAL}) for the DeepCache graphs. Only "
+                   "with --precision fp32.")
 @click.option("--int8-scheme", type=click.Choice([s.value for s in Int8Scheme]), default=DEFAULTS.int8_scheme.value,
               show_default=True,
               help="hybrid: int8 weight-only MatMuls + int8 convolutions (weights and activations), calibrated; "
@@ -87,7 +90,7 @@ def _family_sizes(index: int) -> str:
 @click.option("--deepcache", is_flag=True,
               help="Also write the DeepCache step-caching graphs unet_deep (full UNet + cached feature) and "
                    "unet_shallow (the shallow layers that reuse it), for maskst-run --deepcache-interval N. Adds a "
-                   "second full UNet file to the folder; not with --controlnet / --styleshot.")
+                   "second full UNet file to the folder (with --int8 their int8 IRs too); not with --controlnet / --styleshot.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare the graphs with PyTorch after export (not recommended).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another export into the same folder to finish.")

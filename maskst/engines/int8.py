@@ -1,4 +1,5 @@
-"""``maskst-export --int8``: OpenVINO IR files of the UNet and the VAE decoder quantized with NNCF.
+"""``maskst-export --int8``: OpenVINO IR files of the UNet and the VAE decoder quantized with NNCF (with
+``--deepcache`` also of the DeepCache graphs ``unet_deep`` and ``unet_shallow``).
 
 The int8 graphs are *added* to an fp32 engines folder (``<graph>.int8.xml`` + ``.bin`` beside
 ``<graph>.onnx``); only the ``openvino-int8`` backend reads them, every other backend keeps running
@@ -20,10 +21,12 @@ Schemes (:class:`Int8Scheme`):
 * ``full``: ``nncf.quantize`` of MatMuls and convolutions alike (weights and activations; SmoothQuant on
   the MatMuls, NNCF's TRANSFORMER defaults), the edge convolutions left out. Calibrated.
 
-The same scheme is applied to both graphs (the VAE decoder has a few MatMuls: its mid-block attention).
+The same scheme is applied to every graph (the VAE decoder has a few MatMuls: its mid-block attention).
 
 Calibration data: the graph inputs recorded while the maskst pipeline generates images from the
-calibration prompts (``maskst.runtime.calibration``, through ``PipelineCallback.on_infer_inputs``);
+calibration prompts (``maskst.runtime.calibration``, through ``PipelineCallback.on_infer_inputs``); the
+DeepCache graphs' from generations with DeepCache on, so ``unet_shallow``'s ``deep_feature`` is what real
+``unet_deep`` calls returned;
 every other recorded call calibrates, the rest (at most :data:`HELD_OUT_CASES`) are held out for the
 error against the fp32 ONNX graph on ONNX Runtime CPU, through the one comparator
 (:mod:`maskst.contract.compare`) at :data:`INT8_TOLERANCE`.
@@ -41,9 +44,12 @@ import numpy as np
 
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
+from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import EngineError
 
-INT8_GRAPHS = ("unet", "vae_decoder")  # the graphs maskst-export --int8 quantizes (what openvino-int8 runs in int8)
+# the graphs maskst-export --int8 quantizes where the engines have them (what openvino-int8 runs in int8): the
+# DeepCache graphs exist only in engines exported with --deepcache
+INT8_GRAPHS = ("unet", "vae_decoder", DEEP_GRAPH, SHALLOW_GRAPH)
 HELD_OUT_CASES = 4  # recorded calls kept out of calibration and compared with fp32 (per graph)
 # int8 vs fp32 tolerance, element-wise, relative to each output's peak (Tolerance.atol_of_peak):
 # |int8 - fp32| <= 0.4 * max|fp32|, on inputs recorded from generations (held out of calibration).
@@ -207,42 +213,56 @@ def compare_int8(spec: GraphSpec, fp32_path: Path, int8_path: Path, feeds: list[
     return records, relative
 
 
-def split_calibration(feeds: list[dict[str, np.ndarray]], held_out: int = HELD_OUT_CASES):
+def split_calibration(feeds: list[dict[str, np.ndarray]], held_out: int = HELD_OUT_CASES, generations: int = 1):
     """(calibration feeds, held-out feeds): every other recorded call calibrates; of the others at
-    most ``held_out``, spread over the recording (early and late denoising steps alike)."""
-    calibration, rest = feeds[::2], feeds[1::2]
+    most ``held_out``, spread over the recording (early and late denoising steps alike).
+
+    ``generations``: how many generations recorded ``feeds`` (the same number of calls each). With an odd
+    number of calls per generation (the UNet: 11 at 10 steps) "every other" already alternates the steps
+    between generations; with an even number (``unet_deep`` with DeepCache every 3rd step: 4 calls) it would
+    hold out the same steps of every generation (steps 3 and 9: the last step never calibrated), so the
+    alternation flips at each generation: call ``i`` of generation ``g`` calibrates where ``i + g`` is even
+    (for an odd count that is the plain every-other split)."""
+    period = len(feeds) // generations if generations > 0 and len(feeds) % generations == 0 else 0
+    if period < 1:  # not one count per generation: the plain alternation
+        period = len(feeds) or 1
+    calibration = [f for i, f in enumerate(feeds) if (i % period + i // period) % 2 == 0]
+    rest = [f for i, f in enumerate(feeds) if (i % period + i // period) % 2 == 1]
     if len(rest) > held_out:
         rest = [rest[round(i * (len(rest) - 1) / max(1, held_out - 1))] for i in range(held_out)]
     return calibration, rest
 
 
 def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, list[dict[str, np.ndarray]]],
-                    scheme: Int8Scheme, check: bool = True, precision: str = "f32") -> dict:
-    """The exporter hook for ``--int8``: quantize the staged fp32 graphs of :data:`INT8_GRAPHS` in ``folder``.
+                    scheme: Int8Scheme, check: bool = True, precision: str = "f32", generations: int = 1) -> dict:
+    """The exporter hook for ``--int8``: quantize the staged fp32 graphs of :data:`INT8_GRAPHS` in ``folder``
+    (those ``graphs`` has: the DeepCache ones only in ``--deepcache`` engines).
 
     ``graphs``: the manifest's ``graphs`` section; each quantized graph's entry gets an ``int8`` record
     (``file`` = ``<name>.int8.xml``, ``weights``, what quantization did, ``parity``: records against the
     fp32 graph). ``recorded``: {graph: recorded feeds} (:mod:`maskst.runtime.calibration`); the weight-only
-    schemes use them for the held-out check only. ``precision``:
+    schemes use them for the held-out check only; ``generations``: how many generations recorded them
+    (:func:`split_calibration`). ``precision``:
     OpenVINO's inference precision for the parity run (what the non-int8 part computes in). Returns the
-    manifest's ``int8`` section. Raises ParityError (after all graphs) if an output is off.
+    manifest's ``int8`` section. Raises EngineError (before any work) if a graph has no recorded feeds,
+    ParityError (after all graphs) if an output is off.
     """
     import nncf
     import openvino
 
     folder = Path(folder)
+    names = [name for name in INT8_GRAPHS if name in graphs]
+    # every graph's recording checked before any quantization (minutes per full-size UNet): one error naming all
+    unrecorded = [name for name in names if not recorded.get(name)]
+    if unrecorded:
+        raise EngineError(f"int8: no {' / '.join(unrecorded)} inputs were recorded from the calibration prompts; "
+                          "nothing to calibrate on or to check against")
     results: list[Comparison] = []
     done = []
-    for name in INT8_GRAPHS:
-        if name not in graphs:
-            continue
+    for name in names:
         entry = graphs[name]
         spec = GraphSpec.from_json(entry["spec"])
-        feeds = recorded.get(name, [])
-        calibration, held = split_calibration(feeds)
-        if not calibration:
-            raise EngineError(f"int8: no {name} inputs were recorded from the calibration prompts; nothing to "
-                              "calibrate on or to check against")
+        calibration, held = split_calibration(recorded[name], generations=generations)
         src = folder / entry["file"]
         dst = folder / f"{name}.int8.xml"
         info = quantize_file(src, dst, scheme, calibration)
@@ -280,3 +300,13 @@ def int8_graph(manifest_folder: Path, manifest_data: dict, name: str) -> Int8Gra
     if not record:
         return None
     return Int8Graph(Path(manifest_folder) / record["file"], Path(manifest_folder) / record["weights"])
+
+
+def missing_int8_graphs(manifest_data: dict) -> tuple[str, ...]:
+    """The graphs of :data:`INT8_GRAPHS` an engines folder with an int8 set (``maskst-export --int8``) has in
+    fp32 but not in int8: an int8 set from before ``--int8`` quantized the DeepCache graphs. Empty for a
+    folder without an int8 set."""
+    if "int8" not in manifest_data:
+        return ()
+    graphs = manifest_data.get("graphs", {})
+    return tuple(name for name in INT8_GRAPHS if name in graphs and not graphs[name].get("int8"))

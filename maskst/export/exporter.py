@@ -281,7 +281,8 @@ def export_engines(request: ExportRequest, progress: bool = True,
 
             recorded = calibrate(staging)
             manifest_data["int8"] = quantize_graphs(staging, graphs, recorded, options.int8_scheme,
-                                                    check=options.check_parity)
+                                                    check=options.check_parity,
+                                                    generations=len(options.calibration_prompts))
             write_manifest(staging, manifest_data)  # replaces the fp32 one; records the IR files too
             del recorded
         publish(staging, out)

@@ -52,7 +52,7 @@ class ExportOptions:
     opset: int = 17
     fp32_ops: tuple[str, ...] = ()  # extra op types kept in fp32 by the fp16 conversion
     check_parity: bool = True
-    int8: bool = False  # also write OpenVINO int8 IRs of the UNet and VAE decoder (maskst.engines.int8)
+    int8: bool = False  # also write OpenVINO int8 IRs of the UNet, VAE decoder, DeepCache graphs (maskst.engines.int8)
     int8_scheme: Int8Scheme = Int8Scheme.HYBRID
     calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8)
     calibration_size: int | None = None  # image side of the calibration generations (px); None: opt_size

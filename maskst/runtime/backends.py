@@ -254,24 +254,38 @@ class OpenVinoBf16Backend(_OpenVinoBackend):
 
 @register
 class OpenVinoInt8Backend(_OpenVinoBackend):
-    """The int8 IRs of ``maskst-export --int8`` for the UNet and the VAE decoder (their FakeQuantize'd
-    convolutions run as AMX-INT8 / VNNI kernels; what is not int8 computes in bf16 where the CPU has it),
-    every other graph as ``openvino`` runs it."""
+    """The int8 IRs of ``maskst-export --int8`` for the UNet and the VAE decoder, and for the DeepCache graphs
+    ``unet_deep`` / ``unet_shallow`` where the engines have them (their FakeQuantize'd convolutions run as
+    AMX-INT8 / VNNI kernels; what is not int8 computes in bf16 where the CPU has it), every other graph as
+    ``openvino`` runs it. A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow
+    ``unet`` unless named) runs its fp32 graph as ``openvino`` would.
+
+    Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized
+    the DeepCache graphs) are refused with the fix, not run in bf16 unseen: the user asked for int8, and
+    ``openvino-int8:unet_deep=auto:unet_shallow=auto`` says the float DeepCache graphs out loud (in the
+    backend name every report and PNG records)."""
 
     name = "openvino-int8"
     precision = "auto"
     precisions = ("int8", "f32", "bf16")
-    summary = ("OpenVINO with the int8 UNet and VAE decoder of maskst-export --int8 (NNCF), the rest as openvino "
-               "(bf16 where the CPU has it); per graph as openvino, e.g. openvino-int8:unet=bf16 (int8 VAE only)")
+    summary = ("OpenVINO with the int8 UNet and VAE decoder of maskst-export --int8 (NNCF; with --deepcache the "
+               "int8 unet_deep / unet_shallow too), the rest as openvino (bf16 where the CPU has it); per graph as "
+               "openvino, e.g. openvino-int8:unet=bf16 (int8 VAE only)")
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        from maskst.deepcache import DEEP_GRAPH, EXPORT_FLAG, SHALLOW_GRAPH
         from maskst.engines.int8 import INT8_GRAPHS, int8_graph
-        from maskst.runtime.openvino_runner import OpenVinoRunner
+        from maskst.runtime.openvino_runner import OpenVinoRunner, named_graphs
 
-        overridden = {item.partition("=")[0] for item in self.variant.split(":") if item}
-        if graph not in INT8_GRAPHS or graph in overridden:  # openvino-int8:unet=bf16 runs the fp32 graph in bf16
+        if graph not in INT8_GRAPHS or graph in named_graphs(self.variant):  # e.g. openvino-int8:unet=bf16
             return super().runner(manifest, graph, options)
         located = int8_graph(manifest.folder, manifest.data, graph)
+        if located is None and "int8" in manifest.data and graph in (DEEP_GRAPH, SHALLOW_GRAPH):
+            raise EngineError(
+                f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
+                "(it was exported before maskst-export --int8 quantized the DeepCache graphs); re-export with "
+                f"maskst-export --int8 {EXPORT_FLAG} --force, or run the DeepCache graphs from their fp32 graphs "
+                f"(bf16 where the CPU has it) explicitly: --backend {self.spec}:{DEEP_GRAPH}=auto:{SHALLOW_GRAPH}=auto")
         if located is None:
             raise EngineError(f"backend {self.spec}: the engines folder {manifest.folder} has no int8 {graph} graph; "
                               "re-export with maskst-export --int8 (or use --backend openvino)")

@@ -7,6 +7,13 @@ every input of the wanted graphs as the pipeline calls them (:class:`FeedRecorde
 denoising step (``sample [2N, 4, h, w]``, ``timestep [1]``, ``text_embeddings``, ``ip_tokens``, ...),
 for the VAE decoder one per image (``latents [N, 4, h, w]``).
 
+The DeepCache graphs (engines exported with ``--deepcache``) are recorded the way they run: a second
+pass of the same generations with DeepCache on (:data:`maskst.deepcache.CALIBRATION_INTERVAL`, on a
+``MaskstPipeline(deepcache=True)``), so ``unet_deep`` gets the inputs of the full steps and
+``unet_shallow`` those of the cached steps, its ``deep_feature`` the one the last ``unet_deep`` call
+returned. Two passes rather than one with DeepCache: the plain ``unet`` keeps the inputs of every step
+(the cached steps never call it), as before.
+
 :func:`calibration_recorder` makes the callable the exporter takes (``export_engines(..., calibrate=)``),
 so the exporter itself needs no runtime import.
 """
@@ -19,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from maskst.deepcache import CALIBRATION_INTERVAL, DEEP_GRAPH, SHALLOW_GRAPH
+from maskst.engines.manifest import load_manifest
 from maskst.runtime.pipeline import MaskstPipeline, PipelineCallback
 
 CALIBRATION_BACKEND = "openvino"  # fast on the CPU; the recorded inputs are samples of a distribution
 CALIBRATION_STEPS = 10  # denoising steps per calibration prompt (the benchmark's request)
+DEEPCACHE_GRAPHS = (DEEP_GRAPH, SHALLOW_GRAPH)
 
 
 class FeedRecorder(PipelineCallback):
@@ -39,26 +49,49 @@ class FeedRecorder(PipelineCallback):
 
 def record_feeds(engines: Path, prompts: Sequence[str], graphs: Sequence[str], size: int,
                  steps: int = CALIBRATION_STEPS, backend: str = CALIBRATION_BACKEND, threads: int | None = None,
-                 verify_hashes: bool = False) -> dict[str, list[dict[str, np.ndarray]]]:
+                 verify_hashes: bool = False,
+                 deepcache_interval: int = CALIBRATION_INTERVAL) -> dict[str, list[dict[str, np.ndarray]]]:
     """{graph: recorded feeds} of one generation per prompt (``size`` x ``size`` px, ``steps`` steps,
     the demo style image and content text, seed = the prompt's index).
+
+    ``unet_deep`` / ``unet_shallow`` in ``graphs`` are recorded from a second pass of the same generations
+    with ``deepcache_interval`` (> 1), on a pipeline that loads them instead of the plain ``unet`` (one full
+    UNet in memory at a time); engines without them (exported without ``--deepcache``) give them no feeds
+    and run no second pass.
 
     The compiled models go to a temporary cache, removed afterwards (the folder may be a staging folder
     about to be renamed, whose blobs nobody would find again): imported from their blobs, OpenVINO's models
     drop the fp32 weights they were compiled from, which keeps the recording's peak memory near the
-    runtime's (full-size SD 1.5, 8 prompts at 256 px: 7.7 GB peak RSS, 9.7 GB without a cache).
+    runtime's (full-size SD 1.5, 8 prompts at 256 px: 7.7 GB peak RSS, 9.7 GB without a cache). Both
+    passes share it (the encoders are compiled once).
     """
+    if deepcache_interval < 2:
+        raise ValueError(f"deepcache_interval={deepcache_interval}: the DeepCache pass needs an interval > 1 "
+                         "(the shallow graph runs on cached steps only)")
+    exported = load_manifest(Path(engines), verify_hashes=False).data["graphs"]
+    plain = [g for g in graphs if g not in DEEPCACHE_GRAPHS]
+    cached = [g for g in graphs if g in DEEPCACHE_GRAPHS and g in exported]
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
+    with tempfile.TemporaryDirectory(prefix="maskst-calibration-") as cache:
+        for wanted, interval in ((plain, 1), (cached, deepcache_interval)):
+            if not wanted:
+                continue
+            recorder = FeedRecorder(wanted)
+            with MaskstPipeline(Path(engines), backend=backend, verify_hashes=verify_hashes, threads=threads,
+                                compile_cache=Path(cache), callbacks=[recorder], deepcache=interval > 1) as pipeline:
+                _generate(pipeline, prompts, size, steps, interval)
+            feeds.update(recorder.feeds)
+    return feeds
+
+
+def _generate(pipeline: MaskstPipeline, prompts: Sequence[str], size: int, steps: int, interval: int) -> None:
+    """One calibration generation per prompt on ``pipeline`` (seed = the prompt's index)."""
     from maskst.generation import DEMO_CONTENT, DEMO_STYLE, GenerationConfig
 
-    recorder = FeedRecorder(graphs)
-    with tempfile.TemporaryDirectory(prefix="maskst-calibration-") as cache, \
-            MaskstPipeline(Path(engines), backend=backend, verify_hashes=verify_hashes, threads=threads,
-                           compile_cache=Path(cache), callbacks=[recorder]) as pipeline:
-        for seed, prompt in enumerate(prompts):
-            config = GenerationConfig.create(prompt=prompt, style=(DEMO_STYLE,), content=DEMO_CONTENT, steps=steps,
-                                             height=size, width=size, seed=seed)
-            pipeline.generate(config)
-    return recorder.feeds
+    for seed, prompt in enumerate(prompts):
+        config = GenerationConfig.create(prompt=prompt, style=(DEMO_STYLE,), content=DEMO_CONTENT, steps=steps,
+                                         height=size, width=size, seed=seed, deepcache_interval=interval)
+        pipeline.generate(config)
 
 
 def calibration_recorder(prompts: Sequence[str], graphs: Sequence[str], size: int, steps: int = CALIBRATION_STEPS,

@@ -13,7 +13,8 @@ Backend names (what ``make_runner`` and the CLIs take):
 - ``openvino-bf16``: every OpenVINO graph in bf16 (the VAE too).
 - per graph: ``openvino:GRAPH=VALUE:GRAPH=VALUE...`` on top of ``openvino``, where VALUE is
   ``bf16``, ``f32``, ``auto`` or an ONNX Runtime backend name (``ort-cpu``) to keep that graph on
-  ONNX Runtime, e.g. ``openvino:vae_decoder=bf16:text_encoder=f32``.
+  ONNX Runtime, e.g. ``openvino:vae_decoder=bf16:text_encoder=f32``. The DeepCache graphs ``unet_deep`` /
+  ``unet_shallow`` follow ``unet``'s choice unless named themselves.
 
 Parity against ONNX Runtime fp32 (:func:`parity_vs_ort`, measured on the full-size random models,
 docs/benchmarks.md): fp32 agrees to < 1e-5 relative on every graph; bf16 is 1-3% max relative error
@@ -72,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs
+from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
@@ -89,11 +91,26 @@ DEFAULT_GRAPH_CHOICES = {
 }
 
 
+# Graphs that take another graph's choice unless a variant names them: the DeepCache graphs (maskst-export
+# --deepcache) follow the UNet (openvino:unet=f32 runs all three in f32; openvino:unet_deep=f32 that one only)
+FOLLOWING_GRAPHS = {DEEP_GRAPH: "unet", SHALLOW_GRAPH: "unet"}
+
+
 def graph_choice(choices: dict[str, str], graph: str) -> str:
-    """The choice of one graph of an engines folder (``controlnet_<i>`` graphs share ``controlnet``'s)."""
+    """The choice of one graph of an engines folder (``controlnet_<i>`` graphs share ``controlnet``'s, the
+    DeepCache graphs the UNet's unless named: :data:`FOLLOWING_GRAPHS`)."""
     if graph in choices:
         return choices[graph]
+    if graph in FOLLOWING_GRAPHS:
+        return choices[FOLLOWING_GRAPHS[graph]]
     return choices[graph.rsplit("_", 1)[0]]
+
+
+def named_graphs(variant: str) -> frozenset[str]:
+    """The graphs whose choice a backend variant sets (``vae_decoder=bf16:unet=f32`` -> {vae_decoder, unet,
+    unet_deep, unet_shallow}): those it names, and the :data:`FOLLOWING_GRAPHS` of those (they take that choice)."""
+    named = {item.partition("=")[0] for item in variant.split(":") if item}
+    return frozenset(named | {g for g, leader in FOLLOWING_GRAPHS.items() if leader in named})
 
 
 def _import_openvino():
@@ -155,9 +172,10 @@ def graph_choices(precision: str, variant: str, backend: str) -> dict[str, str]:
     choices = {g: (c if c in ORT_PROVIDERS or precision == "auto" else precision) for g, c in DEFAULT_GRAPH_CHOICES.items()}
     for item in filter(None, variant.split(":")):
         graph, eq, value = item.partition("=")
-        if not eq or graph not in DEFAULT_GRAPH_CHOICES or value not in PRECISIONS + tuple(ORT_PROVIDERS):
+        if not eq or graph not in (*DEFAULT_GRAPH_CHOICES, *FOLLOWING_GRAPHS) or value not in PRECISIONS + tuple(ORT_PROVIDERS):
             raise InputError(
-                f"backend={backend!r}: {item!r} must be GRAPH=VALUE with GRAPH one of {', '.join(DEFAULT_GRAPH_CHOICES)} "
+                f"backend={backend!r}: {item!r} must be GRAPH=VALUE with GRAPH one of "
+                f"{', '.join((*DEFAULT_GRAPH_CHOICES, *FOLLOWING_GRAPHS))} "
                 f"and VALUE one of {', '.join(PRECISIONS + tuple(ORT_PROVIDERS))}"
             )
         choices[graph] = value
