@@ -429,3 +429,19 @@ def test_bench_isa_cap_reaches_every_worker(tiny, tiny_engines, tmp_path):
     assert kernels and not [k for k in kernels if "amx" in k.lower()], kernels
     if "bf16" in report["ceilings"]["openvino"]:  # a CPU with AVX-512 BF16: bf16 kernels without AMX
         assert "bf16" in report["ceilings"]["openvino"]["bf16"]["matmul"]["kernel"]
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path):
+    """A worker forked from a parent holding much memory reports its own peak (ru_maxrss would carry the parent's
+    across exec on Linux: every contender of one run reported the same 10 GB)."""
+    import subprocess
+    import sys
+
+    from maskst.bench.bench import _peak_rss_mib
+
+    held = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
+    assert _peak_rss_mib() >= 400
+    code = "from maskst.bench.bench import _peak_rss_mib; print(_peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 10 < child < 350, child  # the interpreter, maskst.bench and its imports: well under the parent's 400 MiB
+    del held

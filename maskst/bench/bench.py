@@ -307,7 +307,21 @@ def _say(progress: bool, text: str) -> None:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory (MiB) since it started its program.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own address space. Not
+    ``ru_maxrss``: Linux carries that across ``exec`` from the forked copy of the parent, so every worker of a
+    parent holding 10 GB (the bench right after building the models in-process) reported 10 GB whatever it used.
+    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass  # not Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class CpuShare:

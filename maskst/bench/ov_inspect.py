@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from maskst.bench.bench import _peak_rss_mib
 
 ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
 
@@ -130,7 +131,7 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
               **summary, "cpu_share": load}
     if perf:
         result["perf"] = _profiled_call(core, path, shapes, config, feed)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = _peak_rss_mib()
     return result
 
 
