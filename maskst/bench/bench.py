@@ -3,7 +3,7 @@
 Every contender runs in its own worker process (``python -m maskst.bench.bench JOB.json``), one
 after the other, so that
 
-- peak memory (``ru_maxrss``, the RSS high-water mark) is that contender's alone, and the
+- peak memory (``VmHWM``, the RSS high-water mark of the worker's own address space) is that contender's alone, and the
   several GB of one set of weights are freed before the next set loads (the full-size reference
   plus two backends would not fit in 24 GB together);
 - nothing one contender warmed (allocator arenas, thread pools, OpenVINO's compiled models) leaks
