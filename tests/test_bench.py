@@ -389,6 +389,22 @@ def test_random_models_keep_deepcache_engines_apart(tmp_path):
     assert again.engines == models.engines and (models.engines / "manifest.json").stat().st_mtime_ns == stamp
     assert not (models.engines.parent / "engines").exists()  # the plain engines are built only when asked for
     assert models.base.parent == models.engines.parent / "fixtures"
+    # what maskst-bench does: the same, in a worker process (its memory goes back before the contenders run)
+    from maskst.bench.bench import build_in_worker
+
+    built = build_in_worker("random", {"cache_dir": str(tmp_path), "preset": "tiny", "image_driven": False,
+                                       "deepcache": True}, progress=False)
+    assert built == models and (models.engines / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_build_worker_raises_the_typed_error(tmp_path):
+    from maskst.bench.bench import build_in_worker
+    from maskst.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="model_index.json"):
+        build_in_worker("checkpoints", {"cache_dir": str(tmp_path), "deepcache": False,
+                                        "checkpoints": [str(tmp_path / "no-base"), str(tmp_path / "no-adapter"), None, None]},
+                        progress=False)
 
 
 def test_isa_cap_hides_the_flags_above_it():

@@ -116,6 +116,10 @@ class BenchModels:
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "BenchModels":
+        return cls(**{k: (v if k == "source" or v is None else Path(v)) for k, v in data.items()})
+
 
 @contextlib.contextmanager
 def _quiet_tracer():
@@ -688,8 +692,39 @@ def _run_flops(job: dict) -> dict:
     return {"counts": counts}
 
 
+def _run_build(job: dict) -> dict:
+    """Build (or find built) the models to benchmark: :func:`random_models` or :func:`checkpoint_engines`."""
+    args = job["arguments"]
+    if job["build"] == "random":
+        models = random_models(Path(args["cache_dir"]), args["preset"], progress=job["progress"],
+                               image_driven=args["image_driven"], deepcache=args["deepcache"])
+    else:
+        engines = checkpoint_engines(Path(args["cache_dir"]), *(Path(a) if a else None for a in args["checkpoints"]),
+                                     progress=job["progress"], deepcache=args["deepcache"])
+        models = BenchModels(engines)
+    return {"models": models.to_json()}
+
+
 WORKERS = {"reference": _run_reference, "maskst": _run_maskst, "cold_start": _run_cold_start,
-           "ceilings": _run_ceilings, "flops": _run_flops}
+           "ceilings": _run_ceilings, "flops": _run_flops, "build": _run_build}
+
+
+def build_in_worker(build: str, arguments: dict, progress: bool = True) -> BenchModels:
+    """:func:`_run_build` in its own process, so that the export's and the calibration's memory (~10 GB for the
+    full-size models) is handed back before the contenders run, instead of staying with the parent through the
+    whole run. ``build``: ``random`` (``arguments``: cache_dir, preset, image_driven, deepcache) or ``checkpoints``
+    (cache_dir, checkpoints: [base, ip_adapter, image_encoder, content_encoder], deepcache). A typed failure is
+    raised again here with its type (its exit code)."""
+    from maskst import errors
+
+    with tempfile.TemporaryDirectory(prefix="maskst-bench-build-") as tmp:
+        result = _spawn({"kind": "build", "build": build, "arguments": arguments, "progress": progress},
+                        Path(tmp), "build")
+    if "error" in result:
+        kind = getattr(errors, result.get("error_type", ""), None)
+        kind = kind if isinstance(kind, type) and issubclass(kind, errors.MaskstError) else errors.EngineError
+        raise kind(result.get("message", result["error"]))
+    return BenchModels.from_json(result["models"])
 
 
 def worker_main(job_path: str) -> int:
@@ -700,7 +735,7 @@ def worker_main(job_path: str) -> int:
     try:
         result = WORKERS[job["kind"]](job)
     except MaskstError as exc:  # a clear, typed failure: reported in the table, the other contenders still run
-        result = {"error": f"{type(exc).__name__}: {exc}"}
+        result = {"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__, "message": str(exc)}
     Path(job["result"]).write_text(json.dumps(result))
     return 0
 

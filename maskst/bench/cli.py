@@ -84,7 +84,7 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
     """BenchModels from the model options (building random models or engines into the cache once).
     ``deepcache_interval`` > 1: engines with the DeepCache graphs (built with them; a given folder must have them)."""
     deepcache = deepcache_interval > 1
-    from maskst.bench.bench import BenchModels, checkpoint_engines, engines_sources, random_models
+    from maskst.bench.bench import BenchModels, build_in_worker, engines_sources
     from maskst.cli.embedded import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -98,8 +98,9 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
         if any(given) or engines:
             raise InputError("--random-full-size / --preset build their own models: drop --base, --ip-adapter, "
                              "--content-encoder and --engines, or drop the preset")
-        return random_models(cache, fixture_preset(family, preset), progress=progress, image_driven=image_driven,
-                             deepcache=deepcache)
+        # built in a worker process: the export and calibration memory goes back before the contenders run
+        return build_in_worker("random", {"cache_dir": str(cache), "preset": fixture_preset(family, preset),
+                                          "image_driven": image_driven, "deepcache": deepcache}, progress=progress)
     if family != "sd15":
         raise InputError(f"--family {family} selects the random-weight models of --random-full-size / --preset; "
                          "checkpoints and engines folders carry their own family: drop --family")
@@ -110,8 +111,9 @@ def resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, ra
             raise InputError("--image-driven with checkpoints: pass --engines exported from them with "
                              "maskst-export --controlnet (or use --preset / --random-full-size)")
         if engines is None:
-            engines = checkpoint_engines(cache, base, ip_adapter, image_encoder, content_encoder, progress=progress,
-                                         deepcache=deepcache)
+            checkpoints = [str(p) if p else None for p in (base, ip_adapter, image_encoder, content_encoder)]
+            engines = build_in_worker("checkpoints", {"cache_dir": str(cache), "checkpoints": checkpoints,
+                                                      "deepcache": deepcache}, progress=progress).engines
         return BenchModels(Path(engines), base, ip_adapter, image_encoder, content_encoder, source="checkpoints")
     if engines is None:
         raise InputError("no models given: pass --engines, the checkpoints (--base --ip-adapter --content-encoder), "
