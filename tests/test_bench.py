@@ -432,7 +432,7 @@ def test_bench_isa_cap_reaches_every_worker(tiny, tiny_engines, tmp_path):
     says the run was emulated and on which real CPU."""
     out = tmp_path / "capped.json"
     args = ["--engines", str(tiny_engines), "--height", "64", "--width", "64", "--steps", "1", "--repeats", "1",
-            "--warmup", "0", "--threads", "1", "--backends", "openvino-bf16", "--no-reference", "--no-cold-start",
+            "--warmup", "0", "--threads", "1", "--backends", "ort-cpu", "--no-reference", "--no-cold-start",
             "--ceiling-repeats", "1", "--cpu-isa-cap", "avx512_core_bf16", "--json", str(out), "--quiet"]
     result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
