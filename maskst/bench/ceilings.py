@@ -304,17 +304,15 @@ def roofline(ceilings: dict, memory: dict | None, runtime: str, precision: str, 
     Returns ``ms`` (that least time), ``compute_ms`` (arithmetic alone: what % of ceiling compares with) and
     ``weights_ms`` (weights alone), ``weight_bytes``, and ``attainable_pct_of_ceiling`` = 100 * compute_ms / ms: the
     highest % of the arithmetic ceiling the graph can reach here. None without the ceilings it needs."""
-    table = ceilings.get(runtime, {}).get(precision)
-    matmul_table = ceilings.get(runtime, {}).get(matmul_precision) if matmul_precision else table
-    if not memory or not memory.get("gbps") or not table or not matmul_table or precision not in WEIGHT_BYTES:
+    rates = _op_ceilings(ceilings, runtime, precision, matmul_precision)
+    if rates is None or not memory or not memory.get("gbps") or precision not in WEIGHT_BYTES:
         return None
-    if "matmul" not in matmul_table or "conv" not in table:
-        return None
+    matmul_rate, conv_rate = rates
     per_byte = 1 / (memory["gbps"] * 1e9)
     total = compute = weights = 0.0
     weight_bytes = 0
     for kind, flops, elements in per_node:
-        rate = table["conv"]["gflops"] if "Convolution" in kind else matmul_table["matmul"]["gflops"]
+        rate = conv_rate if "Convolution" in kind else matmul_rate
         # int8 hybrid graphs: the MatMuls compute in bf16/f32 from int8 weights; the weights are int8 everywhere
         nbytes = elements * WEIGHT_BYTES[precision]
         arithmetic, streaming = flops / (rate * 1e9), nbytes * per_byte
@@ -356,14 +354,24 @@ def effective_ceiling(ceilings: dict, runtime: str, precision: str, by_op: dict[
 
     ``matmul_precision``: the MatMuls' precision where it differs from the convolutions' (the int8 hybrid
     graphs of ``maskst-export --int8``: int8 convolutions, MatMuls in bf16/f32 from int8 weights)."""
+    rates = _op_ceilings(ceilings, runtime, precision, matmul_precision)
+    if rates is None:
+        return None
+    matmul_rate, conv_rate = rates
+    conv = sum(v for k, v in by_op.items() if "Convolution" in k)
+    matmul = sum(by_op.values()) - conv
+    seconds = matmul / (matmul_rate * 1e9) + conv / (conv_rate * 1e9)
+    total = matmul + conv
+    return {"gflops": total / seconds / 1e9 if seconds else None, "matmul_gflops": matmul_rate,
+            "conv_gflops": conv_rate, "matmul_share": matmul / total if total else None,
+            **({"matmul_precision": matmul_precision} if matmul_precision else {})}
+
+
+def _op_ceilings(ceilings: dict, runtime: str, precision: str, matmul_precision: str | None) -> tuple | None:
+    """(MatMul GFLOP/s, convolution GFLOP/s) a graph running in ``precision`` (its MatMuls in ``matmul_precision``
+    where that differs) meets with ``runtime``; None where either was not measured."""
     table = ceilings.get(runtime, {}).get(precision)
     matmul_table = ceilings.get(runtime, {}).get(matmul_precision) if matmul_precision else table
     if not table or not matmul_table or "matmul" not in matmul_table or "conv" not in table:
         return None
-    conv = sum(v for k, v in by_op.items() if "Convolution" in k)
-    matmul = sum(by_op.values()) - conv
-    seconds = matmul / (matmul_table["matmul"]["gflops"] * 1e9) + conv / (table["conv"]["gflops"] * 1e9)
-    total = matmul + conv
-    return {"gflops": total / seconds / 1e9 if seconds else None, "matmul_gflops": matmul_table["matmul"]["gflops"],
-            "conv_gflops": table["conv"]["gflops"], "matmul_share": matmul / total if total else None,
-            **({"matmul_precision": matmul_precision} if matmul_precision else {})}
+    return matmul_table["matmul"]["gflops"], table["conv"]["gflops"]
