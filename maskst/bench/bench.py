@@ -204,7 +204,8 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
         from maskst.engines.int8 import INT8_GRAPHS
         from maskst.runtime.calibration import calibration_recorder
 
-        calibrate = calibration_recorder(options.calibration_prompts, INT8_GRAPHS, size=options.calibration_side)
+        calibrate = calibration_recorder(options.calibration_prompts, INT8_GRAPHS, size=options.calibration_side,
+                                         styles=options.calibration_styles)
     with _quiet_tracer():
         manifest = export_engines(ExportRequest(base=paths.base, ip_adapter=paths.ip_adapter,
                                                 image_encoder=paths.image_encoder, content_encoder=content_encoder,

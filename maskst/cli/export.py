@@ -70,7 +70,8 @@ def _family_sizes(index: int) -> str:
 @click.option("--fp32-op", "fp32_ops", multiple=True, help="Extra ONNX op types kept in fp32 by --precision fp16.")
 @click.option("--int8", is_flag=True,
               help="Also write OpenVINO int8 IRs of the UNet and the VAE decoder (NNCF), with --deepcache also of "
-                   "unet_deep and unet_shallow, for maskst-run --backend openvino-int8; the fp32 ONNX graphs stay for "
+                   "unet_deep and unet_shallow, with the calibrated schemes also of the image encoder (int8 weights and "
+                   "activations), for maskst-run --backend openvino-int8; the fp32 ONNX graphs stay for "
                    "every other backend. Needs pip install 'maskst[int8]'. Calibration runs one generation per "
                    "calibration prompt on the new engines (OpenVINO, --calibration-size, 10 steps), with --deepcache "
                    f"a second one with DeepCache on (interval {CALIBRATION_INTERVAL}) for the DeepCache graphs. Only "
@@ -87,6 +88,12 @@ def _family_sizes(index: int) -> str:
 @click.option("--calibration-size", type=int, default=None,
               help="Image side (px) of the --int8 calibration generations [default: --opt-size]; the size of your "
                    "requests is the natural choice (the cost grows with it).")
+@click.option("--calibration-styles", "calibration_styles", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Style image for the --int8 calibration generations (repeatable) [default: the demo style image]. "
+                   "Generation i uses a view of image i mod N (the image itself, then mirrored, cropped, turned, grey, "
+                   "recoloured), so the image encoder is calibrated and checked on different pictures. Use images "
+                   "like your own styles.")
 @click.option("--deepcache", is_flag=True,
               help="Also write the DeepCache step-caching graphs unet_deep (full UNet + cached feature) and "
                    "unet_shallow (the shallow layers that reuse it), for maskst-run --deepcache-interval N. Adds a "
@@ -98,7 +105,7 @@ def _family_sizes(index: int) -> str:
 @run_cli
 def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnets, lineart_model, out, force, precision,
          target, min_size, opt_size, max_size, max_batch, max_regions, opset, fp32_ops, int8, int8_scheme, calibration_prompts,
-         calibration_size, deepcache, skip_parity, wait, quiet):
+         calibration_size, calibration_styles, deepcache, skip_parity, wait, quiet):
     """Export the model family's networks (plus ControlNets and the lineart annotator, if given) to ONNX,
     check each against PyTorch, write the manifest.
 
@@ -117,8 +124,9 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
     from maskst.families import detect_family
     from maskst.runtime.calibration import read_prompts
 
-    if (calibration_prompts is not None or calibration_size is not None) and not int8:
-        raise InputError("--calibration-prompts / --calibration-size are for --int8; add --int8 or leave them out")
+    if (calibration_prompts is not None or calibration_size is not None or calibration_styles) and not int8:
+        raise InputError("--calibration-prompts / --calibration-size / --calibration-styles are for --int8; add --int8 "
+                         "or leave them out")
     prompts = read_prompts(calibration_prompts) if calibration_prompts is not None else DEFAULTS.calibration_prompts
 
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, content_encoder=content_encoder, out=out)
@@ -130,7 +138,8 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
                             max_batch=max_batch, max_regions=max_regions, min_size=min_size, opt_size=opt_size, max_size=max_size,
                             opset=opset, fp32_ops=tuple(fp32_ops), check_parity=not skip_parity,
                             int8=int8, int8_scheme=Int8Scheme(int8_scheme), calibration_prompts=prompts,
-                            calibration_size=calibration_size, deepcache=deepcache)
+                            calibration_size=calibration_size, calibration_styles=tuple(calibration_styles),
+                            deepcache=deepcache)
     request = ExportRequest(base=base, ip_adapter=ip_adapter, styleshot=styleshot, image_encoder=image_encoder,
                             content_encoder=content_encoder, controlnets=tuple(controlnets),
                             lineart_model=lineart_model, out=out, force=force, lock_timeout=wait, options=options)
@@ -139,7 +148,8 @@ def main(base, ip_adapter, styleshot, image_encoder, content_encoder, controlnet
         from maskst.engines.int8 import INT8_GRAPHS
         from maskst.runtime.calibration import calibration_recorder
 
-        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=options.calibration_side)
+        calibrate = calibration_recorder(prompts, INT8_GRAPHS, size=options.calibration_side,
+                                         styles=options.calibration_styles)
     manifest = export_engines(request, progress=not quiet, calibrate=calibrate)
     worst = {name: max((r["max_abs_err"] for r in g["parity"]), default=None) for name, g in manifest.data["graphs"].items()}
     summary = {"engines": str(manifest.folder), "precision": manifest.precision, "parity_max_abs_err": worst}

@@ -1,5 +1,6 @@
 """``maskst-export --int8``: OpenVINO IR files of the UNet and the VAE decoder quantized with NNCF (with
-``--deepcache`` also of the DeepCache graphs ``unet_deep`` and ``unet_shallow``).
+``--deepcache`` also of the DeepCache graphs ``unet_deep`` and ``unet_shallow``; with a calibrated scheme also of
+the style image encoder, always with int8 activations: :data:`ACTIVATION_INT8_GRAPHS`).
 
 The int8 graphs are *added* to an fp32 engines folder (``<graph>.int8.xml`` + ``.bin`` beside
 ``<graph>.onnx``); only the ``openvino-int8`` backend reads them, every other backend keeps running
@@ -21,7 +22,9 @@ Schemes (:class:`Int8Scheme`):
 * ``full``: ``nncf.quantize`` of MatMuls and convolutions alike (weights and activations; SmoothQuant on
   the MatMuls, NNCF's TRANSFORMER defaults), the edge convolutions left out. Calibrated.
 
-The same scheme is applied to every graph (the VAE decoder has a few MatMuls: its mid-block attention).
+The same scheme is applied to every graph (the VAE decoder has a few MatMuls: its mid-block attention), except
+the image encoder (:func:`graph_scheme`): ``full`` under ``hybrid`` and ``full``, left in float by the weight-only
+schemes.
 
 Calibration data: the graph inputs recorded while the maskst pipeline generates images from the
 calibration prompts (``maskst.runtime.calibration``, through ``PipelineCallback.on_infer_inputs``); the
@@ -48,8 +51,16 @@ from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import EngineError
 
 # the graphs maskst-export --int8 quantizes where the engines have them (what openvino-int8 runs in int8): the
-# DeepCache graphs exist only in engines exported with --deepcache
-INT8_GRAPHS = ("unet", "vae_decoder", DEEP_GRAPH, SHALLOW_GRAPH)
+# DeepCache graphs exist only in engines exported with --deepcache; the image encoder only under the calibrated
+# schemes (ACTIVATION_INT8_GRAPHS)
+INT8_GRAPHS = ("unet", "vae_decoder", DEEP_GRAPH, SHALLOW_GRAPH, "image_encoder")
+# Graphs quantized with int8 weights *and* activations (the ``full`` scheme) whatever calibrated scheme is asked
+# for, and left in float by the weight-only schemes. The style image encoder (a CLIP ViT: 257 tokens per image,
+# MatMuls only) is compute-bound, so int8 weights alone only add their decompression: measured on the full-size
+# ViT-H/14, 1 image, 2 threads, OpenVINO bf16 elsewhere: 363 ms bf16, 471 ms int8 weights, 214 ms int8 weights and
+# activations (AMX); with oneDNN capped to AVX-512 BF16 / VNNI 2,150 / 2,366 / 491 ms (docs/benchmarks.md "int8").
+# The content encoder is not among them: its embedding decides which elements the masking removes, and stays float.
+ACTIVATION_INT8_GRAPHS = ("image_encoder",)
 HELD_OUT_CASES = 4  # recorded calls kept out of calibration and compared with fp32 (per graph)
 # int8 vs fp32 tolerance, element-wise, relative to each output's peak (Tolerance.atol_of_peak):
 # |int8 - fp32| <= 0.4 * max|fp32|, on inputs recorded from generations (held out of calibration).
@@ -72,6 +83,18 @@ class Int8Scheme(str, enum.Enum):
     @property
     def calibrated(self) -> bool:
         return self in (Int8Scheme.HYBRID, Int8Scheme.FULL)
+
+
+def graph_scheme(name: str, scheme: Int8Scheme) -> Int8Scheme | None:
+    """The scheme graph ``name`` is quantized with when the export asks for ``scheme`` (None: it stays float)."""
+    if name in ACTIVATION_INT8_GRAPHS:
+        return Int8Scheme.FULL if scheme.calibrated else None
+    return scheme
+
+
+def int8_graph_names(graphs, scheme: Int8Scheme) -> tuple[str, ...]:
+    """The graphs of ``graphs`` (names) that ``--int8 --int8-scheme scheme`` quantizes, in :data:`INT8_GRAPHS` order."""
+    return tuple(name for name in INT8_GRAPHS if name in graphs and graph_scheme(name, scheme) is not None)
 
 
 def require_nncf() -> None:
@@ -251,21 +274,26 @@ def quantize_graphs(folder: Path, graphs: dict[str, dict], recorded: dict[str, l
     import openvino
 
     folder = Path(folder)
-    names = [name for name in INT8_GRAPHS if name in graphs]
+    names = int8_graph_names(graphs, scheme)
     # every graph's recording checked before any quantization (minutes per full-size UNet): one error naming all
     unrecorded = [name for name in names if not recorded.get(name)]
     if unrecorded:
         raise EngineError(f"int8: no {' / '.join(unrecorded)} inputs were recorded from the calibration prompts; "
                           "nothing to calibrate on or to check against")
+    splits = {name: split_calibration(recorded[name], generations=generations) for name in names}
+    unchecked = [name for name in names if check and not splits[name][1]]
+    if unchecked:  # e.g. the image encoder: one call per generation, so one calibration prompt leaves none over
+        raise EngineError(f"int8: {' / '.join(unchecked)} got too few recorded calls to hold one out of calibration "
+                          "for the error check; give at least 2 calibration prompts (--calibration-prompts FILE)")
     results: list[Comparison] = []
     done = []
     for name in names:
         entry = graphs[name]
         spec = GraphSpec.from_json(entry["spec"])
-        calibration, held = split_calibration(recorded[name], generations=generations)
+        calibration, held = splits[name]
         src = folder / entry["file"]
         dst = folder / f"{name}.int8.xml"
-        info = quantize_file(src, dst, scheme, calibration)
+        info = quantize_file(src, dst, graph_scheme(name, scheme), calibration)
         graph_results, relative = compare_int8(spec, src, dst, held, precision) if check and held else ([], {})
         results += graph_results
         entry["int8"] = {"file": dst.name, "weights": dst.with_suffix(".bin").name, **info,
@@ -303,10 +331,11 @@ def int8_graph(manifest_folder: Path, manifest_data: dict, name: str) -> Int8Gra
 
 
 def missing_int8_graphs(manifest_data: dict) -> tuple[str, ...]:
-    """The graphs of :data:`INT8_GRAPHS` an engines folder with an int8 set (``maskst-export --int8``) has in
-    fp32 but not in int8: an int8 set from before ``--int8`` quantized the DeepCache graphs. Empty for a
-    folder without an int8 set."""
+    """The graphs an engines folder with an int8 set (``maskst-export --int8``) has in fp32 and its scheme
+    quantizes (:func:`int8_graph_names`) but that have no int8 IR: an int8 set from before ``--int8`` quantized
+    the DeepCache graphs or the image encoder. Empty for a folder without an int8 set."""
     if "int8" not in manifest_data:
         return ()
     graphs = manifest_data.get("graphs", {})
-    return tuple(name for name in INT8_GRAPHS if name in graphs and not graphs[name].get("int8"))
+    expected = int8_graph_names(graphs, Int8Scheme(manifest_data["int8"]["scheme"]))
+    return tuple(name for name in expected if not graphs[name].get("int8"))

@@ -172,6 +172,15 @@ def deepcache_builders(ckpt: CheckpointSet, options: ExportOptions, controlnets)
     return [GRAPH_BUILDERS[name] for name in DEEPCACHE_GRAPHS]
 
 
+def _option_json(value):
+    """An export option as the manifest records it: enums by their value, paths as text."""
+    if isinstance(value, (tuple, list)):
+        return [_option_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value.value if hasattr(value, "value") else value
+
+
 def export_engines(request: ExportRequest, progress: bool = True,
                    calibrate: Callable[[Path], dict[str, list[dict[str, np.ndarray]]]] | None = None) -> Manifest:
     """Export, check and publish an engines folder. Raises typed errors; leaves no partial folder.
@@ -249,7 +258,7 @@ def export_engines(request: ExportRequest, progress: bool = True,
             "build_seconds": round(time.time() - started, 1),
             "precision": options.precision.value,
             "target": options.target.value,
-            "options": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()},
+            "options": {k: _option_json(v) for k, v in dataclasses.asdict(options).items()},
             "sources": {name: {"path": str(path.resolve()), "sha256": sha256(path)}
                         for name, path in sources.items()},
             "model": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 
 from maskst.errors import InputError
 from maskst.contract.spec import DimRange
@@ -56,6 +57,8 @@ class ExportOptions:
     int8_scheme: Int8Scheme = Int8Scheme.HYBRID
     calibration_prompts: tuple[str, ...] = DEFAULT_CALIBRATION_PROMPTS  # one generation each (--int8)
     calibration_size: int | None = None  # image side of the calibration generations (px); None: opt_size
+    # style images of the calibration generations (their views: maskst.runtime.calibration); (): the demo style image
+    calibration_styles: tuple[Path, ...] = ()
     deepcache: bool = False  # also write unet_deep + unet_shallow (DeepCache step caching, maskst.deepcache)
 
     def validate(self, vae_scale_factor: int = 8) -> None:
@@ -82,6 +85,16 @@ class ExportOptions:
         if self.int8 and (  # every scheme: calibration (hybrid, full) and the held-out error check
                 not self.calibration_prompts or not all(isinstance(p, str) and p.strip() for p in self.calibration_prompts)):
             raise InputError("--int8 needs at least one non-empty calibration prompt (--calibration-prompts FILE: one per line)")
+        if self.int8 and self.int8_scheme.calibrated and self.check_parity and len(self.calibration_prompts) < 2:
+            raise InputError(f"--int8 --int8-scheme {self.int8_scheme.value} needs at least 2 calibration prompts "
+                             f"(got {len(self.calibration_prompts)}): the image encoder runs once per generation, and "
+                             "one call calibrates while another is held out for the error check; add a prompt to "
+                             "--calibration-prompts FILE")
+        for style in self.calibration_styles:
+            if not isinstance(style, Path) or not style.is_file():
+                raise InputError(f"--calibration-styles {style}: no such image file; give style images like your own")
+        if self.calibration_styles and not self.int8:
+            raise InputError("--calibration-styles is for --int8; add --int8 or leave it out")
 
     @property
     def calibration_side(self) -> int:

@@ -254,33 +254,44 @@ class OpenVinoBf16Backend(_OpenVinoBackend):
 
 @register
 class OpenVinoInt8Backend(_OpenVinoBackend):
-    """The int8 IRs of ``maskst-export --int8`` for the UNet and the VAE decoder, and for the DeepCache graphs
-    ``unet_deep`` / ``unet_shallow`` where the engines have them (their FakeQuantize'd convolutions run as
-    AMX-INT8 / VNNI kernels; what is not int8 computes in bf16 where the CPU has it), every other graph as
-    ``openvino`` runs it. A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow
-    ``unet`` unless named) runs its fp32 graph as ``openvino`` would.
+    """The int8 IRs of ``maskst-export --int8`` for the UNet and the VAE decoder, for the DeepCache graphs
+    ``unet_deep`` / ``unet_shallow`` where the engines have them, and for the image encoder where the set's
+    scheme quantizes it (the calibrated ones; a weight-only set leaves it float by design: it then runs as
+    ``openvino`` runs it). Their FakeQuantize'd convolutions and MatMuls run as AMX-INT8 / VNNI kernels; what is
+    not int8 computes in bf16 where the CPU has it. Every other graph runs as ``openvino`` runs it. A graph the
+    variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
+    graph as ``openvino`` would.
 
-    Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized
-    the DeepCache graphs) are refused with the fix, not run in bf16 unseen: the user asked for int8, and
-    ``openvino-int8:unet_deep=auto:unet_shallow=auto`` says the float DeepCache graphs out loud (in the
-    backend name every report and PNG records)."""
+    Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized the
+    DeepCache graphs or the image encoder) are refused with the fix, not run in bf16 unseen: the user asked for
+    int8, and ``openvino-int8:unet_deep=auto:unet_shallow=auto`` (``:image_encoder=auto``) says the float graphs
+    out loud (in the backend name every report and PNG records)."""
 
     name = "openvino-int8"
     precision = "auto"
     precisions = ("int8", "f32", "bf16")
-    summary = ("OpenVINO with the int8 UNet and VAE decoder of maskst-export --int8 (NNCF; with --deepcache the "
-               "int8 unet_deep / unet_shallow too), the rest as openvino (bf16 where the CPU has it); per graph as "
+    summary = ("OpenVINO with the int8 UNet, VAE decoder and image encoder of maskst-export --int8 (NNCF; with "
+               "--deepcache the int8 unet_deep / unet_shallow too), the rest as openvino (bf16 where the CPU has it); per graph as "
                "openvino, e.g. openvino-int8:unet=bf16 (int8 VAE only)")
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
         from maskst.deepcache import DEEP_GRAPH, EXPORT_FLAG, SHALLOW_GRAPH
-        from maskst.engines.int8 import INT8_GRAPHS, int8_graph
+        from maskst.engines.int8 import INT8_GRAPHS, Int8Scheme, graph_scheme, int8_graph
         from maskst.runtime.openvino_runner import OpenVinoRunner, named_graphs
 
         if graph not in INT8_GRAPHS or graph in named_graphs(self.variant):  # e.g. openvino-int8:unet=bf16
             return super().runner(manifest, graph, options)
         located = int8_graph(manifest.folder, manifest.data, graph)
-        if located is None and "int8" in manifest.data and graph in (DEEP_GRAPH, SHALLOW_GRAPH):
+        set_scheme = Int8Scheme(manifest.data["int8"]["scheme"]) if "int8" in manifest.data else None
+        if located is None and set_scheme is not None and graph_scheme(graph, set_scheme) is None:
+            return super().runner(manifest, graph, options)  # a graph the set's scheme leaves in float, by design
+        if located is None and set_scheme is not None and graph not in (DEEP_GRAPH, SHALLOW_GRAPH):
+            raise EngineError(
+                f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
+                f"(it was exported before maskst-export --int8 quantized the {graph}); re-export with "
+                f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where the CPU has it) "
+                f"explicitly: --backend {self.spec}:{graph}=auto")
+        if located is None and set_scheme is not None:
             raise EngineError(
                 f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
                 "(it was exported before maskst-export --int8 quantized the DeepCache graphs); re-export with "
@@ -292,7 +303,7 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
         return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
                               threads=options.threads, profile=options.profile_prefix is not None,
-                              compress_weights=False, int8_scheme=manifest.data["int8"]["scheme"])
+                              compress_weights=False, int8_scheme=graph_scheme(graph, set_scheme).value)
 
 
 def engines_have_int8(manifest_data: dict) -> bool:
