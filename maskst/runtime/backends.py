@@ -282,24 +282,24 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
         if graph not in INT8_GRAPHS or graph in named_graphs(self.variant):  # e.g. openvino-int8:unet=bf16
             return super().runner(manifest, graph, options)
         located = int8_graph(manifest.folder, manifest.data, graph)
-        set_scheme = Int8Scheme(manifest.data["int8"]["scheme"]) if "int8" in manifest.data else None
-        if located is None and set_scheme is not None and graph_scheme(graph, set_scheme) is None:
+        if located is None and "int8" not in manifest.data:
+            raise EngineError(f"backend {self.spec}: the engines folder {manifest.folder} has no int8 {graph} graph; "
+                              "re-export with maskst-export --int8 (or use --backend openvino)")
+        set_scheme = Int8Scheme(manifest.data["int8"]["scheme"])
+        if located is None and graph_scheme(graph, set_scheme) is None:
             return super().runner(manifest, graph, options)  # a graph the set's scheme leaves in float, by design
-        if located is None and set_scheme is not None and graph not in (DEEP_GRAPH, SHALLOW_GRAPH):
-            raise EngineError(
-                f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
-                f"(it was exported before maskst-export --int8 quantized the {graph}); re-export with "
-                f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where the CPU has it) "
-                f"explicitly: --backend {self.spec}:{graph}=auto")
-        if located is None and set_scheme is not None:
+        if located is None and graph in (DEEP_GRAPH, SHALLOW_GRAPH):
             raise EngineError(
                 f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
                 "(it was exported before maskst-export --int8 quantized the DeepCache graphs); re-export with "
                 f"maskst-export --int8 {EXPORT_FLAG} --force, or run the DeepCache graphs from their fp32 graphs "
                 f"(bf16 where the CPU has it) explicitly: --backend {self.spec}:{DEEP_GRAPH}=auto:{SHALLOW_GRAPH}=auto")
         if located is None:
-            raise EngineError(f"backend {self.spec}: the engines folder {manifest.folder} has no int8 {graph} graph; "
-                              "re-export with maskst-export --int8 (or use --backend openvino)")
+            raise EngineError(
+                f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
+                f"(it was exported before maskst-export --int8 quantized the {graph}); re-export with "
+                f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where the CPU has it) "
+                f"explicitly: --backend {self.spec}:{graph}=auto")
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
         return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
                               threads=options.threads, profile=options.profile_prefix is not None,
