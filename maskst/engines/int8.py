@@ -57,8 +57,9 @@ INT8_GRAPHS = ("unet", "vae_decoder", DEEP_GRAPH, SHALLOW_GRAPH, "image_encoder"
 # Graphs quantized with int8 weights *and* activations (the ``full`` scheme) whatever calibrated scheme is asked
 # for, and left in float by the weight-only schemes. The style image encoder (a CLIP ViT: 257 tokens per image,
 # MatMuls only) is compute-bound, so int8 weights alone only add their decompression: measured on the full-size
-# ViT-H/14, 1 image, 2 threads, OpenVINO bf16 elsewhere: 363 ms bf16, 471 ms int8 weights, 214 ms int8 weights and
-# activations (AMX); with oneDNN capped to AVX-512 BF16 / VNNI 2,150 / 2,366 / 491 ms (docs/benchmarks.md "The image encoder in int8").
+# ViT-H/14, 1 image, 2 threads, OpenVINO bf16 elsewhere: 316 ms bf16, 384 ms int8 weights, 173 ms int8 weights and
+# activations (AMX); with oneDNN capped to AVX-512 BF16 / VNNI 1,883 / 1,997 / 391 ms
+# (bench/issue15_image_encoder_int8.py; docs/benchmarks.md "The image encoder in int8").
 # The content encoder is not among them: its embedding decides which elements the masking removes, and stays float.
 ACTIVATION_INT8_GRAPHS = ("image_encoder",)
 HELD_OUT_CASES = 4  # recorded calls kept out of calibration and compared with fp32 (per graph)
