@@ -204,7 +204,7 @@ class _OpenVinoBackend(Backend):
     precisions = ("f32", "bf16")
     profiling = "OpenVINO per-node counters (PERF_COUNT)"
     fallback = False  # runs on the CPU already
-    precision: ClassVar[str]  # what "auto" graphs run in: auto (bf16 where the CPU has it), f32, bf16
+    precision: ClassVar[str]  # what "auto" graphs run in: auto (bf16 where it pays on the CPU: bf16_probe), f32, bf16
 
     def __init__(self, variant: str = ""):
         from maskst.runtime.openvino_runner import graph_choices
@@ -234,7 +234,7 @@ class _OpenVinoBackend(Backend):
 class OpenVinoBackend(_OpenVinoBackend):
     name = "openvino"
     precision = "auto"
-    summary = ("OpenVINO on the CPU: bf16 where the CPU has it natively, VAE f32, masking on ONNX Runtime; "
+    summary = ("OpenVINO on the CPU: bf16 where it pays on the CPU (AMX, or measured), VAE f32, masking on ONNX Runtime; "
                "per graph: openvino:vae_decoder=bf16")
 
 
@@ -258,8 +258,8 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     ``unet_deep`` / ``unet_shallow`` where the engines have them, and for the image encoder where the set's
     scheme quantizes it (the calibrated ones; a weight-only set leaves it float by design: it then runs as
     ``openvino`` runs it). Their FakeQuantize'd convolutions and MatMuls run as AMX-INT8 / VNNI kernels; what is
-    not int8 computes in bf16 where the CPU has it. Every other graph runs as ``openvino`` runs it. A graph the
-    variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
+    not int8 computes in bf16 where bf16 pays on the CPU (as for ``openvino``: AMX, or measured). Every other
+    graph runs as ``openvino`` runs it. A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
     graph as ``openvino`` would.
 
     Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized the
@@ -271,7 +271,7 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     precision = "auto"
     precisions = ("int8", "f32", "bf16")
     summary = ("OpenVINO with the int8 UNet, VAE decoder and image encoder of maskst-export --int8 (NNCF; with "
-               "--deepcache the int8 unet_deep / unet_shallow too), the rest as openvino (bf16 where the CPU has it); per graph as "
+               "--deepcache the int8 unet_deep / unet_shallow too), the rest as openvino (bf16 where it pays); per graph as "
                "openvino, e.g. openvino-int8:unet=bf16 (int8 VAE only)")
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
@@ -293,12 +293,12 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
                 f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
                 "(it was exported before maskst-export --int8 quantized the DeepCache graphs); re-export with "
                 f"maskst-export --int8 {EXPORT_FLAG} --force, or run the DeepCache graphs from their fp32 graphs "
-                f"(bf16 where the CPU has it) explicitly: --backend {self.spec}:{DEEP_GRAPH}=auto:{SHALLOW_GRAPH}=auto")
+                f"(bf16 where it pays) explicitly: --backend {self.spec}:{DEEP_GRAPH}=auto:{SHALLOW_GRAPH}=auto")
         if located is None:
             raise EngineError(
                 f"backend {self.spec}: the int8 set of the engines folder {manifest.folder} has no int8 {graph} "
                 f"(it was exported before maskst-export --int8 quantized the {graph}); re-export with "
-                f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where the CPU has it) "
+                f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where it pays) "
                 f"explicitly: --backend {self.spec}:{graph}=auto")
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
         return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
@@ -314,8 +314,10 @@ def engines_have_int8(manifest_data: dict) -> bool:
 def default_cpu_backends(int8_engines: bool = False, isa_cap: str | None = None) -> list[str]:
     """Every CPU backend and precision that applies to this machine (what maskst-bench runs by default):
     ``ort-cpu``; with openvino installed ``openvino-f32`` and, where the CPU has native bf16 (AMX or
-    AVX-512-BF16), ``openvino`` (bf16, VAE fp32) and ``openvino-bf16`` (every graph bf16). On a CPU
-    without native bf16 ``openvino`` would run what ``openvino-f32`` runs, so it is left out.
+    AVX-512-BF16), ``openvino`` (``auto``: bf16 where it pays, measured without AMX; VAE fp32) and
+    ``openvino-bf16`` (every graph bf16). On a CPU without native bf16 ``openvino`` would run what
+    ``openvino-f32`` runs, so it is left out; where bf16 is native but measured slower it stays, and its report
+    shows the f32 it chose (the bench's workers may run under an ISA cap this process does not measure under).
     ``openvino-int8`` where the engines have int8 graphs (``int8_engines``) and the CPU has int8 dot-product
     instructions (VNNI or AMX-INT8). ``isa_cap``: decide for the CPU as oneDNN's kernels see it under that
     cap (:meth:`maskst.hardware.CpuInfo.capped`; ``maskst-bench --cpu-isa-cap``)."""

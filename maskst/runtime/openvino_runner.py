@@ -1,9 +1,10 @@
-"""OpenVINO CPU backend behind the runner interface: bf16 on AMX / AVX-512-BF16 CPUs, fp32 elsewhere.
+"""OpenVINO CPU backend behind the runner interface: bf16 where it pays on the CPU (AMX, or measured), fp32 elsewhere.
 
 Backend names (what ``make_runner`` and the CLIs take):
 
-- ``openvino``: the fast CPU path. The UNet and the three encoders run in bf16 where the CPU has
-  native bf16 (``INFERENCE_PRECISION_HINT=bf16``; fp32 elsewhere); the VAE decoder runs in fp32
+- ``openvino``: the fast CPU path. The UNet and the three encoders run in bf16 where bf16 pays on the CPU
+  (``INFERENCE_PRECISION_HINT=bf16``; fp32 elsewhere): with AMX, or without it where a bf16 MatMul was measured
+  clearly faster than fp32 (:mod:`maskst.runtime.bf16_probe`: a Zen 4 yes, a Xeon without AMX no); the VAE decoder runs in fp32
   (pixels are what users look at, and it is one call per image); the image conditioner (masking +
   projection) stays on ONNX Runtime, whose float64 split arithmetic gives bit-for-bit the numpy
   mask decision: OpenVINO's CPU plugin runs float64 as float32, so a near-tie in the 2-means split
@@ -151,12 +152,19 @@ def native_int8(isa_cap: str | None = None) -> bool:
     return cpu_info().capped(isa_cap).has(*INT8_CPU_FLAGS)
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` on CPUs with native bf16, else ``f32``; anything else is checked."""
+def resolve_precision(precision: str, cache_dir: Path | bool | None = None) -> str:
+    """``auto`` -> ``bf16`` where bf16 pays on this CPU, else ``f32``; anything else is checked.
+
+    "Pays" (:mod:`maskst.runtime.bf16_probe`): AMX, or without AMX a bf16 MatMul measured >= 1.2x faster than
+    f32 on this CPU (AVX-512 BF16 is ~2x fp32 on a Zen 4 but slower than fp32 on a Xeon without AMX). The
+    measurement is kept in ``cache_dir`` (the compiled-model cache: None the default one, False none)."""
+    from maskst.runtime.bf16_probe import bf16_pays
+
     if precision not in PRECISIONS:
         raise InputError(f"OpenVINO precision {precision!r} is not known; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if native_bf16() else "f32"
+        folder = default_cache_dir() if cache_dir is None else (Path(cache_dir) if cache_dir else None)
+        return "bf16" if bf16_pays(native_bf16(), folder).pays else "f32"
     return precision
 
 
@@ -279,8 +287,8 @@ class OpenVinoRunner(Runner):
                  threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8_scheme: str | None = None):
         super().__init__(spec, path)
         self.int8_scheme = int8_scheme
-        self.precision = resolve_precision(precision)
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        self.precision = resolve_precision(precision, self.cache_dir)
         self.threads = threads
         self.profile = profile
         self.compress_weights = compress_weights and self.precision == "bf16"
@@ -454,7 +462,7 @@ def parity_vs_ort(manifest, name: str, precision: str = "f32", dims: dict[str, i
     """
     from maskst.runtime.runners import OrtRunner
 
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, cache_dir)
     spec = manifest.graph_spec(name)
     feed = spec.sample_inputs(dims or {d: r.opt for d, r in spec.dims.items()}, seed=seed)
     with OrtRunner(spec, manifest.graph_path(name)) as ort_runner:
