@@ -329,10 +329,14 @@ def test_int8_ir_gets_its_own_compiled_model_cache_key(int8_engines, tmp_path):
     options = RunnerOptions(compile_cache=tmp_path)
     shapes = {"latents": [1, 4, 8, 8]}
     int8 = parse_backend("openvino-int8").runner(manifest, "vae_decoder", options)
-    plain = parse_backend("openvino:vae_decoder=auto").runner(manifest, "vae_decoder", options)
-    from maskst.runtime.openvino_runner import resolve_precision
+    from maskst.runtime.openvino_runner import int8_float_precision, native_bf16, resolve_precision
 
-    assert int8.precision == plain.precision == resolve_precision("auto", tmp_path)  # same precision, other blob
+    # an int8 IR's float remainder is bf16 wherever bf16 is native, whatever auto resolves to for float graphs
+    assert int8.precision == int8_float_precision() == ("bf16" if native_bf16() else "f32")
+    plain = parse_backend(f"openvino:vae_decoder={int8.precision}").runner(manifest, "vae_decoder", options)
+    assert plain.precision == int8.precision  # same precision, other blob
+    text = parse_backend("openvino-int8").runner(manifest, "text_encoder", options)
+    assert text.precision == resolve_precision("auto", tmp_path)  # a float graph follows auto (bf16 where it pays)
     assert int8.blob_path(shapes) != plain.blob_path(shapes) and "-int8-" in int8.blob_path(shapes).name
     # the text encoder is not quantized: openvino-int8 runs it as openvino does
     assert parse_backend("openvino-int8").runner(manifest, "text_encoder", options).path.name == "text_encoder.onnx"

@@ -258,8 +258,9 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     ``unet_deep`` / ``unet_shallow`` where the engines have them, and for the image encoder where the set's
     scheme quantizes it (the calibrated ones; a weight-only set leaves it float by design: it then runs as
     ``openvino`` runs it). Their FakeQuantize'd convolutions and MatMuls run as AMX-INT8 / VNNI kernels; what is
-    not int8 computes in bf16 where bf16 pays on the CPU (as for ``openvino``: AMX, or measured). Every other
-    graph runs as ``openvino`` runs it. A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
+    not int8 in them computes in bf16 wherever the CPU has native bf16 (memory-bound work:
+    :func:`~maskst.runtime.openvino_runner.int8_float_precision`). Every other graph runs as ``openvino`` runs
+    it (``auto``: bf16 where it pays). A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
     graph as ``openvino`` would.
 
     Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized the
@@ -277,7 +278,7 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
         from maskst.deepcache import DEEP_GRAPH, EXPORT_FLAG, SHALLOW_GRAPH
         from maskst.engines.int8 import INT8_GRAPHS, Int8Scheme, graph_scheme, int8_graph
-        from maskst.runtime.openvino_runner import OpenVinoRunner, named_graphs
+        from maskst.runtime.openvino_runner import OpenVinoRunner, int8_float_precision, named_graphs
 
         if graph not in INT8_GRAPHS or graph in named_graphs(self.variant):  # e.g. openvino-int8:unet=bf16
             return super().runner(manifest, graph, options)
@@ -301,7 +302,8 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
                 f"maskst-export --int8 --force, or run it from its fp32 graph (bf16 where it pays) "
                 f"explicitly: --backend {self.spec}:{graph}=auto")
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
-        return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision="auto", cache_dir=options.compile_cache,
+        return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision=int8_float_precision(),
+                              cache_dir=options.compile_cache,
                               threads=options.threads, profile=options.profile_prefix is not None,
                               compress_weights=False, int8_scheme=graph_scheme(graph, set_scheme).value)
 

@@ -168,6 +168,17 @@ def resolve_precision(precision: str, cache_dir: Path | bool | None = None) -> s
     return precision
 
 
+def int8_float_precision() -> str:
+    """What the float remainder of an int8 IR (``maskst-export --int8``) computes in: bf16 wherever the CPU runs
+    bf16 natively, even where :mod:`maskst.runtime.bf16_probe` finds bf16 MatMuls slower than f32. In an int8 IR
+    the MatMuls and convolutions are int8; what is left (normalizations, activations, the dequantized tensors
+    between int8 nodes) moves data more than it computes, and bf16 halves those bytes. Measured on a Xeon without
+    AMX (bf16 MatMul 0.6x f32), int8 IRs compiled with each hint, same process, 2 rounds x 4 calls (``python -m
+    maskst.bench.ov_inspect ... --precision bf16|f32``, docs/benchmarks.md): VAE decoder 834 ms bf16 vs 1,201 ms
+    f32, UNet 708 vs 890, image encoder 604 vs 620."""
+    return "bf16" if native_bf16() else "f32"
+
+
 def default_cache_dir() -> Path:
     """Where compiled models are cached unless the caller names another folder (or disables it)."""
     return Path.home() / ".cache" / "maskst" / "openvino"
