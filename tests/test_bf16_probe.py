@@ -68,7 +68,6 @@ def test_the_real_probe_and_auto_agree(tmp_path):
     from maskst.runtime.openvino_runner import native_bf16, resolve_precision
 
     result = measure_bf16_gain(repeats=2)
-    assert result["f32_ms"] > 0 and result["bf16_ms"] > 0
     assert result["gain"] == pytest.approx(result["f32_ms"] / result["bf16_ms"], rel=1e-3)
     verdict = bf16_verdict(cpu_info(), native_bf16(), tmp_path)
     assert resolve_precision("auto", tmp_path) == ("bf16" if verdict.pays else "f32")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from maskst.contract.files import write_atomic
 from maskst.hardware import CpuInfo, cpu_info
 
 BF16_MIN_GAIN = 1.2  # f32 time / bf16 time at or above which bf16 is worth its 1-3% error
@@ -90,18 +90,6 @@ def _read(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write(path: Path, data: dict) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def bf16_verdict(cpu: CpuInfo, openvino_bf16: bool, cache_dir: Path | None = None,
                  measure: Callable[[], dict] = measure_bf16_gain) -> Bf16Verdict:
     """Whether ``auto`` should run bf16 on ``cpu`` (:func:`maskst.hardware.cpu_info`, capped as oneDNN is).
@@ -120,7 +108,8 @@ def bf16_verdict(cpu: CpuInfo, openvino_bf16: bool, cache_dir: Path | None = Non
     if result is None:
         result = {**measure(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if path:
-            _write(path, {**_read(path), key: result})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps({**_read(path), key: result}, indent=1, sort_keys=True))
     pays = result["gain"] >= BF16_MIN_GAIN
     return Bf16Verdict(pays, f"AVX-512 BF16 without AMX: measured bf16 {result['gain']:.2f}x f32 "
                              f"({'>=' if pays else '<'} {BF16_MIN_GAIN}x)", result["gain"])

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +23,7 @@ from typing import Callable
 import filelock
 from tqdm.auto import tqdm
 
+from maskst.contract.files import write_atomic
 from maskst.errors import InputError
 from maskst.runtime.output import check_writable_dir
 from maskst.sweep.grid import SweepJob, SweepSpec
@@ -63,17 +62,6 @@ def plan(spec: SweepSpec, engines: Path, out_dir: Path) -> tuple[list[SweepJob],
     return jobs, [job for job in jobs if not is_finished(job, out_dir)]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_sweep(spec: SweepSpec, engines: Path, out_dir: Path, executor, progress: bool = True,
               on_record: Callable[[dict], None] | None = None) -> SweepReport:
     """Run every unfinished job of ``spec`` with ``executor`` (LocalExecutor or RayExecutor) into ``out_dir``.
@@ -98,7 +86,7 @@ def _run_locked(spec: SweepSpec, engines: Path, out_dir: Path, executor, progres
                 on_record: Callable[[dict], None] | None) -> SweepReport:
     started = time.perf_counter()
     jobs, pending = plan(spec, engines, out_dir)
-    _write_atomic(out_dir / SWEEP_NAME, json.dumps(
+    write_atomic(out_dir / SWEEP_NAME, json.dumps(
         {**spec.to_dict(), "engines": str(Path(engines).absolute()), "engines_manifest": jobs[0].engines_digest},
         indent=2) + "\n")
     waiting = {job.index for job in pending}
@@ -121,7 +109,7 @@ def _run_locked(spec: SweepSpec, engines: Path, out_dir: Path, executor, progres
         if job.index in waiting:
             records[job.index] = {**base_record(job), "status": "error", "cached": False, "exit_code": 1,
                                   "error": "no result came back from the executor"}
-    _write_atomic(results_path, "".join(json.dumps(records[job.index]) + "\n" for job in jobs))
+    write_atomic(results_path, "".join(json.dumps(records[job.index]) + "\n" for job in jobs))
     values = list(records.values())
     return SweepReport(jobs=len(jobs), ran=sum(not r["cached"] for r in values),
                        cached=sum(bool(r["cached"]) for r in values),
