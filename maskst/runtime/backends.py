@@ -260,8 +260,8 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
     ``openvino`` runs it). Their FakeQuantize'd convolutions and MatMuls run as AMX-INT8 / VNNI kernels; what is
     not int8 in them computes in bf16 wherever the CPU has native bf16 (memory-bound work:
     :func:`~maskst.runtime.openvino_runner.int8_float_precision`). Every other graph runs as ``openvino`` runs
-    it (``auto``: bf16 where it pays). A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache graphs follow ``unet`` unless named) runs its fp32
-    graph as ``openvino`` would.
+    it (``auto``: bf16 where it pays). A graph the variant names (``openvino-int8:unet=bf16``; the DeepCache
+    graphs follow ``unet`` unless named) runs its fp32 graph as ``openvino`` would.
 
     Engines whose int8 set lacks a graph it should hold (an int8 set exported before ``--int8`` quantized the
     DeepCache graphs or the image encoder) are refused with the fix, not run in bf16 unseen: the user asked for

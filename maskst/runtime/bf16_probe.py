@@ -30,7 +30,7 @@ BF16_MIN_GAIN = 1.2  # f32 time / bf16 time at or above which bf16 is worth its 
 PROBE_SHAPE = (512, 1024, 1024)  # M, K, N: rows x a constant weight, like the UNet's projections (1.1 GFLOP)
 PROBE_FILE = "bf16-probe.json"
 AMX_BF16_FLAGS = ("amx_bf16",)
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products: AVX-512 BF16 or AMX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def bf16_verdict(cpu: CpuInfo, openvino_bf16: bool, cache_dir: Path | None = Non
     ``openvino_bf16``: OpenVINO reports native bf16 (``OPTIMIZATION_CAPABILITIES``). ``cache_dir``: where
     :data:`PROBE_FILE` keeps measurements (None: measure, keep nothing). ``measure``: the probe
     (:func:`measure_bf16_gain`; tests pass their own)."""
-    if not (openvino_bf16 and cpu.has(*BF16_FLAGS)):
+    if not openvino_bf16 or (cpu.flags and not cpu.has(*BF16_FLAGS)):  # flags unknown (not Linux): measure
         return Bf16Verdict(False, "no native bf16 on this CPU")
     if cpu.has(*AMX_BF16_FLAGS):
         return Bf16Verdict(True, "AMX bf16 tiles")

@@ -128,7 +128,6 @@ def _core():
     return _import_openvino().Core()
 
 
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products: AVX-512 BF16 or AMX
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: VNNI (AVX-512 or AVX) or AMX
 
 
@@ -137,9 +136,10 @@ def native_bf16(isa_cap: str | None = None) -> bool:
     """Whether this CPU runs bf16 natively (AMX or AVX-512-BF16), as OpenVINO reports it, under oneDNN's ISA cap
     (``isa_cap``, or the one in effect for this process: OpenVINO reports BF16 from CPUID whatever the cap)."""
     from maskst.hardware import cpu_info
+    from maskst.runtime.bf16_probe import BF16_FLAGS
 
     cpu = cpu_info().capped(isa_cap)
-    allowed = cpu.isa_cap is None or cpu.has(*BF16_CPU_FLAGS)
+    allowed = cpu.isa_cap is None or cpu.has(*BF16_FLAGS)
     return allowed and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
