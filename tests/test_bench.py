@@ -328,6 +328,7 @@ def tiny_deepcache_engines(tiny, export_fn, tmp_path_factory):
     return export_fn(tiny, tmp_path_factory.mktemp("engines") / "tiny_deepcache", deepcache=True).folder
 
 
+@pytest.mark.slow
 def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_engines, tmp_path):
     """--deepcache-interval 3: one more contender per backend, its image against the same backend's full
     computation and the reference, its UNet graphs' calls and FLOPs (structure and sanity; no timing bound)."""

@@ -447,6 +447,7 @@ def test_fp16_and_tensorrt_paths_run_control_engines(tiny, tmp_path, export_fn, 
             np.testing.assert_array_equal(pipe.generate(config, style).images, fp16_images)
 
 
+@pytest.mark.slow
 def test_bench_measures_image_driven_requests(wide_control_engines, wide_engines, tmp_path):
     """maskst-bench --image-driven: the ControlNet-step row and an image-driven end to end, against the
     diffusers ControlNet reference (its ControlNet folder read from the engines manifest)."""

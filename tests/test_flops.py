@@ -137,19 +137,25 @@ def test_effective_ceiling_weights_matmul_and_conv():
     assert effective_ceiling(ceilings, "openvino", "int8", {"MatMul": 1}) is None
 
 
-def test_merge_samples_pools_passes():
+def test_merge_samples_takes_the_fastest_pass():
+    """A pass the host slowed (fp32 2x slower, bf16 not) must not pull the ceiling down: per kernel, the pass
+    with the highest median wins, every pass's median is kept."""
     from maskst.bench.ceilings import _summary, merge_samples
 
-    one = {"torch": {"f32": {"matmul": _summary(10**9, [0.010, 0.012], timed="call")}}}
-    two = {"torch": {"f32": {"matmul": _summary(10**9, [0.011, 0.030], timed="call")}}}
-    merged = merge_samples([one, two])["torch"]["f32"]["matmul"]
-    assert merged["ms_samples"] == [10.0, 12.0, 11.0, 30.0]
-    assert merged["ms_median"] == pytest.approx(11.5)
-    assert merged["gflops_max"] == pytest.approx(100.0) and merged["timed"] == "call"
+    one = {"torch": {"f32": {"matmul": _summary(10**9, [0.010, 0.012, 0.011], timed="call")},
+                     "bf16": {"matmul": _summary(10**9, [0.005, 0.005, 0.006])}}}
+    two = {"torch": {"f32": {"matmul": _summary(10**9, [0.020, 0.021, 0.030], timed="call")},
+                     "bf16": {"matmul": _summary(10**9, [0.004, 0.004, 0.009])}}}
+    merged = merge_samples([one, two])["torch"]
+    f32, bf16 = merged["f32"]["matmul"], merged["bf16"]["matmul"]
+    assert f32["ms_samples"] == [10.0, 12.0, 11.0] and f32["gflops"] == pytest.approx(1e9 / 0.011 / 1e9)
+    assert f32["pass_gflops"] == pytest.approx([1e9 / 0.011 / 1e9, 1e9 / 0.021 / 1e9]) and f32["timed"] == "call"
+    assert bf16["ms_median"] == pytest.approx(4.0)  # the second pass, for this kernel
+    assert merge_samples([one])["torch"]["f32"]["matmul"]["gflops"] == f32["gflops"]
 
 
 def test_roofline_takes_the_longer_of_arithmetic_and_weights_per_node():
-    from maskst.bench.ceilings import merge_memory, roofline
+    from maskst.bench.ceilings import _bandwidth_summary, merge_memory, roofline
 
     ceilings = {"openvino": {"bf16": {"matmul": {"gflops": 100.0}, "conv": {"gflops": 50.0}},
                              "f32": {"matmul": {"gflops": 100.0}, "conv": {"gflops": 50.0}}}}
@@ -166,7 +172,9 @@ def test_roofline_takes_the_longer_of_arithmetic_and_weights_per_node():
     assert roofline(ceilings, memory, "openvino", "f32", per_node)["ms"] == pytest.approx(10 + 20 + 1)
     assert roofline(ceilings, None, "openvino", "bf16", per_node) is None  # no memory ceiling measured
     assert roofline(ceilings, memory, "openvino", "int8", per_node) is None  # no int8 ceilings measured
-    pooled = merge_memory([{"ms_samples": [10.0, 30.0], "bytes": 10**9, "kernel": "k"}, None,
-                           {"ms_samples": [20.0], "bytes": 10**9, "kernel": "k"}])
-    assert pooled["ms_median"] == pytest.approx(20.0) and pooled["gbps"] == pytest.approx(50.0)
+    fast = _bandwidth_summary(10**9, [0.010, 0.030], kernel="k")  # median 20 ms: 50 GB/s
+    slow = _bandwidth_summary(10**9, [0.040], kernel="k")
+    best = merge_memory([slow, None, fast])
+    assert best["ms_median"] == pytest.approx(20.0) and best["gbps"] == pytest.approx(50.0)
+    assert best["pass_gbps"] == pytest.approx([25.0, 50.0])
     assert merge_memory([None]) is None

@@ -418,6 +418,7 @@ def test_sdxl_on_openvino_f32_matches_onnx_runtime(sdxl_engines, style_image):
 # --------------------------------------------------------------------------- bench and profile
 
 
+@pytest.mark.slow
 def test_bench_and_profile_take_the_family(tmp_path):
     from maskst.bench.cli import bench_main, profile_main
 

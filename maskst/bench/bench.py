@@ -931,7 +931,8 @@ def graph_call_shapes(results: dict) -> list[tuple[str, dict]]:
 
 
 def machine_limits(ceiling_passes: list[dict], flops: dict) -> dict:
-    """The ceilings (passes pooled) and the FLOP counts, with the errors of their workers."""
+    """The ceilings (the fastest pass per kernel: :func:`maskst.bench.ceilings.merge_samples`) and the FLOP counts,
+    with the errors of their workers."""
     from maskst.bench.ceilings import merge_memory, merge_samples
 
     errors = [p["error"] for p in ceiling_passes if "error" in p] + ([flops["error"]] if "error" in flops else [])
@@ -1242,7 +1243,7 @@ def _limits_tables(report: dict) -> list[str]:
                 lines.append(f"| {runtime} {precision} | " + " | ".join(cells) + f" | {kernels or '-'} |")
         loads = report.get("ceiling_other_load_cores") or []
         lines.append(f"\n{report.get('ceiling_passes')} ceiling pass(es), other processes' load "
-                     + ", ".join(_fmt(v) for v in loads) + " cores; the ceiling is the median of the "
+                     + ", ".join(_fmt(v) for v in loads) + " cores; the ceiling is the fastest median of the "
                      + (f"{report['ceiling_quiet_passes']} quiet pass(es)" if report.get("ceiling_quiet_passes")
                         else "passes (none was quiet: the ceiling is low and % of it high)"))
         memory = report.get("memory_ceiling")
