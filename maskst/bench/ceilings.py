@@ -330,7 +330,7 @@ def merge_samples(passes: list[dict]) -> dict:
     fastest pass (highest median GFLOP/s), with every pass's median in ``pass_gflops``.
 
     Why not the pooled median: a pass can run while the host slows these cores without the guest seeing any load
-    (an AMD EPYC VM measured the same fp32 MatMul at 152 GFLOP/s before the contenders and 79 after, its bf16
+    (an AMD EPYC VM measured the same fp32 MatMul at 151 GFLOP/s before the contenders and 79 after, its bf16
     and int8 kernels unchanged; the graphs in between ran at 190). Pooled, the median lands between the two
     modes and the graphs exceed their "ceiling"; the median within a pass still guards against single spikes."""
     grouped: dict = {}
