@@ -285,12 +285,17 @@ def memory_ceiling(threads: int | None, warmup: int, repeats: int) -> dict | Non
                               timed="kernel node (PERF_COUNT)")
 
 
+def _fastest_pass(passes: list[dict], rate: str) -> dict:
+    """The pass with the highest ``rate`` (its median), with every pass's in ``pass_<rate>``."""
+    return {**max(passes, key=lambda one: one[rate]), f"pass_{rate}": [one[rate] for one in passes]}
+
+
 def merge_memory(passes: list[dict]) -> dict | None:
     """One memory ceiling from several passes': the fastest pass's (as :func:`merge_samples`, for the same reason)."""
     measured = [p for p in passes if p]
     if not measured:
         return None
-    return {**max(measured, key=lambda one: one["gbps"]), "pass_gbps": [one["gbps"] for one in measured]}
+    return _fastest_pass(measured, "gbps")
 
 
 def roofline(ceilings: dict, memory: dict | None, runtime: str, precision: str, per_node: list[list],
@@ -339,9 +344,7 @@ def merge_samples(passes: list[dict]) -> dict:
             for precision, by_kind in by_precision.items():
                 for kind, summary in by_kind.items():
                     grouped.setdefault(runtime, {}).setdefault(precision, {}).setdefault(kind, []).append(summary)
-    return {runtime: {precision: {kind: {**max(found, key=lambda one: one["gflops"]),
-                                         "pass_gflops": [one["gflops"] for one in found]}
-                                  for kind, found in by_kind.items()}
+    return {runtime: {precision: {kind: _fastest_pass(found, "gflops") for kind, found in by_kind.items()}
                       for precision, by_kind in by_precision.items()}
             for runtime, by_precision in grouped.items()}
 
