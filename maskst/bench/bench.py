@@ -148,7 +148,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
-    from maskst.engines.int8 import Int8Scheme, missing_int8_graphs
+    from maskst.engines.int8 import Int8Scheme
     from maskst.export.options import ExportOptions
     from maskst.fixtures import fixture_paths, write_fixtures
 
@@ -188,9 +188,7 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
         recorded = read_json(marker) or {}
         try:
             manifest = load_manifest(engines, verify_hashes=False)  # sizes only: hashing 6 GB takes a minute
-            # an int8 set from before --int8 quantized the DeepCache graphs: rebuilt (openvino-int8 refuses it)
-            if (recorded.get("fixture") == wanted_fixture and recorded.get("engines_manifest") == manifest.digest
-                    and recorded.get("export_options") == wanted_options and not missing_int8_graphs(manifest.data)):
+            if engines_match(recorded, manifest, {"fixture": wanted_fixture, "export_options": wanted_options}):
                 return models()
         except EngineError:
             pass  # incomplete or stale engines: rebuilt below
@@ -219,6 +217,21 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
     return models()
 
 
+def engines_match(recorded: dict, manifest, wanted: dict) -> bool:
+    """Whether cached benchmark engines (``manifest``, a loaded :class:`maskst.engines.manifest.Manifest`) are the
+    ones this version would build: ``recorded`` (the cache marker) names them by digest and matches ``wanted``
+    ({"fixture": ..., "export_options": ...}); an int8 set from before ``--int8`` quantized the DeepCache graphs
+    does not (openvino-int8 refuses it), nor does a set from an older graph revision (the same contract, other
+    nodes: a benchmark of this version would time the graphs an earlier one exported)."""
+    from maskst.engines.int8 import missing_int8_graphs
+    from maskst.export.graphs import GRAPH_REVISION
+
+    return (recorded.get("engines_manifest") == manifest.digest
+            and all(recorded.get(key) == value for key, value in wanted.items())
+            and not missing_int8_graphs(manifest.data)
+            and manifest.data.get("graph_revision", 1) == GRAPH_REVISION)
+
+
 def _options_json(options) -> dict:
     """ExportOptions as JSON (the bench cache's key part: other options, other engines)."""
     return json.loads(json.dumps({k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(options).items()}))
@@ -234,6 +247,7 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
+    from maskst.export.graphs import GRAPH_REVISION
     from maskst.export.options import ExportOptions
 
     _family, ckpt = resolve_checkpoints(base, ip_adapter, image_encoder, content_encoder)
@@ -244,7 +258,8 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     engines = Path(cache_dir) / f"bench-engines-{key}{'-deepcache' if deepcache else ''}"
     try:
         manifest = load_manifest(engines, verify_hashes=False)
-        if {n: s["path"] for n, s in manifest.data["sources"].items()} == {n: str(p.resolve()) for n, p in files.items()}:
+        if ({n: s["path"] for n, s in manifest.data["sources"].items()} == {n: str(p.resolve()) for n, p in files.items()}
+                and manifest.data.get("graph_revision", 1) == GRAPH_REVISION):
             return engines
     except EngineError:
         pass  # not built yet or damaged: exported below

@@ -122,7 +122,10 @@ class ControlNetGraph:
         import torch
         from diffusers.models.attention_processor import AttnProcessor2_0
 
+        from maskst.export.rewrites import split_geglu
+
         controlnet = self._load(ckpt, state)
+        split_geglu(controlnet)  # the same function, no Split node (maskst.export.rewrites)
 
         class ControlNetResiduals(torch.nn.Module):
             def __init__(self):

@@ -22,7 +22,7 @@ from maskst.errors import CheckpointError, InputError
 from maskst.regions import checkpoint_strides
 from maskst.families import IP_ADAPTER_LAYOUT, STYLESHOT_LAYOUT, detect_family
 from maskst.export.controlnet import control_manifest, control_sources, with_control
-from maskst.export.graphs import DEEPCACHE_GRAPHS, GRAPH_BUILDERS
+from maskst.export.graphs import DEEPCACHE_GRAPHS, GRAPH_BUILDERS, GRAPH_REVISION
 from maskst.export.options import ExportOptions, Precision, Target
 from maskst.contract.compare import Comparison, Tolerance, compare_outputs, raise_failures, records_json, run_onnx_cpu
 from maskst.contract.spec import GraphSpec
@@ -279,6 +279,7 @@ def export_engines(request: ExportRequest, progress: bool = True,
                 "scheduler_config": scheduler_config,
             },
             "graphs": graphs,
+            "graph_revision": GRAPH_REVISION,
             "control": control_manifest(controlnets, lineart),
             "wire_format": {"image_conditioner": conditioner_wire_format()},
             **extra,

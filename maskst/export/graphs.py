@@ -26,5 +26,10 @@ GRAPH_BUILDERS = {module.NAME: module for module in (
     text_encoder, text_encoder_2, image_encoder, style_encoder, content_encoder, image_conditioner, unet, vae_decoder,
     unet_deep, unet_shallow,
 )}
+# How the torch modules are traced, as a number: bumped when a change alters the exported graphs' nodes but not
+# their IO contract (old folders still run, they just are not what this version exports), so caches of exported
+# engines (maskst-bench's) rebuild. Recorded in the manifest as "graph_revision" (absent = 1).
+# 2: diffusers' GEGLU exported as two projections, no Split (maskst.export.rewrites.split_geglu).
+GRAPH_REVISION = 2
 # written on request, beside the family's graphs (maskst-export --deepcache): DeepCache step caching
 DEEPCACHE_GRAPHS = (unet_deep.NAME, unet_shallow.NAME)

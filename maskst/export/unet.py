@@ -85,6 +85,7 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
 
     from maskst import torch_models
     from maskst.export.regional_attention import LayerInputs, install_processors
+    from maskst.export.rewrites import split_geglu
 
     strides = checkpoint_strides(ckpt)
     mask_strides = sorted(set(strides))
@@ -95,6 +96,7 @@ def build_module(ckpt: CheckpointSet, state: dict, options: ExportOptions):
             self.unet = torch_models.unet(ckpt.base)
             self.inputs = LayerInputs()
             install_processors(self.unet, state["ip_adapter"], strides, self.inputs)
+            split_geglu(self.unet)  # the same function, no Split node (maskst.export.rewrites)
 
         def forward(self, sample, timestep, text_embeddings, *rest, **unet_kwargs):
             # rest: the family's added conditions, ip_tokens, ip_scale, the region masks (spec order);
