@@ -59,3 +59,21 @@ def test_unet_variants_pytorch_frontend_matches_the_onnx_graph(tiny, tiny_engine
     ir = graph_flops(path, "unet", shapes)
     onnx = graph_flops(manifest.graph_path("unet"), "unet", shapes)
     assert ir.flops == onnx.flops  # the same arithmetic, SDPA ops counted like the decomposed MatMuls
+
+
+def test_ov_inspect_paired_alternates_two_graphs(tiny_engines, tmp_path):
+    """--paired: both graphs timed alternately in one process; the same graph twice differs by nothing."""
+    from maskst.bench.ov_inspect import main
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    unet = str(manifest.graph_path("unet"))
+    out = tmp_path / "paired.json"
+    assert main([unet, unet, "--paired", "--shapes", json.dumps(_unet_shapes(manifest)), "--threads", "1",
+                 "--calls", "3", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["paired"]
+    assert [len(one) for one in result["ms_samples"]] == [3, 3] and len(result["paired_diff_ms"]) == 3
+    assert result["max_abs_diff"] == {"noise_pred": 0.0}
+    with pytest.raises(SystemExit) as refused:
+        main([unet, "--paired"])
+    assert refused.value.code == 2

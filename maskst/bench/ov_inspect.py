@@ -9,6 +9,12 @@ their shapes), compile for the CPU with ``INFERENCE_PRECISION_HINT``, ``PERFORMA
 inputs. ``--rounds`` > 1 repeats that over all models in turn (interleaved: a busy machine slows
 every contender alike), each round a fresh process per model, so the spread is visible.
 
+``--paired A B``: two graphs of one function (an export change and its baseline) compiled in one
+process and called alternately (A B, B A, ...) on the same inputs, so a difference of a few ms is not
+lost in the spread between processes and minutes (on shared VMs the same call drifts by 10-25% over an
+hour; both graphs drift together here). Reported: each one's times, the median of the per-pair
+differences B - A, and the largest element difference of each output between the two.
+
 Reported per model: compile time, per-call times (median, min, max), the runtime model's node types
 (``layerType`` counts: are the attention blocks one ``MHA`` / ``ScaledDotProductAttention`` node, or
 ``MatMul`` + ``Softmax`` + ``MatMul``?), the time per ``layerType`` and per kernel (``exec_type`` from
@@ -135,6 +141,54 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
     return result
 
 
+def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int | None, calls: int,
+                 warmup: int) -> dict:
+    """Two graphs with the same inputs, compiled in this process, called alternately ``calls`` times each (pair i
+    runs A then B for even i, B then A for odd i) on one random feed: {"models", "ms_samples" [per model],
+    "ms_median", "ms_min", "paired_diff_ms" (B - A per pair), "paired_diff_median_ms", "max_abs_diff"
+    {output: largest |B - A| after the warm-up}, "cpu_share"}."""
+    import openvino as ov
+
+    from maskst.bench.bench import CpuShare
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    requests, feed = [], None
+    for path in paths:
+        model = core.read_model(str(path))
+        if shapes:
+            names = {n for port in model.inputs for n in port.get_names()}
+            model.reshape({k: v for k, v in shapes.items() if k in names})
+        feed = feed if feed is not None else _random_feed(model)
+        requests.append(core.compile_model(model, "CPU", config).create_infer_request())
+        del model
+    outputs = []
+    for request in requests:
+        for _ in range(max(warmup, 1)):
+            request.infer(feed)
+        outputs.append({port.get_any_name(): request.get_tensor(port).data.copy()
+                        for port in request.model_outputs})
+    diff = {name: float(np.abs(outputs[1][name].astype(np.float64) - value).max())
+            for name, value in outputs[0].items() if name in outputs[1]}
+    samples: list[list[float]] = [[], []]
+    share = CpuShare()
+    share.start()
+    for i in range(calls):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            requests[j].infer(feed)
+            samples[j].append((time.perf_counter() - t0) * 1e3)
+    load = share.stop()
+    pairs = [b - a for a, b in zip(*samples)]
+    return {"models": [str(p) for p in paths], "precision": precision, "threads": threads, "shapes": shapes,
+            "ms_samples": [[round(t, 2) for t in one] for one in samples],
+            "ms_median": [statistics.median(one) for one in samples], "ms_min": [min(one) for one in samples],
+            "paired_diff_ms": [round(d, 2) for d in pairs], "paired_diff_median_ms": statistics.median(pairs),
+            "max_abs_diff": diff, "cpu_share": load}
+
+
 def _profiled_call(core, path: Path, shapes: dict, config: dict, feed: dict) -> dict:
     """One more compile with counters on (PERF_COUNT adds per-node bookkeeping: kept out of the timed calls)."""
     from maskst.bench.flops import op_flops
@@ -192,9 +246,24 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet-below", type=float, default=0.1,
                         help="summaries over the rounds whose other processes' load was below this many cores")
     parser.add_argument("--no-perf", action="store_true", help="skip the PERF_COUNT breakdown (rounds after the first always do)")
+    parser.add_argument("--paired", action="store_true",
+                        help="two models (baseline first) in one process, calls alternated: paired differences")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
     shapes = json.loads(args.shapes)
+    if args.paired:
+        if len(args.models) != 2:
+            parser.error(f"--paired compares two models (a baseline, then the change); got {len(args.models)}")
+        result = paired_calls(args.models, shapes, args.precision, args.threads, args.calls, args.warmup)
+        for path, median, low in zip(args.models, result["ms_median"], result["ms_min"]):
+            print(f"{path}: median {median:.1f} ms, min {low:.1f} ms", file=sys.stderr)
+        print(f"paired difference (second - first), median of {args.calls}: {result['paired_diff_median_ms']:+.1f} ms; "
+              f"largest output difference {max(result['max_abs_diff'].values(), default=0.0):.3g}; "
+              f"other load {result['cpu_share']['others_cores']} cores", file=sys.stderr)
+        if args.json:
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else None
+            args.json.write_text(json.dumps({"command": command, "paired": result}, indent=2))
+        return 0
     if args.one:
         print(json.dumps(inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup,
                                        perf=not args.no_perf)))
