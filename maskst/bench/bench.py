@@ -224,12 +224,18 @@ def engines_match(recorded: dict, manifest, wanted: dict) -> bool:
     does not (openvino-int8 refuses it), nor does a set from an older graph revision (the same contract, other
     nodes: a benchmark of this version would time the graphs an earlier one exported)."""
     from maskst.engines.int8 import missing_int8_graphs
-    from maskst.export.graphs import GRAPH_REVISION
 
     return (recorded.get("engines_manifest") == manifest.digest
             and all(recorded.get(key) == value for key, value in wanted.items())
-            and not missing_int8_graphs(manifest.data)
-            and manifest.data.get("graph_revision", 1) == GRAPH_REVISION)
+            and not missing_int8_graphs(manifest.data) and current_graph_revision(manifest))
+
+
+def current_graph_revision(manifest) -> bool:
+    """Whether an engines folder's graphs were traced the way this version traces them (its manifest's
+    ``graph_revision``, absent = 1, against :data:`maskst.export.graphs.GRAPH_REVISION`)."""
+    from maskst.export.graphs import GRAPH_REVISION
+
+    return manifest.data.get("graph_revision", 1) == GRAPH_REVISION
 
 
 def _options_json(options) -> dict:
@@ -247,7 +253,6 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     from maskst.engines.manifest import load_manifest
     from maskst.errors import EngineError
     from maskst.export.exporter import ExportRequest, export_engines
-    from maskst.export.graphs import GRAPH_REVISION
     from maskst.export.options import ExportOptions
 
     _family, ckpt = resolve_checkpoints(base, ip_adapter, image_encoder, content_encoder)
@@ -259,7 +264,7 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
     try:
         manifest = load_manifest(engines, verify_hashes=False)
         if ({n: s["path"] for n, s in manifest.data["sources"].items()} == {n: str(p.resolve()) for n, p in files.items()}
-                and manifest.data.get("graph_revision", 1) == GRAPH_REVISION):
+                and current_graph_revision(manifest)):
             return engines
     except EngineError:
         pass  # not built yet or damaged: exported below

@@ -59,6 +59,23 @@ def _random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
+def read_reshaped(core, path: Path, shapes: dict):
+    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}; names the model lacks are skipped)."""
+    model = core.read_model(str(path))
+    if shapes:
+        names = {n for port in model.inputs for n in port.get_names()}
+        model.reshape({k: v for k, v in shapes.items() if k in names})
+    return model
+
+
+def compile_config(precision: str, threads: int | None) -> dict:
+    """The CPU plugin settings every measurement here compiles with."""
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
 def runtime_summary(compiled) -> dict:
     """Node-type counts of the compiled (runtime) model and its kernels per layer type."""
     types = collections.Counter()
@@ -102,16 +119,11 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
 
     core = ov.Core()
     t0 = time.perf_counter()
-    model = core.read_model(str(path))
-    if shapes:
-        names = {n for port in model.inputs for n in port.get_names()}
-        model.reshape({k: v for k, v in shapes.items() if k in names})
+    model = read_reshaped(core, path, shapes)
     read_ms = (time.perf_counter() - t0) * 1e3
     flops = count_model(model, path.stem, shapes).to_json() if count_flops else None
     feed = _random_feed(model)
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    config = compile_config(precision, threads)
     t0 = time.perf_counter()
     compiled = core.compile_model(model, "CPU", config)
     compile_ms = (time.perf_counter() - t0) * 1e3
@@ -152,15 +164,10 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
     from maskst.bench.bench import CpuShare
 
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    config = compile_config(precision, threads)
     requests, feed = [], None
     for path in paths:
-        model = core.read_model(str(path))
-        if shapes:
-            names = {n for port in model.inputs for n in port.get_names()}
-            model.reshape({k: v for k, v in shapes.items() if k in names})
+        model = read_reshaped(core, path, shapes)
         feed = feed if feed is not None else _random_feed(model)
         requests.append(core.compile_model(model, "CPU", config).create_infer_request())
         del model
@@ -193,10 +200,7 @@ def _profiled_call(core, path: Path, shapes: dict, config: dict, feed: dict) -> 
     """One more compile with counters on (PERF_COUNT adds per-node bookkeeping: kept out of the timed calls)."""
     from maskst.bench.flops import op_flops
 
-    model = core.read_model(str(path))
-    if shapes:
-        names = {n for port in model.inputs for n in port.get_names()}
-        model.reshape({k: v for k, v in shapes.items() if k in names})
+    model = read_reshaped(core, path, shapes)
     flops_of = {op.get_friendly_name(): f for op in model.get_ordered_ops() if (f := op_flops(op)) is not None}
     profiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": True})
     del model

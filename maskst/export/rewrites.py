@@ -6,8 +6,9 @@ is never rewritten), before tracing; the graph is then parity-checked against th
 other, so a rewrite that changed the function would fail the export.
 
 :func:`split_geglu`: diffusers' ``GEGLU`` (every SD 1.5 / SDXL transformer block's feed-forward input)
-computes ``proj(x)`` [.., 2h] and then ``chunk(2, dim=-1)``, which exports as one MatMul and a ``Split``
-of its output. OpenVINO's CPU plugin runs that split with a reference kernel (``VariadicSplit:
+computes ``proj(x)`` [.., 2h] and then ``chunk(2, dim=-1)``, which exports as one MatMul, two ``Slice``
+nodes of its output and the ``Shape``/``Gather``/``Div`` chain that computes where to cut. OpenVINO's CPU
+plugin turns the slices into a split and runs it with a reference kernel (``VariadicSplit:
 ref_bf16``: 12 ms of an int8 SD 1.5 UNet call, 18 ms of a bf16 one, at 256 px on a 2-core Zen 4) and
 the gate's consumer then reads half-rows of the wide output. Two projections of width h from the same
 input -- the two halves of ``proj``'s weight rows -- are the same numbers (each output element is the
