@@ -67,6 +67,34 @@ def test_interrupted_publish_is_recovered(tiny_engines, tmp_path):
     load_manifest(out)
 
 
+def test_full_disk_during_a_build_is_a_clear_engines_error_and_keeps_the_previous_set(tiny_engines, tmp_path):
+    """ENOSPC from whatever writes a graph: EngineError (exit 4) naming the folder, the free space and the fix;
+    the partial set removed, the previous engines untouched. Other errors pass through unchanged."""
+    import errno
+
+    from maskst.engines.folder import staging_folder
+    from maskst.errors import EngineError
+
+    out = tmp_path / "engines"
+    shutil.copytree(tiny_engines, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(EngineError) as info:
+        with staging_folder(out) as staging:
+            (staging / "unet.onnx").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(staging / "unet.onnx.data"))
+    message = str(info.value)
+    assert info.value.exit_code == 4
+    assert str(tmp_path) in message and "GiB are free" in message and "--out folder on a larger disk" in message
+    assert "No space left on device" in message and f"the engines already in {out} are unchanged" in message
+    assert isinstance(info.value.__cause__, OSError)
+    assert not list(tmp_path.glob(".staging-*"))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(RuntimeError, match="^an unrelated failure$"):  # plenty of space: not the disk
+        with staging_folder(tmp_path / "other"):
+            raise RuntimeError("an unrelated failure")
+    assert not list(tmp_path.glob(".staging-*"))
+
+
 def test_non_finite_values_name_the_stage_and_write_nothing(tiny_engines, style_image, tmp_path, monkeypatch):
     from maskst.generation import GenerationConfig
     from maskst.images import load_image
