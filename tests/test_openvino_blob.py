@@ -102,3 +102,36 @@ def test_a_failed_export_leaves_the_old_blob_and_no_tmp(tmp_path):
     with pytest.raises(BackendError, match="bypassed"):
         export_blob(_BypassingExport(), blob)
     assert list(tmp_path.iterdir()) == [blob] and blob.read_bytes() == b"an older blob"
+
+
+def test_blobs_of_a_re_exported_graph_are_removed_when_its_new_blob_is_written(tmp_path):
+    """A blob's key holds its graph file's size and mtime: once the graph is re-exported the old blob can never be
+    hit, and writing the new one removes it. Blobs of unchanged files (another graph, other shapes) stay."""
+    import os
+
+    from maskst.runtime.openvino_runner import OpenVinoRunner
+
+    spec, path = _matmul_ir(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_spec, other_path = _matmul_ir(other_dir)
+    cache = tmp_path / "cache"
+    feeds = [{"x": np.ones((n, 8), np.float32)} for n in (2, 3)]
+
+    def run(spec, path, feed):
+        with OpenVinoRunner(spec, path, precision="f32", cache_dir=cache, threads=1) as runner:
+            runner.infer(feed)
+            return runner.blob_path({"x": list(feed["x"].shape)}), next(iter(runner.loaded_from.values()))
+
+    old = [run(spec, path, feed)[0] for feed in feeds]
+    kept, _ = run(other_spec, other_path, feeds[0])
+    assert all(p.is_file() and p.with_name(p.name + ".json").is_file() for p in old + [kept])
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the graph re-exported (same bytes, new mtime)
+    new, source = run(spec, path, feeds[0])
+    assert source == "compiled" and new not in old
+    assert sorted(cache.rglob("*.blob")) == sorted([new, kept])  # both blobs of the old file gone, with records
+    assert sorted(p.name for p in cache.rglob("*.json")) == sorted([new.name + ".json", kept.name + ".json"])
+    path.unlink()  # a graph deleted: its blob goes at the next write
+    run(other_spec, other_path, feeds[1])
+    assert not new.exists() and kept.is_file()

@@ -38,8 +38,9 @@ imported model replaces the compiled one, so a first compile also ends with file
 cache hit never reads the ONNX graph (OpenVINO's own cache read and hashed the whole graph first: 18 GB
 instead of 14 GB peak for the pipeline) and the model's weights stay file-backed. A blob OpenVINO refuses
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
-precision and input shape in bf16: delete the folder to reclaim the space. After a model's first
-import the blob's pages are handed back to the kernel (:func:`release_pages`; OpenVINO repacks the weights
+precision and input shape in bf16: each blob is recorded with the graph files it came from, and writing a blob
+removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`); delete the folder to
+reclaim the rest. After a model's first import the blob's pages are handed back to the kernel (:func:`release_pages`; OpenVINO repacks the weights
 while importing, so nothing reads the blob after that): the process keeps only OpenVINO's repacked weights
 (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
 once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
@@ -77,6 +78,7 @@ from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
+from maskst.runtime.blob_cache import evict_stale_blobs, graph_files, record_blob
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
 PRECISIONS = ("auto", "bf16", "f32")
@@ -345,12 +347,7 @@ class OpenVinoRunner(Runner):
         import hashlib
         import json
 
-        files = {}
-        for path in (self.path, Path(f"{self.path}.data"), self.path.with_suffix(".bin")):
-            if path.is_file():
-                stat = path.stat()
-                files[path.name] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-        key = {"files": files, "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
+        key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
                "f16_weights": self.compress_weights, "int8": self.int8_scheme, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
@@ -386,6 +383,8 @@ class OpenVinoRunner(Runner):
         del model
         if blob is not None:
             export_blob(compiled, blob)
+            record_blob(blob, graph_files(self.path))
+            evict_stale_blobs(blob.parent.parent)  # blobs of graph files since re-exported: never hit again
         return compiled
 
     def _compiled_for(self, feed: dict[str, np.ndarray]):

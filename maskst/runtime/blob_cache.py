@@ -1,0 +1,73 @@
+"""The OpenVINO runner's compiled-model cache on disk: what each blob was compiled from, and the removal of blobs
+that can never be hit again.
+
+A blob's cache key holds the path, size and modification time of the graph files it was compiled from
+(:meth:`maskst.runtime.openvino_runner.OpenVinoRunner.blob_path`), so a re-export (``maskst-export --force``,
+a benchmark's engines rebuilt for a new graph revision) makes every blob of the old files unreachable: ~1.7 GB
+(bf16) to 3.5 GB (f32) per full-size UNet, shape and precision, which accumulated to 30 GB on the development VM
+until its disk filled. Each blob therefore gets a record ``<blob>.json`` of those files, and writing a new blob
+removes the blobs whose files have changed or gone. Blobs of other OpenVINO versions or CPUs are kept (they are
+hit again when that version or machine comes back); so are blobs without a record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RECORD_SUFFIX = ".json"  # <name>.blob -> <name>.blob.json
+
+
+def graph_files(path: Path) -> dict[str, list]:
+    """{file name: [resolved path, size, mtime_ns]} of a graph and its weights (``.onnx.data``, ``.bin``) that
+    exist: what a compiled blob of ``path`` depends on."""
+    files = {}
+    for candidate in (path, Path(f"{path}.data"), path.with_suffix(".bin")):
+        if candidate.is_file():
+            stat = candidate.stat()
+            files[candidate.name] = [str(candidate.resolve()), stat.st_size, stat.st_mtime_ns]
+    return files
+
+
+def record_blob(blob: Path, files: dict[str, list]) -> None:
+    """Write ``blob``'s record (the graph files it was compiled from, as :func:`graph_files` gives them)."""
+    record = Path(f"{blob}{RECORD_SUFFIX}")
+    tmp = record.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"files": files}))
+    tmp.replace(record)
+
+
+def _unchanged(files: dict[str, list]) -> bool:
+    for resolved, size, mtime_ns in files.values():
+        try:
+            stat = Path(resolved).stat()
+        except OSError:
+            return False
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+            return False
+    return True
+
+
+def evict_stale_blobs(cache_dir: Path) -> list[Path]:
+    """Remove the blobs under ``cache_dir`` (``<precision>/<name>.blob``) whose recorded graph files have changed
+    or gone, with their records; returns the blobs removed. A record that cannot be read (another process is
+    writing it) leaves its blob alone. Removing a blob another process has mapped is safe: the mapping stays valid."""
+    removed = []
+    for record in Path(cache_dir).glob(f"*/*.blob{RECORD_SUFFIX}"):
+        try:
+            files = json.loads(record.read_text())["files"]
+            stale = not _unchanged(files)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if stale:
+            blob = record.with_suffix("")
+            blob.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            removed.append(blob)
+    if removed:
+        log.info("compiled-model cache: removed %d blob(s) of graph files that changed or are gone", len(removed))
+    return removed
