@@ -77,3 +77,45 @@ def test_ov_inspect_paired_alternates_two_graphs(tiny_engines, tmp_path):
     with pytest.raises(SystemExit) as refused:
         main([unet, "--paired"])
     assert refused.value.code == 2
+
+
+def test_kernel_efficiency_counts_the_flops_of_int8_matmuls(tmp_path):
+    """OpenVINO's low-precision passes rename a quantized MatMul "<name>/DequantizationMultiply"; the per-shape
+    table still gives it its FLOPs. Two MatMuls on FakeQuantize'd activations, one unsigned (u8) and one signed (i8),
+    both with int8 weights: every FullyConnected node is counted, at 2 * M * K * N each."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from maskst.bench.flops import op_flops
+    from maskst.bench.ov_inspect import kernel_efficiency
+
+    rng = np.random.default_rng(0)
+    m, k, n = 64, 128, 96
+
+    def fake_quantize(node, low, high, levels=256):
+        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        return ops.fake_quantize(node, lo, hi, lo, hi, levels)
+
+    def quantized_matmul(x, low, name):
+        weight = fake_quantize(ops.constant(rng.standard_normal((n, k)).astype(np.float32)), -4.0, 4.0, 255)
+        out = ops.matmul(fake_quantize(x, low, 4.0), weight, False, True)
+        out.set_friendly_name(name)
+        return out
+
+    x = ops.parameter([m, k], np.float32, name="x")
+    unsigned = quantized_matmul(ops.relu(x), 0.0, "unsigned")
+    signed = quantized_matmul(x, -4.0, "signed")
+    model = ov.Model([ops.add(unsigned, signed)], [x])
+    flops_of = {op.get_friendly_name(): f for op in model.get_ordered_ops() if (f := op_flops(op)) is not None}
+    assert flops_of == {"unsigned": 2 * m * k * n, "signed": 2 * m * k * n}
+    core = ov.Core()
+    compiled = core.compile_model(model, "CPU", {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    request.infer({"x": rng.standard_normal((m, k)).astype(np.float32)})
+    fully_connected = [op for op in compiled.get_runtime_model().get_ordered_ops()
+                       if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")]
+    assert len(fully_connected) == 2  # both MatMuls became int8 FullyConnected nodes
+    rows = [r for r in kernel_efficiency(compiled, request, flops_of) if r["layer"].startswith("FullyConnected")]
+    assert sum(r["nodes"] for r in rows) == 2
+    assert sum(r["gflop"] for r in rows) == pytest.approx(2 * 2 * m * k * n / 1e9)

@@ -218,7 +218,8 @@ def kernel_efficiency(compiled, request, flops_of: dict[str, int]) -> list[dict]
     nodes = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
-        original = rt["originalLayersNames"].astype(str).split(",")
+        # int8 graphs: OpenVINO's low-precision passes rename a quantized MatMul "<name>/DequantizationMultiply"
+        original = {n.split("/Dequantization")[0] for n in rt["originalLayersNames"].astype(str).split(",")}
         shape = str(op.get_output_partial_shape(0)) if op.get_output_size() else "-"
         nodes[op.get_friendly_name()] = (rt["layerType"].astype(str), shape, sum(flops_of.get(n, 0) for n in original))
     groups: dict[tuple, list] = {}
