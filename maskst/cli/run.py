@@ -109,7 +109,8 @@ def _check_save_control(save_control, batch, request: dict) -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
 @click.option("--backend", default="ort-cpu", show_default=True, help=backends_help())
 @click.option("--compile-cache", type=click.Path(path_type=Path, file_okay=False),
-              help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino).")
+              help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino); blobs of graph "
+                   "files since re-exported or deleted are removed when a new blob is written.")
 @click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (slower start, and more memory: without the cache a "
                    "compiled model keeps the weights it was compiled from).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
