@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 
 import numpy as np
 import pytest
@@ -106,15 +105,6 @@ def _check_limits(report: dict, output: str) -> None:
     assert ort_unet["pct_of_roofline"] == pytest.approx(100 * bound["ms"] / ort_unet["ms_median"])
     assert ort_unet["shapes"]["sample"] == [2, 4, 8, 8]  # CFG batch of one 64 px image
     assert "% of ceiling" in output
-    # own-window ceilings: ONNX Runtime's, measured in the ort-cpu worker before and after its timed generations
-    passes = report["window_ceilings"]["ort-cpu"]
-    assert len(passes) == 2 and all(set(p["onnxruntime"]["f32"]) == {"matmul", "conv"} for p in passes)
-    assert "reference" not in report["window_ceilings"]
-    own = ort_unet["window_ceiling"]
-    assert own["matmul_gflops"] == pytest.approx(statistics.median(p["onnxruntime"]["f32"]["matmul"]["gflops"]
-                                                                   for p in passes))
-    assert ort_unet["pct_of_window_ceiling"] == pytest.approx(100 * ort_unet["gflops"] / own["gflops"])
-    assert "% of own-window ceiling" in output
 
 
 def test_bench_refuses_bad_options(tiny_engines):
@@ -313,36 +303,6 @@ def test_openvino_compiled_cache_is_keyed_and_imported(tiny_engines, tmp_path):
         records = parity_vs_ort(manifest, name, "bf16", dims=dims)
         assert all(r.passed for r in records), [r.describe() for r in records]
     assert PARITY_TOLERANCE["bf16"] == 0.1
-
-
-def test_own_window_ceilings_are_pooled_over_rounds_and_used_per_contender():
-    """Each round's worker measures the kernels of its own precisions before and after its generations; the
-    contender's own-window ceiling is the median of those passes, and its graphs' % is taken against it (beside the
-    run-wide fastest-pass ceiling, which stays what the target line is judged on)."""
-    from maskst.bench.bench import graph_efficiency, merge_rounds
-
-    def kernels(gflops):
-        return {"openvino": {"int8": {"matmul": {"gflops": gflops}, "conv": {"gflops": gflops}}}}
-
-    def result(windows):
-        return {"runs": [{"end_to_end": 1.0}], "peak_rss_mib": 1.0, "masking_projection_ms": 1.0, "load_ms": 1.0,
-                "first_request_ms": 1.0, "window_ceilings": [kernels(g) for g in windows],
-                "graph_precision": {"unet": {"runtime": "openvino", "precision": "int8"}},
-                "graph_calls": {"unet": [{"shapes": {"sample": [2, 4, 8, 8]}, "calls_per_generation": 3,
-                                          "ms_median": 10.0, "ms_samples": [10.0]}]}}
-
-    merged = merge_rounds([result([400.0, 300.0]), result([200.0, 100.0])])
-    assert len(merged["window_ceilings"]) == 4
-    limits = {"ceilings": kernels(500.0),
-              "flop_counts": [{"graph": "unet", "shapes": {"sample": [2, 4, 8, 8]}, "flops": 2.5e9,
-                               "by_op": {"MatMul": 1.5e9, "Convolution": 1e9}}]}
-    (row,) = graph_efficiency({"openvino-int8": merged}, limits)["openvino-int8"]["unet"]
-    assert row["gflops"] == pytest.approx(250.0)  # 2.5 GFLOP in 10 ms
-    assert row["pct_of_ceiling"] == pytest.approx(50.0)  # run-wide: 500
-    assert row["window_ceiling"]["gflops"] == pytest.approx(250.0)  # median of 400, 300, 200, 100
-    assert row["pct_of_window_ceiling"] == pytest.approx(100.0)
-    (alone,) = graph_efficiency({"x": {**merged, "window_ceilings": []}}, limits)["x"]["unet"]
-    assert "pct_of_window_ceiling" not in alone and alone["pct_of_ceiling"] == pytest.approx(50.0)
 
 
 def test_rounds_are_pooled():

@@ -473,12 +473,6 @@ def runner_precision(runner) -> dict:
     return {"runtime": type(runner).__name__, "precision": precision}
 
 
-def ceiling_pairs(precisions: dict[str, dict]) -> set[tuple[str, str]]:
-    """The (runtime, precision) pairs whose ceilings the graphs of ``precisions`` ({graph: runner_precision}) meet."""
-    return {(where["runtime"], where[key]) for where in precisions.values()
-            for key in ("precision", "matmul_precision") if where.get(key)}
-
-
 def _time_module(module, record: list) -> None:
     """Append the duration (ms) of every forward call of a torch module to ``record`` (forward hooks)."""
     clock = time.perf_counter
@@ -624,19 +618,8 @@ def _run_maskst(job: dict) -> dict:
     pipeline.add_callback(GraphCallTimer("controlnet_0", controlnet_calls))
     recorder = GraphCallRecorder()
     pipeline.add_callback(recorder)
-    windows: list[dict] = []  # own-window ceilings: right before the first and after the last timed generation
-
-    def window() -> None:
-        if job.get("ceiling_repeats", 0) > 0:
-            from maskst.bench.ceilings import window_ceilings
-
-            pairs = ceiling_pairs({name: runner_precision(r) for name, r in pipeline.runners.items()})
-            windows.append(window_ceilings(pairs, settings.threads, repeats=job["ceiling_repeats"]))
-
     with pipeline:
         for i in _progress(range(settings.warmup + settings.repeats), job, job["backend"]):
-            if i == settings.warmup:
-                window()
             clear_request_caches(pipeline)
             unet_calls.clear()
             controlnet_calls.clear()
@@ -658,7 +641,6 @@ def _run_maskst(job: dict) -> dict:
             if settings.image_driven:
                 runs[-1][CONTROL_STAGE] = _median(controlnet_calls)
         recorder.active = False  # the calls below are not part of a generation
-        window()
         e_i = pipeline.encode_style(images)
         e_c = pipeline.encode_content(config.content)
         micro = []
@@ -672,8 +654,7 @@ def _run_maskst(job: dict) -> dict:
     np.save(job["images_out"], result.images)
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
             "masked_elements": result.masked_elements, "peak_rss_mib": _peak_rss_mib(), "runners": runners,
-            "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions,
-            "window_ceilings": windows}
+            "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions}
 
 
 def _run_cold_start(job: dict) -> dict:
@@ -899,8 +880,7 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
                 _say(progress, f"[{index}/{len(plan)}{f', round {round_index + 1}/{rounds}' if rounds > 1 else ''}] "
                                f"{name}: loading, {settings.warmup} warm-up + {settings.repeats} timed generations")
                 kind = "reference" if name == "reference" else "maskst"
-                rounds_of[name].append(_spawn({**common, "kind": kind, "backend": name,
-                                               "ceiling_repeats": ceiling_repeats}, workdir, _safe(name)))
+                rounds_of[name].append(_spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name)))
             if round_index < rounds - 1:
                 ceilings(f"after-round-{round_index + 1}")
         results = {name: merge_rounds(found) for name, found in rounds_of.items()}
@@ -940,7 +920,6 @@ def merge_rounds(found: list[dict]) -> dict:
     merged["load_ms_rounds"] = [r["load_ms"] for r in ok]
     merged["first_request_ms_rounds"] = [r["first_request_ms"] for r in ok]
     merged["peak_rss_mib_rounds"] = [r["peak_rss_mib"] for r in ok]
-    merged["window_ceilings"] = [w for r in ok for w in r.get("window_ceilings", [])]
     if "graph_calls" in ok[0]:
         generations = len(merged["runs"])
         calls: dict[str, dict[str, list]] = {}
@@ -997,7 +976,7 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
     MatMul and convolution FLOPs (:func:`maskst.bench.ceilings.effective_ceiling`). The reference's
     UNet and VAE decoder get the FLOPs of maskst's graphs at the same request shapes.
     """
-    from maskst.bench.ceilings import effective_ceiling, merge_windows, roofline
+    from maskst.bench.ceilings import effective_ceiling, roofline
 
     counts = {(c["graph"], json.dumps(c["shapes"], sort_keys=True)): c for c in limits["flop_counts"]}
     by_graph: dict[str, dict] = {}
@@ -1008,7 +987,6 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
         if "error" in result:
             continue
         precisions = result.get("graph_precision") or {}
-        window = merge_windows(result.get("window_ceilings") or [])
         for graph, entries in (result.get("graph_calls") or {}).items():
             rows = []
             for entry in entries:
@@ -1027,11 +1005,6 @@ def graph_efficiency(results: dict, limits: dict) -> dict[str, dict[str, list[di
                     if ceiling is not None and ceiling["gflops"]:
                         row["ceiling"] = ceiling
                         row["pct_of_ceiling"] = 100 * row["gflops"] / ceiling["gflops"]
-                    own = effective_ceiling(window, where.get("runtime", ""), where.get("precision", ""),
-                                            count["by_op"], matmul_precision=where.get("matmul_precision"))
-                    if own is not None and own["gflops"]:  # the same, against this contender's own-window ceilings
-                        row["window_ceiling"] = own
-                        row["pct_of_window_ceiling"] = 100 * row["gflops"] / own["gflops"]
                     bound = roofline(limits["ceilings"], limits.get("memory_ceiling"), where.get("runtime", ""),
                                      where.get("precision", ""), count.get("per_node") or [],
                                      matmul_precision=where.get("matmul_precision"))
@@ -1121,8 +1094,6 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
     report["ceiling_other_load_cores"] = limits.get("ceiling_other_load_cores")
     report["ceiling_quiet_passes"] = limits.get("ceiling_quiet_passes")
     report["ceiling_passes_all"] = limits.get("ceiling_passes_all")
-    # each contender's own-window passes (in its process, before and after its timed generations, every round)
-    report["window_ceilings"] = {n: r["window_ceilings"] for n, r in ok.items() if r.get("window_ceilings")}
     report["flop_counts"] = limits["flop_counts"]
     report["graph_efficiency"] = graph_efficiency(ok, limits)
     # a missing ceiling or FLOP count is reported, not a failed contender (no openvino: no FLOP counts)
@@ -1180,8 +1151,6 @@ def _targets(report: dict) -> dict:
         attainable = (unet[best].get("roofline") or {}).get("attainable_pct_of_ceiling")
         targets["unet_step_at_least_70pct_of_ceiling"] = {
             "backend": best, "pct": unet[best]["pct_of_ceiling"], "precision": unet[best].get("precision"),
-            **({"pct_of_own_window_ceiling": unet[best]["pct_of_window_ceiling"]}
-               if "pct_of_window_ceiling" in unet[best] else {}),
             **({"attainable_pct": attainable, "pct_of_roofline": unet[best]["pct_of_roofline"]}
                if attainable is not None else {}),
             "met": unet[best]["pct_of_ceiling"] >= 70.0}
@@ -1314,20 +1283,16 @@ def _limits_tables(report: dict) -> list[str]:
                             f"{_fmt(row['calls_per_generation'])} | {_fmt(row['gflops'])} | "
                             f"{_fmt(row['ceiling']['gflops']) if 'ceiling' in row else '-'} | "
                             f"{_fmt(row['pct_of_ceiling'], '%') if 'pct_of_ceiling' in row else '-'} | "
-                            f"{_fmt(row['pct_of_window_ceiling'], '%') if 'pct_of_window_ceiling' in row else '-'} | "
                             + (f"{_fmt(row['roofline']['ms'])} ({_fmt(row['roofline']['weight_bytes'] / 2**20)} MiB) | "
                                f"{_fmt(row['roofline']['attainable_pct_of_ceiling'], '%')} | "
                                f"{_fmt(row['pct_of_roofline'], '%')} |" if "roofline" in row else "- | - | - |"))
     if rows:
         out.append("| graph | contender | runs in | GFLOP/call | ms/call median [min-max] | calls/gen | GFLOP/s | "
-                   "ceiling GFLOP/s | % of ceiling | % of own-window ceiling | roofline ms (weights) | "
-                   "attainable % of ceiling | % of roofline |\n"
-                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+                   "ceiling GFLOP/s | % of ceiling | roofline ms (weights) | attainable % of ceiling | % of roofline |\n"
+                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
         out.append("FLOPs: MatMul/Gemm/Conv/ConvTranspose/SDPA at the request's shapes, 2 per multiply-add, convolutions "
                    "counted for the direct algorithm; the ceiling of a graph is its runtime's and precision's MatMul "
-                   "and convolution ceilings weighted by its own mix of the two (the run's fastest ceiling pass; 'own-window': "
-                   "the same kernels measured in the contender's process right before and after its timed generations, "
-                   "median of those passes). Roofline: per counted node the longer "
+                   "and convolution ceilings weighted by its own mix of the two. Roofline: per counted node the longer "
                    "of its arithmetic at that ceiling and its weights (in the precision it runs) read at the memory "
                    "ceiling; 'attainable % of ceiling' is the most % of ceiling the graph can reach on this machine.")
     for error in report.get("machine_limits_errors") or []:

@@ -245,44 +245,6 @@ def measure_ceilings(threads: int | None = None, warmup: int = 2, repeats: int =
     return out
 
 
-def window_ceilings(wanted: set[tuple[str, str]], threads: int | None = None, warmup: int = 2,
-                    repeats: int = 8) -> dict:
-    """The ceilings of just the (runtime, precision) pairs in ``wanted`` (OpenVINO f32 / bf16 / int8, ONNX Runtime
-    f32; others are skipped), as :func:`measure_ceilings` lays them out: measured inside a contender's own process
-    right before and after its timed generations (``maskst-bench``'s "own-window ceiling").
-
-    Why: the run's ceiling passes bracket the whole run, and on a shared VM the machine's speed drifts within it (an
-    AMD EPYC VM measured the int8 MatMul at 815, 746 and 601 GFLOP/s in the three passes of one run): a graph timed
-    in a slow spell then looks further from a ceiling measured in a fast one."""
-    runners = {"openvino": lambda k, p: openvino_ceiling(k, p, threads, warmup, repeats),
-               "onnxruntime": lambda k, p: onnxruntime_ceiling(k, threads, warmup, repeats) if p == "f32" else None}
-    out: dict[str, dict] = {}
-    for runtime, precision in sorted(wanted):
-        if runtime not in runners:
-            continue
-        measured = {k: runners[runtime](k, precision) for k in ("matmul", "conv")}
-        if all(measured.values()):
-            out.setdefault(runtime, {})[precision] = measured
-    return out
-
-
-def merge_windows(passes: list[dict]) -> dict:
-    """One ceilings dict from a contender's own-window passes (:func:`window_ceilings`, before and after each round's
-    timed generations): per kernel the median of the passes' medians (the machine while this contender ran, not its
-    best moment: the run-wide ceiling is that)."""
-    grouped: dict = {}
-    for one in passes:
-        for runtime, by_precision in one.items():
-            for precision, by_kind in by_precision.items():
-                for kind, summary in by_kind.items():
-                    grouped.setdefault(runtime, {}).setdefault(precision, {}).setdefault(kind, []).append(summary)
-    return {runtime: {precision: {kind: {"gflops": statistics.median(s["gflops"] for s in found),
-                                         "pass_gflops": [s["gflops"] for s in found], "kernel": found[0].get("kernel")}
-                                  for kind, found in by_kind.items()}
-                      for precision, by_kind in by_precision.items()}
-            for runtime, by_precision in grouped.items()}
-
-
 MEMORY_ELEMENTS = 2**27  # f32 elements read by the memory ceiling (512 MiB: far beyond any cache)
 MEMORY_ROWS = 4096  # summed row by row, each row 128 KiB
 WEIGHT_BYTES = {"f32": 4, "bf16": 2, "int8": 1}  # bytes per weight element a graph streams in each precision
