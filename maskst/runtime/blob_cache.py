@@ -41,6 +41,12 @@ def record_blob(blob: Path, files: dict[str, list]) -> None:
     tmp.replace(record)
 
 
+def forget_blob(blob: Path) -> None:
+    """Remove ``blob`` and its record (a blob OpenVINO refused to import)."""
+    blob.unlink(missing_ok=True)
+    Path(f"{blob}{RECORD_SUFFIX}").unlink(missing_ok=True)
+
+
 def _unchanged(files: dict[str, list]) -> bool:
     for resolved, size, mtime_ns in files.values():
         try:
@@ -65,8 +71,7 @@ def evict_stale_blobs(cache_dir: Path) -> list[Path]:
             continue
         if stale:
             blob = record.with_suffix("")
-            blob.unlink(missing_ok=True)
-            record.unlink(missing_ok=True)
+            forget_blob(blob)
             removed.append(blob)
     if removed:
         log.info("compiled-model cache: removed %d blob(s) of graph files that changed or are gone", len(removed))

@@ -40,8 +40,9 @@ instead of 14 GB peak for the pipeline) and the model's weights stay file-backed
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
 precision and input shape in bf16: each blob is recorded with the graph files it came from, and writing a blob
 removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`); delete the folder to
-reclaim the rest. After a model's first import the blob's pages are handed back to the kernel (:func:`release_pages`; OpenVINO repacks the weights
-while importing, so nothing reads the blob after that): the process keeps only OpenVINO's repacked weights
+reclaim the rest. After a model's first import the blob's pages are handed back to the kernel
+(:func:`release_pages`; OpenVINO repacks the weights while importing, so nothing reads the blob after that): the
+process keeps only OpenVINO's repacked weights
 (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
 once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
 (:meth:`Runner.prepare`), before the other graphs' weights are resident. Without the cache a compiled model
@@ -78,7 +79,7 @@ from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
-from maskst.runtime.blob_cache import evict_stale_blobs, graph_files, record_blob
+from maskst.runtime.blob_cache import evict_stale_blobs, forget_blob, graph_files, record_blob
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
 PRECISIONS = ("auto", "bf16", "f32")
@@ -347,8 +348,8 @@ class OpenVinoRunner(Runner):
         import hashlib
         import json
 
-        key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "config": self.config,
-               "f16_weights": self.compress_weights, "int8": self.int8_scheme, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+        key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())},
+               "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
 
@@ -363,7 +364,7 @@ class OpenVinoRunner(Runner):
             compiled = _core().import_model(ov.Tensor(np.frombuffer(mapped, dtype=np.uint8), shared_memory=True),
                                             "CPU", self.config)
         except RuntimeError:  # another OpenVINO build or a truncated file: compiled again below (the map is
-            blob.unlink(missing_ok=True)  # unmapped when the last view of it goes; unlinking a mapped file is fine)
+            forget_blob(blob)  # unmapped when the last view of it goes; unlinking a mapped file is fine)
             return None
         return compiled, mapped
 
