@@ -84,7 +84,7 @@ def test_full_disk_during_a_build_is_a_clear_engines_error_and_keeps_the_previou
             raise OSError(errno.ENOSPC, "No space left on device", str(staging / "unet.onnx.data"))
     message = str(info.value)
     assert info.value.exit_code == 4
-    assert str(tmp_path) in message and "GiB are free" in message and "--out folder on a larger disk" in message
+    assert str(tmp_path) in message and "GiB are free" in message and "maskst-export --out" in message
     assert "No space left on device" in message and f"the engines already in {out} are unchanged" in message
     assert isinstance(info.value.__cause__, OSError)
     assert not list(tmp_path.glob(".staging-*"))
@@ -164,3 +164,25 @@ def test_style_embeddings_are_cached_by_file_identity(tiny_engines, style_image,
         pipe.generate(GenerationConfig.create(prompt="a cat", style=(style,), content="a dog", steps=1,
                                               height=64, width=64))
         assert len(calls) == 2
+
+
+def test_full_disk_while_writing_fixtures_is_a_clear_checkpoint_error(tmp_path, monkeypatch):
+    """The random checkpoints maskst-bench builds (17 GB full size): a full disk part-way is CheckpointError (exit 3)
+    naming the folder and --cache-dir, with no partial set left behind."""
+    import errno
+
+    import maskst.fixtures as fixtures
+    from maskst.errors import CheckpointError
+
+    def no_space(folder, spec, seed):
+        (folder / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fixtures, "write_content_encoder", no_space)
+    with pytest.raises(CheckpointError) as info:
+        fixtures.write_fixtures(tmp_path / "fixtures", "tiny")
+    assert info.value.exit_code == 3
+    message = str(info.value)
+    assert str(tmp_path) in message and "GiB are free" in message and "--cache-dir" in message
+    assert list(tmp_path.iterdir()) == []  # neither the fixtures nor their staging folder

@@ -9,7 +9,6 @@ staging folder is removed by the next build.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from maskst.disk import free_gib, is_disk_full
 from maskst.errors import EngineError, InputError
 
 MANIFEST_NAME = "manifest.json"
@@ -87,34 +87,17 @@ def staging_folder(out: Path):
     try:
         yield staging
     except BaseException as exc:
-        full = _disk_full(exc, out.parent)  # looked at before the partial set is removed: that frees the disk
+        full = is_disk_full(exc, out.parent)  # looked at before the partial set is removed: that frees the disk
         shutil.rmtree(staging, ignore_errors=True)
         if full:
             raise EngineError(
                 f"the disk holding {out.parent} filled up while the engines were written ({exc}); "
-                f"{shutil.disk_usage(out.parent).free / 2**30:.1f} GiB are free there now that the partial set is "
-                f"removed. Free space or pass an --out folder on a larger disk. Nothing was published"
+                f"{free_gib(out.parent)} are free there now that the partial set is removed. Free space there or "
+                "write the engines to a larger disk (maskst-export --out, maskst-bench --cache-dir). Nothing was "
+                "published"
                 + (f"; the engines already in {out} are unchanged" if out.exists() else "")
             ) from exc
         raise
-
-
-# An export stops with less than this free: the libraries that write graphs (onnx, OpenVINO's serializer, TensorRT)
-# do not all raise OSError(ENOSPC); a failure while the disk is this full is taken to be the full disk.
-FULL_DISK_BYTES = 64 * 2**20
-
-
-def _disk_full(exc: BaseException, folder: Path) -> bool:
-    """Whether ``exc`` (raised while writing into ``folder``) is the disk running out of space: ENOSPC / EDQUOT,
-    or any error while fewer than :data:`FULL_DISK_BYTES` are free there."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return False
-    try:
-        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
-    except OSError:
-        return False
 
 
 def publish(staging: Path, out: Path) -> None:
