@@ -29,3 +29,10 @@ def is_disk_full(exc: BaseException, folder: Path) -> bool:
 def free_gib(folder: Path) -> str:
     """The free space on ``folder``'s disk, e.g. "3.2 GiB"."""
     return f"{shutil.disk_usage(folder).free / 2**30:.1f} GiB"
+
+
+def disk_full_message(folder: Path, what: str, exc: BaseException, fix: str) -> str:
+    """The one wording of a full disk for the writers' typed errors, once the partial files are removed: where,
+    what was being written, the library's own message, the space free now, and ``fix`` (where else to write)."""
+    return (f"the disk holding {folder} filled up while {what} were written ({exc}); {free_gib(folder)} are free "
+            f"there now that the partial set is removed. Free space there or write them to a larger disk ({fix})")

@@ -51,7 +51,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from maskst.disk import free_gib, is_disk_full
+from maskst.disk import disk_full_message, is_disk_full
 from maskst.errors import CheckpointError, InputError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -899,10 +899,8 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
         if not is_disk_full(exc, root.parent):  # looked at before the partial set is removed
             raise
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"the disk holding {root.parent} filled up while the {preset} fixtures were written ({exc}); "
-            f"{free_gib(root.parent)} are free there now that the partial set is removed. Free space there or write "
-            "them to a larger disk (maskst-bench --cache-dir)") from exc
+        raise CheckpointError(disk_full_message(root.parent, f"the {preset} fixtures", exc,
+                                                "maskst-bench --cache-dir")) from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging)

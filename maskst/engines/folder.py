@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from maskst.disk import free_gib, is_disk_full
+from maskst.disk import disk_full_message, is_disk_full
 from maskst.errors import EngineError, InputError
 
 MANIFEST_NAME = "manifest.json"
@@ -91,11 +91,8 @@ def staging_folder(out: Path):
         shutil.rmtree(staging, ignore_errors=True)
         if full:
             raise EngineError(
-                f"the disk holding {out.parent} filled up while the engines were written ({exc}); "
-                f"{free_gib(out.parent)} are free there now that the partial set is removed. Free space there or "
-                "write the engines to a larger disk (maskst-export --out, maskst-bench --cache-dir). Nothing was "
-                "published"
-                + (f"; the engines already in {out} are unchanged" if out.exists() else "")
+                disk_full_message(out.parent, "the engines", exc, "maskst-export --out, maskst-bench --cache-dir")
+                + ". Nothing was published" + (f"; the engines already in {out} are unchanged" if out.exists() else "")
             ) from exc
         raise
 

@@ -42,8 +42,7 @@ precision and input shape in bf16: each blob is recorded with the graph files it
 removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`); delete the folder to
 reclaim the rest. After a model's first import the blob's pages are handed back to the kernel
 (:func:`release_pages`; OpenVINO repacks the weights while importing, so nothing reads the blob after that): the
-process keeps only OpenVINO's repacked weights
-(UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
+process keeps only OpenVINO's repacked weights (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
 once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
 (:meth:`Runner.prepare`), before the other graphs' weights are resident. Without the cache a compiled model
 keeps the weights it was compiled from (UNet: 3.6 GB bf16, 7.0 GB f32).
@@ -349,7 +348,8 @@ class OpenVinoRunner(Runner):
         import json
 
         key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())},
-               "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme, "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+               "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme,
+               "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
 
