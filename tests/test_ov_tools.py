@@ -79,6 +79,33 @@ def test_ov_inspect_paired_alternates_two_graphs(tiny_engines, tmp_path):
     assert refused.value.code == 2
 
 
+def test_ov_inspect_paired_config_compiles_one_graph_twice(tiny_engines, tmp_path):
+    """--paired-config: one graph under the usual settings and with CPU properties added, alternated; a property
+    that does not change the arithmetic (thread pinning) leaves the outputs bit for bit; bad input is refused."""
+    from maskst.bench.ov_inspect import main
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    unet = str(manifest.graph_path("unet"))
+    shapes = json.dumps(_unet_shapes(manifest))
+    out = tmp_path / "paired-config.json"
+    assert main([unet, "--paired-config", '{"ENABLE_CPU_PINNING": false}', "--shapes", shapes, "--threads", "1",
+                 "--calls", "2", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["paired"]
+    assert result["models"] == [unet, unet] and [len(one) for one in result["ms_samples"]] == [2, 2]
+    baseline, changed = result["configs"]
+    assert "ENABLE_CPU_PINNING" not in baseline and changed == {**baseline, "ENABLE_CPU_PINNING": False}
+    assert baseline["INFERENCE_NUM_THREADS"] == 1
+    assert result["max_abs_diff"] == {"noise_pred": 0.0}
+    for bad in (["--paired-config", "{SNIPPETS"],  # not JSON
+                ["--paired-config", '["SNIPPETS_MODE"]'],  # not an object
+                ["--paired-config", '{"NO_SUCH_PROPERTY": 1}'],  # refused by OpenVINO
+                [unet, "--paired-config", "{}"]):  # two models
+        with pytest.raises(SystemExit) as refused:
+            main([unet, *bad, "--shapes", shapes, "--calls", "1", "--warmup", "1"])
+        assert refused.value.code == 2
+
+
 def test_kernel_efficiency_counts_the_flops_of_int8_matmuls(tmp_path):
     """OpenVINO's low-precision passes rename a quantized MatMul "<name>/DequantizationMultiply"; the per-shape
     table still gives it its FLOPs. Two MatMuls on FakeQuantize'd activations, one unsigned (u8) and one signed (i8),

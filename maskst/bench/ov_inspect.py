@@ -15,6 +15,10 @@ lost in the spread between processes and minutes (on shared VMs the same call dr
 hour; both graphs drift together here). Reported: each one's times, the median of the per-pair
 differences B - A, and the largest element difference of each output between the two.
 
+``--paired-config JSON MODEL``: the same pairing for one graph compiled twice, with the settings above and with
+those plus the CPU plugin properties in JSON (e.g. ``{"SNIPPETS_MODE": "DISABLE"}``); ``{}`` pairs the graph with
+itself, the A/A control that shows how large a difference the pairing calls noise.
+
 Reported per model: compile time, per-call times (median, min, max), the runtime model's node types
 (``layerType`` counts: are the attention blocks one ``MHA`` / ``ScaledDotProductAttention`` node, or
 ``MatMul`` + ``Softmax`` + ``MatMul``?), the time per ``layerType`` and per kernel (``exec_type`` from
@@ -154,22 +158,29 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
 
 
 def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int | None, calls: int,
-                 warmup: int) -> dict:
+                 warmup: int, extra_configs: list[dict] | None = None) -> dict:
     """Two graphs with the same inputs, compiled in this process, called alternately ``calls`` times each (pair i
-    runs A then B for even i, B then A for odd i) on one random feed: {"models", "ms_samples" [per model],
-    "ms_median", "ms_min", "paired_diff_ms" (B - A per pair), "paired_diff_median_ms", "max_abs_diff"
-    {output: largest |B - A| after the warm-up}, "cpu_share"}."""
+    runs A then B for even i, B then A for odd i) on one random feed: {"models", "configs" (each one's compile
+    properties), "ms_samples" [per model], "ms_median", "ms_min", "paired_diff_ms" (B - A per pair),
+    "paired_diff_median_ms", "max_abs_diff" {output: largest |B - A| after the warm-up}, "cpu_share"}.
+
+    ``extra_configs``: per graph, CPU plugin properties on top of :func:`compile_config` (one graph under two
+    settings: the same path twice, ``[{}, {...}]``). An OpenVINO that refuses a property raises ``ValueError``
+    naming it."""
     import openvino as ov
 
     from maskst.bench.bench import CpuShare
 
     core = ov.Core()
-    config = compile_config(precision, threads)
+    configs = [{**compile_config(precision, threads), **extra} for extra in (extra_configs or [{}, {}])]
     requests, feed = [], None
-    for path in paths:
+    for path, config in zip(paths, configs):
         model = read_reshaped(core, path, shapes)
         feed = feed if feed is not None else _random_feed(model)
-        requests.append(core.compile_model(model, "CPU", config).create_infer_request())
+        try:
+            requests.append(core.compile_model(model, "CPU", config).create_infer_request())
+        except RuntimeError as exc:  # an unknown property or value: OpenVINO's own words name it
+            raise ValueError(f"OpenVINO refused the CPU properties {config} for {path}: {exc}") from None
         del model
     outputs = []
     for request in requests:
@@ -189,7 +200,8 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
             samples[j].append((time.perf_counter() - t0) * 1e3)
     load = share.stop()
     pairs = [b - a for a, b in zip(*samples)]
-    return {"models": [str(p) for p in paths], "precision": precision, "threads": threads, "shapes": shapes,
+    return {"models": [str(p) for p in paths], "configs": configs, "precision": precision, "threads": threads,
+            "shapes": shapes,
             "ms_samples": [[round(t, 2) for t in one] for one in samples],
             "ms_median": [statistics.median(one) for one in samples], "ms_min": [min(one) for one in samples],
             "paired_diff_ms": [round(d, 2) for d in pairs], "paired_diff_median_ms": statistics.median(pairs),
@@ -253,13 +265,34 @@ def main(argv=None) -> int:
     parser.add_argument("--no-perf", action="store_true", help="skip the PERF_COUNT breakdown (rounds after the first always do)")
     parser.add_argument("--paired", action="store_true",
                         help="two models (baseline first) in one process, calls alternated: paired differences")
+    parser.add_argument("--paired-config", metavar="JSON", default=None,
+                        help='one model compiled twice, as usual and with these CPU properties added, calls '
+                             'alternated: paired differences (e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'; {} is the A/A control)')
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
     shapes = json.loads(args.shapes)
-    if args.paired:
+    extra_configs = None
+    if args.paired_config is not None:
+        if args.paired or len(args.models) != 1:
+            parser.error(f"--paired-config compiles one model twice; got {len(args.models)} model(s)"
+                         + (" and --paired" if args.paired else ""))
+        try:
+            extra = json.loads(args.paired_config)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--paired-config {args.paired_config!r} is not JSON ({exc}); "
+                         'give an object of CPU properties, e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'')
+        if not isinstance(extra, dict):
+            parser.error(f"--paired-config {args.paired_config!r} is not a JSON object; "
+                         'give {property: value}, e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'')
+        args.models, extra_configs = [args.models[0]] * 2, [{}, extra]
+    if args.paired or extra_configs is not None:
         if len(args.models) != 2:
             parser.error(f"--paired compares two models (a baseline, then the change); got {len(args.models)}")
-        result = paired_calls(args.models, shapes, args.precision, args.threads, args.calls, args.warmup)
+        try:
+            result = paired_calls(args.models, shapes, args.precision, args.threads, args.calls, args.warmup,
+                                  extra_configs)
+        except ValueError as exc:
+            parser.error(str(exc))
         for path, median, low in zip(args.models, result["ms_median"], result["ms_min"]):
             print(f"{path}: median {median:.1f} ms, min {low:.1f} ms", file=sys.stderr)
         print(f"paired difference (second - first), median of {args.calls}: {result['paired_diff_median_ms']:+.1f} ms; "
