@@ -42,6 +42,7 @@ import numpy as np
 from maskst.bench.bench import _peak_rss_mib
 
 ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
+PROPERTIES_EXAMPLE = '{"SNIPPETS_MODE": "DISABLE"}'  # --paired-config's example, in its help and its errors
 
 
 def _random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
@@ -266,8 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--paired", action="store_true",
                         help="two models (baseline first) in one process, calls alternated: paired differences")
     parser.add_argument("--paired-config", metavar="JSON", default=None,
-                        help='one model compiled twice, as usual and with these CPU properties added, calls '
-                             'alternated: paired differences (e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'; {} is the A/A control)')
+                        help="one model compiled twice, as usual and with these CPU properties added, calls "
+                             f"alternated: paired differences (e.g. '{PROPERTIES_EXAMPLE}'; {{}} is the A/A control)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
     shapes = json.loads(args.shapes)
@@ -280,10 +281,10 @@ def main(argv=None) -> int:
             extra = json.loads(args.paired_config)
         except json.JSONDecodeError as exc:
             parser.error(f"--paired-config {args.paired_config!r} is not JSON ({exc}); "
-                         'give an object of CPU properties, e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'')
+                         f"give an object of CPU properties, e.g. '{PROPERTIES_EXAMPLE}'")
         if not isinstance(extra, dict):
             parser.error(f"--paired-config {args.paired_config!r} is not a JSON object; "
-                         'give {property: value}, e.g. \'{"SNIPPETS_MODE": "DISABLE"}\'')
+                         f"give {{property: value}}, e.g. '{PROPERTIES_EXAMPLE}'")
         args.models, extra_configs = [args.models[0]] * 2, [{}, extra]
     if args.paired or extra_configs is not None:
         if len(args.models) != 2:
