@@ -146,3 +146,29 @@ def test_kernel_efficiency_counts_the_flops_of_int8_matmuls(tmp_path):
     rows = [r for r in kernel_efficiency(compiled, request, flops_of) if r["layer"].startswith("FullyConnected")]
     assert sum(r["nodes"] for r in rows) == 2
     assert sum(r["gflop"] for r in rows) == pytest.approx(2 * 2 * m * k * n / 1e9)
+
+
+def test_ov_inspect_refuses_shapes_that_leave_an_input_dynamic(tiny_engines, capsys):
+    """A misspelt or missing --shapes name is exit 2 naming the input left dynamic and the name that matched
+    nothing (not OpenVINO's to_shape traceback at the first call); malformed --shapes is refused the same way."""
+    from maskst.bench.ov_inspect import main
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    vae = str(manifest.graph_path("vae_decoder"))
+    misspelt = ["--shapes", '{"latent": [1, 4, 8, 8]}', "--calls", "1", "--warmup", "0", "--no-perf"]
+    with pytest.raises(SystemExit) as refused:  # in this process
+        main([vae, "--one", *misspelt])
+    assert refused.value.code == 2
+    assert main([vae, *misspelt]) == 2  # through the per-round worker: stops at once
+    messages = capsys.readouterr().err.split("usage:")[1:]
+    assert len(messages) == 2
+    for message in messages:
+        assert "latents" in message and "'latent'" in message and "dynamic" in message
+    with pytest.raises(SystemExit) as refused:
+        main([vae, vae.replace("vae_decoder", "no_such_graph")])
+    assert refused.value.code == 2 and "no_such_graph" in capsys.readouterr().err
+    for bad in ("{latents", "[[1, 4, 8, 8]]", '{"latents": [1, 4, "8", 8]}', '{"latents": [1, 4, 0, 8]}'):
+        with pytest.raises(SystemExit) as refused:
+            main([vae, "--one", "--shapes", bad])
+        assert refused.value.code == 2 and "--shapes" in capsys.readouterr().err

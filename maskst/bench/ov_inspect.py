@@ -65,12 +65,39 @@ def _random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def read_reshaped(core, path: Path, shapes: dict):
-    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}; names the model lacks are skipped)."""
+    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}).
+
+    Names the model lacks are skipped, so that one ``--shapes`` serves several graphs (UNet and VAE). Every
+    input must end static: an input left dynamic raises ``ValueError`` naming it and the names that matched
+    nothing (a misspelt name would otherwise surface as OpenVINO's ``to_shape`` traceback at the first call)."""
     model = core.read_model(str(path))
+    names = {n for port in model.inputs for n in port.get_names()}
     if shapes:
-        names = {n for port in model.inputs for n in port.get_names()}
         model.reshape({k: v for k, v in shapes.items() if k in names})
+    dynamic = {port.get_any_name(): str(port.get_partial_shape()) for port in model.inputs
+               if port.get_partial_shape().is_dynamic}
+    if dynamic:
+        unmatched = sorted(set(shapes) - names)
+        raise ValueError(
+            f"--shapes leaves inputs of {path.name} dynamic: {dynamic}; give each a static shape, "
+            f'e.g. --shapes \'{{"{next(iter(dynamic))}": [...]}}\''
+            + (f" (names {unmatched} are not inputs of this graph)" if unmatched else ""))
     return model
+
+
+def parse_shapes(text: str) -> dict[str, list[int]]:
+    """``--shapes`` JSON as {input name: [int, ...]}; ``ValueError`` naming the value otherwise."""
+    try:
+        shapes = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--shapes {text!r} is not JSON ({exc}); give {{input name: [dims]}}, "
+                         'e.g. \'{"sample": [2, 4, 32, 32]}\'') from None
+    bad = (not isinstance(shapes, dict)
+           or any(not isinstance(v, list) or not all(isinstance(d, int) and d > 0 for d in v) for v in shapes.values()))
+    if bad:
+        raise ValueError(f"--shapes {text!r} is not {{input name: [positive ints]}}; "
+                         'e.g. \'{"sample": [2, 4, 32, 32]}\'')
+    return shapes
 
 
 def compile_config(precision: str, threads: int | None) -> dict:
@@ -271,7 +298,14 @@ def main(argv=None) -> int:
                              f"alternated: paired differences (e.g. '{PROPERTIES_EXAMPLE}'; {{}} is the A/A control)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
-    shapes = json.loads(args.shapes)
+    try:
+        shapes = parse_shapes(args.shapes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        parser.error(f"no graph file at {', '.join(missing)}; give OpenVINO IR (.xml) or ONNX files, "
+                     "e.g. the engines folder's unet.int8.xml")
     extra_configs = None
     if args.paired_config is not None:
         if args.paired or len(args.models) != 1:
@@ -304,8 +338,12 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps({"command": command, "paired": result}, indent=2))
         return 0
     if args.one:
-        print(json.dumps(inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup,
-                                       perf=not args.no_perf)))
+        try:
+            result = inspect_model(args.models[0], shapes, args.precision, args.threads, args.calls, args.warmup,
+                                   perf=not args.no_perf)
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(json.dumps(result))
         return 0
     results: dict[str, list[dict]] = {str(m): [] for m in args.models}
     for round_index in range(args.rounds):
@@ -317,6 +355,9 @@ def main(argv=None) -> int:
             if args.no_perf or round_index > 0:
                 cmd.append("--no-perf")
             proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 2:  # the worker refused its input (argparse's code): every round would too
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 2
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 results[str(model)].append({"error": f"exit {proc.returncode}"})
@@ -349,7 +390,10 @@ def main(argv=None) -> int:
     report["quiet_below_cores"] = args.quiet_below
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    return 0
+    failed = [m for m, rounds in results.items() if any("error" in r for r in rounds)]
+    if failed:
+        print(f"rounds failed for {', '.join(failed)} (their errors above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
