@@ -128,7 +128,8 @@ class GenerationConfig:
     layer_scales: tuple[float, ...] | None = _field(None, "Explicit comma-separated scale per cross-attention layer "
                                                           "(overrides --scale and --target-block).")
     steps: int = _field(30, "Denoising steps.")
-    guidance: float = _field(7.5, "Classifier-free guidance scale (>= 1).")
+    guidance: float = _field(7.5, "Classifier-free guidance scale (>= 1; at 1 the image is the prompt's prediction "
+                                  "alone, as in diffusers, though the UNet still runs both halves).")
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64); on StyleShot engines also of the style patches' "

@@ -164,6 +164,17 @@ def test_image_driven_matches_the_diffusers_controlnet_reference(reference, pipe
     assert np.abs(plain.images.astype(int) - got.images.astype(int)).max() > 20  # the ControlNet matters
 
 
+def test_image_driven_at_guidance_one_matches_diffusers_without_guidance(reference, pipeline, style_image, images):
+    config = _config(images["wide"], guidance=1.0, control_scale=0.8, steps=3)
+    noise = initial_noise(7, (2, 4, 9, 15))
+    style = [load_image(style_image)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ControlAspectWarning)
+        got = pipeline.generate(config, style, latents=noise)
+        want = reference.generate(config, style, latents=noise)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+
+
 @pytest.mark.parametrize("preprocess", ["canny", "lineart", "lineart-inverted"])
 def test_preprocessed_control_images_match_the_reference(reference, pipeline, style_image, images, preprocess):
     config = _config(images["exact"], control_preprocess=preprocess, control_scale=0.8)

@@ -57,6 +57,19 @@ def test_seed_alone_reproduces_the_reference(reference, pipeline, style_image):
     assert diff.max() <= 2
 
 
+def test_guidance_one_matches_diffusers_without_guidance(reference, pipeline, style_image):
+    """At guidance 1 diffusers skips guidance and reads the IP-Adapter embeds as the positive half alone; maskst's
+    uncond + 1 * (cond - uncond) is that prediction. Before the reference passed both halves as positives (65/255)."""
+    request = dict(prompt="a photo of a dog in the city", content="a ship", steps=3, height=64, width=64,
+                   num_images=2, seed=5)
+    style = [load_image(style_image)]
+    want = reference.generate(GenerationConfig.create(**request, guidance=1.0), style)
+    got = pipeline.generate(GenerationConfig.create(**request, guidance=1.0), style)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+    guided = reference.generate(GenerationConfig.create(**request, guidance=3.0), style)
+    assert np.abs(guided.images.astype(int) - want.images.astype(int)).max() > 10  # guidance mattered here
+
+
 def test_scale_method_and_layers_change_without_reexport(pipeline, style_image):
     style = [load_image(style_image)]
     base = dict(prompt="a cat", content="a house", steps=3, height=64, width=64, seed=1)

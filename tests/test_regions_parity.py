@@ -88,6 +88,15 @@ def test_regions_match_diffusers(reference, pipeline, styles, regions, method, m
     assert want.images.std() > 10
 
 
+def test_regions_at_guidance_one_match_diffusers(reference, pipeline, styles):
+    """diffusers without guidance: the [R, D] region embeds as the positive half alone."""
+    config = _config(styles, ("left", "right"), "maskst", "kmeans", 64, 96, guidance=1.0, num_images=2)
+    noise = initial_noise(5, (2, 4, 8, 12))
+    want = reference.generate(config, latents=noise)
+    got = pipeline.generate(config, latents=noise)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+
+
 def test_misaligned_size_reproduces_diffusers_grid_rule(reference, pipeline, styles):
     """72 x 120 px (latent 9 x 15 -> 5 x 8 -> 3 x 4): diffusers' mask grids differ from the layer grids
     (4 x 10 over 5 x 8 queries); maskst applies the masks the same way, and warns."""

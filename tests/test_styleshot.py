@@ -338,6 +338,20 @@ def test_maskst_run_matches_the_styleshot_reference(reference, pipeline, images,
         assert np.abs(plain.images.astype(int) - got.images.astype(int)).max() > 20
 
 
+@pytest.mark.parametrize("driven", ["text", "image"])
+def test_guidance_one_matches_the_reference_without_guidance(reference, pipeline, images, driven):
+    """diffusers skips guidance at 1: the content fusion then sees the style context of the positive half alone."""
+    extra = dict(control_image=[images["control"]], control_scale=0.8) if driven == "image" else {}
+    config = _config(method="maskst", guidance=1.0, steps=3, **extra)
+    noise = initial_noise(7, NOISE)
+    style = load_image(images["style"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ControlAspectWarning)
+        got = pipeline.generate(config, [style], latents=noise)
+        want = reference.generate(config, style, latents=noise)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+
+
 def test_lineart_content_and_files_match_the_reference(reference, pipeline, images):
     """Image-driven with StyleShot's lineart preprocessing, the style read from its file, num_images 1."""
     config = _config(method="maskst", num_images=1, style=[images["style2"]], control_image=[images["control"]],
