@@ -361,6 +361,12 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
+def starting_noise(config: GenerationConfig, shape: tuple[int, ...]) -> np.ndarray:
+    """The request's initial noise [N, C, h, w] float32: its ``init_latents`` file, else its seed's noise. One rule for
+    maskst and the references, so that a request alone reproduces both."""
+    return load_init_latents(config.init_latents, shape) if config.init_latents else initial_noise(config.seed, shape)
+
+
 def load_init_latents(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """Read ``--init-latents FILE.npy`` and check it against the expected [N, C, h, w] shape."""
     try:

@@ -34,7 +34,7 @@ from maskst.contract.wire import diffusers_class_name
 from maskst.deepcache import CACHE_BRANCH_ID
 from maskst.errors import InputError
 from maskst.families import detect_family
-from maskst.generation import (GenerationConfig, effective_method, initial_noise, layer_scales, plus_method_error,
+from maskst.generation import (GenerationConfig, effective_method, layer_scales, plus_method_error, starting_noise,
                                region_layer_scales, region_methods)
 from maskst.masking import Method, condition_embeds
 from maskst.tokenization import load_tokenizer, tokenize
@@ -213,7 +213,7 @@ class ReferencePipeline:
             self.pipe.scheduler = type(self.base_scheduler).from_config(self.base_scheduler_config)
         f = self.checkpoints.vae_scale_factor
         shape = (config.num_images, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
-        noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)
+        noise = starting_noise(config, shape) if latents is None else np.asarray(latents, dtype=np.float32)
         if config.regions:  # [2, R, D], negative first
             embeds = torch.from_numpy(np.stack([np.stack([self.negative_embeds(e) for e in e_hat]), e_hat]))
         else:

@@ -38,7 +38,7 @@ import numpy as np
 
 from maskst.checkpoints import CheckpointSet
 from maskst.errors import InputError
-from maskst.generation import GenerationConfig, effective_method, initial_noise, layer_scales
+from maskst.generation import GenerationConfig, effective_method, layer_scales, starting_noise
 from maskst.masking import Method, condition_embeds
 from maskst.reference import diffusers_scheduler
 from maskst.reference_control import load_lineart, reference_control_image
@@ -303,7 +303,7 @@ class StyleShotReference:
                           else self.base_scheduler_class.from_config(self.base_scheduler_config))
         f = self.checkpoints.vae_scale_factor
         shape = (n, self.pipe.unet.config.in_channels, config.height // f, config.width // f)
-        noise = initial_noise(config.seed, shape) if latents is None else np.asarray(latents, dtype=np.float32)
+        noise = starting_noise(config, shape) if latents is None else np.asarray(latents, dtype=np.float32)
         cond_n, uncond_n = cond.repeat(n, 1, 1), uncond.repeat(n, 1, 1)
         kwargs = {}
         with torch.no_grad():

@@ -57,6 +57,19 @@ def test_seed_alone_reproduces_the_reference(reference, pipeline, style_image):
     assert diff.max() <= 2
 
 
+def test_init_latents_file_alone_reproduces_the_reference(reference, pipeline, style_image, tmp_path):
+    """A request's --init-latents file is the starting noise of both pipelines (not the seed's)."""
+    path = tmp_path / "noise.npy"
+    np.save(path, initial_noise(99, (1, 4, 8, 8)))
+    request = dict(prompt="a cat", content="a house", steps=3, height=64, width=64, seed=123)
+    style = [load_image(style_image)]
+    from_file = GenerationConfig.create(**request, init_latents=path)
+    want = reference.generate(from_file, style).images.astype(int)
+    assert np.abs(pipeline.generate(from_file, style).images.astype(int) - want).max() <= 2
+    seeded = reference.generate(GenerationConfig.create(**request), style).images.astype(int)
+    assert np.abs(seeded - want).max() > 10  # the file, not the seed, was used
+
+
 def test_guidance_one_matches_diffusers_without_guidance(reference, pipeline, style_image):
     """At guidance 1 diffusers skips guidance and reads the IP-Adapter embeds as the positive half alone; maskst's
     uncond + 1 * (cond - uncond) is that prediction. Before the reference passed both halves as positives (65/255)."""

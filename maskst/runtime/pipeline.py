@@ -22,10 +22,9 @@ from maskst.families import family_named
 from maskst.generation import (
     GenerationConfig,
     effective_method,
-    initial_noise,
     layer_scales,
-    load_init_latents,
     plus_method_error,
+    starting_noise,
 )
 from maskst.images import preprocessor_params_from_config
 from maskst.runtime.backends import RunnerOptions, parse_backend
@@ -375,7 +374,7 @@ class MaskstPipeline:
         n, h, w = config.num_images, config.height // f, config.width // f
         shape = (n, self.latent_channels, h, w)
         if latents is None:
-            latents = load_init_latents(config.init_latents, shape) if config.init_latents else initial_noise(config.seed, shape)
+            latents = starting_noise(config, shape)
         elif latents.shape != shape:
             raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
         if config.regions and style_images is not None:
