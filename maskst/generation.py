@@ -75,11 +75,11 @@ class Region:
             scale = value.get("scale")
             if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
                 raise InputError(f"{what}: scale={scale!r} must be a number")
-            return cls(Path(value["style"]), Path(value["mask"]), value.get("content", "") or "",
-                       None if scale is None else float(scale))
+            return cls(_path(value["style"], f"{what} style"), _path(value["mask"], f"{what} mask"),
+                       value.get("content", "") or "", None if scale is None else float(scale))
         if isinstance(value, (tuple, list)) and len(value) == 3:
             style, mask, content = value
-            return cls(Path(style), Path(mask), "" if content is None else content)
+            return cls(_path(style, f"{what} style"), _path(mask, f"{what} mask"), "" if content is None else content)
         raise InputError(f"{what}: {value!r} is not STYLE_IMAGE MASK_IMAGE CONTENT_TEXT (or a "
                          '{"style", "mask", "content", "scale"} object)')
 
@@ -167,24 +167,29 @@ class GenerationConfig:
     @classmethod
     def create(cls, **values) -> "GenerationConfig":
         """Build from loosely typed values (CLI flags, JSON job lines) and validate."""
-        values = dict(values)
+        values = _checked_types(cls, dict(values))
         if "method" in values:
             values["method"] = parse_enum(Method, values["method"], "method")
         if "mask_mode" in values:
             values["mask_mode"] = parse_enum(MaskMode, values["mask_mode"], "mask mode")
         if values.get("scheduler"):
             values["scheduler"] = canonical_scheduler_name(values["scheduler"])
-        if isinstance(values.get("style"), (str, Path)):
-            values["style"] = (values["style"],)
-        for key in ("style", "target_blocks"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(values[key])
-        if values.get("style"):
-            values["style"] = tuple(Path(p) for p in values["style"])
+        for key in ("style", "target_blocks"):  # one value or a list of them
+            if isinstance(values.get(key), (str, Path)):
+                values[key] = (values[key],)
+            if key in values and not isinstance(values[key], (list, tuple)):
+                raise InputError(f"{key}={values[key]!r} must be a list (or one value), e.g. "
+                                 + ('["wave.png"]' if key == "style" else '["up_blocks.1"]'))
+        if "style" in values:
+            values["style"] = tuple(_path(p, "style") for p in values["style"])
+        if "target_blocks" in values:
+            if not all(isinstance(b, str) for b in values["target_blocks"]):
+                raise InputError(f"target_blocks={values['target_blocks']!r} must be block names, e.g. [\"up_blocks.1\"]")
+            values["target_blocks"] = tuple(values["target_blocks"])
         if values.get("layer_scales") is not None:
-            values["layer_scales"] = tuple(float(v) for v in values["layer_scales"])
+            values["layer_scales"] = _numbers(values["layer_scales"], "layer_scales", "1,1,0.5,0")
         if values.get("init_latents"):
-            values["init_latents"] = Path(values["init_latents"])
+            values["init_latents"] = _path(values["init_latents"], "init_latents")
         if values.get("regions") is not None:
             regions = values["regions"]
             if isinstance(regions, (str, dict)) or not isinstance(regions, (list, tuple)):
@@ -192,13 +197,7 @@ class GenerationConfig:
                                  '[{"style": "wave.png", "mask": "left.png", "content": "a wave"}]')
             values["regions"] = tuple(Region.parse(r, i) for i, r in enumerate(regions))
         if values.get("region_scales") is not None:
-            scales = values["region_scales"]
-            if isinstance(scales, str):
-                scales = scales.split(",")
-            try:
-                values["region_scales"] = tuple(float(v) for v in scales)
-            except (TypeError, ValueError):
-                raise InputError(f"region_scales={scales!r} must be numbers, one per region (e.g. 1.0,0.6)") from None
+            values["region_scales"] = _numbers(values["region_scales"], "region_scales", "1.0,0.6 (one per region)")
         _control_values(values)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -240,8 +239,10 @@ class GenerationConfig:
             raise InputError(f"theta={self.theta} must lie in [0, 1]")
         for name in ("scale", "content_scale", "guidance"):
             value = getattr(self, name)
-            if not np.isfinite(value):
-                raise InputError(f"{name}={value} must be a finite number")
+            if not _finite32(value):
+                raise InputError(f"{name}={value} must be a finite number within float32's range (|x| < 3.4e38)")
+        if self.layer_scales is not None and not all(_finite32(v) for v in self.layer_scales):
+            raise InputError(f"layer_scales={list(self.layer_scales)} must be finite numbers, one per cross-attention layer")
         if self.guidance < 1.0:
             raise InputError(
                 f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
@@ -272,7 +273,7 @@ class GenerationConfig:
             if not isinstance(region, Region):
                 raise InputError(f"region {index + 1}: {region!r} is not a Region")
             check_text(region.content, f"content text of region {index + 1}")
-            if region.scale is not None and not np.isfinite(region.scale):
+            if region.scale is not None and not _finite32(region.scale):
                 raise InputError(f"region {index + 1}: scale={region.scale} must be a finite number")
         if self.region_scales is not None:
             if len(self.region_scales) != len(self.regions):
@@ -280,7 +281,7 @@ class GenerationConfig:
                                  f"region(s); give one per --region, e.g. {','.join(['1.0'] * len(self.regions))}")
             if any(r.scale is not None for r in self.regions):
                 raise InputError("region scales given twice (region_scales and a region's own 'scale'); give one")
-            if not all(np.isfinite(v) for v in self.region_scales):
+            if not all(_finite32(v) for v in self.region_scales):
                 raise InputError(f"region_scales={list(self.region_scales)} must be finite numbers")
 
     @property
@@ -321,6 +322,70 @@ class GenerationConfig:
         return 2 * self.num_images
 
 
+def _finite32(value: float) -> bool:
+    """Finite once cast to float32, the precision every graph reads scales in (1e308 is finite in Python only)."""
+    return bool(np.isfinite(value)) and abs(float(value)) <= float(np.finfo(np.float32).max)
+
+
+def _path(value, what: str) -> Path:
+    """A file path from a CLI string or a JSON string (a JSON number or null is refused, naming ``what``)."""
+    if isinstance(value, Path) or (isinstance(value, str) and value):
+        return Path(value)
+    raise InputError(f"{what}={value!r} must be a file path (a non-empty string)")
+
+
+def _numbers(value, what: str, example: str) -> tuple[float, ...]:
+    """Comma-separated numbers (a CLI string) or a list of JSON numbers, as floats."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (int, float)) and not isinstance(items, bool):
+        items = (items,)
+    try:
+        if isinstance(items, (str, bytes)) or any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}={value!r} must be numbers, e.g. {example}") from None
+
+
+def _checked_types(cls, values: dict) -> dict:
+    """Refuse values of the wrong JSON type for the scalar fields, naming the field, the value and its type.
+
+    The types come from the dataclass's annotations: ``int`` fields take integers (not booleans, not strings),
+    ``float`` fields numbers, ``str`` fields strings; ``None`` only where the annotation allows it (a batch
+    job's ``null`` elsewhere would mean "default", which is spelt by leaving the key out)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue  # unknown names are reported with the full list later
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        if value is None:
+            if optional or name in CONTROL_FIELDS:
+                continue
+            field = next(f for f in dataclasses.fields(cls) if f.name == name)
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise InputError(f"{name}=null: {name} is required (a string)")
+            raise InputError(f"{name}=null: leave {name} out for its default, or give a value")
+        if base is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            kind = "an integer"
+        elif base is float:
+            ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            kind = "a number"
+        elif base is str:
+            ok = isinstance(value, str)
+            kind = "a string"
+        else:
+            continue  # lists, paths, enums and regions are parsed (and checked) field by field in create
+        if not ok:
+            raise InputError(f"{name}={value!r} ({type(value).__name__}) must be {kind}")
+    return values
+
+
 def _control_values(values: dict) -> None:
     """Normalise the control fields of loosely typed values in place (CLI strings, JSON scalars or lists),
     and size the output after the first control image when height / width are not given (as diffusers)."""
@@ -333,7 +398,9 @@ def _control_values(values: dict) -> None:
     if isinstance(image, (str, Path)):
         image = (image,)
     if image is not None:
-        values["control_image"] = tuple(Path(p) for p in image)
+        if not isinstance(image, (list, tuple)):
+            raise InputError(f"control_image={image!r} must be a file path or a list of them")
+        values["control_image"] = tuple(_path(p, "control_image") for p in image)
     preprocess = values.get("control_preprocess")
     if preprocess is not None:
         preprocess = (preprocess,) if isinstance(preprocess, (str, ControlPreprocess)) else preprocess

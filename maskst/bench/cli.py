@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from maskst.cli.common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli, threads_option
 from maskst.errors import InputError
 from maskst.families import FAMILIES, IP_ADAPTER_LAYOUT
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
@@ -70,8 +70,7 @@ def _request_options(func):
         click.option("--content", default=DEMO_CONTENT, show_default=True, help="Content text that is masked out."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--scheduler", default=None, help="Scheduler name (default: the base model's)."),
-        click.option("--threads", type=int, default=None,
-                     help="Threads per contender (torch threads, ORT intra-op, OpenVINO). Default: each library's own."),
+        threads_option("Threads per contender (torch threads, ORT intra-op, OpenVINO). Default: each library's own."),
         click.option("--quiet", is_flag=True, help="No progress output."),
     ]
     for option in reversed(options):

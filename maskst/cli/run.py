@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from maskst.cli.common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli, threads_option
 from maskst.errors import InputError, MaskstError
 from maskst.runtime.backends import backends_help, require_backend
 from maskst.cli.embedded import DEFAULT_SIZE
@@ -48,41 +48,86 @@ def _defaults_for(job: dict, defaults: dict) -> dict:
     return defaults
 
 
-def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: bool) -> int:
-    """Run every job line; a failing job is reported in its result line and the others still run."""
+# A job's "name" becomes a file name in --out-dir: one path component of ordinary characters.
+MAX_NAME = 200
+
+
+def _job_name(job: dict, index: int, used: dict[str, int]) -> str:
+    """The PNG stem of job ``index`` (its ``name``, else its 0-based index), refused when it could leave
+    ``--out-dir``, is not a plain file name, or repeats an earlier job's (its images would be overwritten)."""
+    if "name" not in job:
+        name = f"{index:05d}"
+    else:
+        name = job.pop("name")
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)
+        if (not isinstance(name, str) or not name or name.startswith(".") or len(name) > MAX_NAME
+                or any(c in name for c in "/\\\0") or not name.isprintable()):
+            raise InputError(f"name={name!r} must be a plain file name: 1-{MAX_NAME} printable characters, no "
+                             "path separators, not starting with '.' (e.g. \"cat-wave\")")
+    if name in used:
+        raise InputError(f"name={name!r} is already job {used[name]}'s; give each job its own name")
+    used[name] = index
+    return name
+
+
+def _job_lines(jobs_file: Path) -> list[tuple[int, str]]:
+    """(file line number, text) of each non-blank line; a file without any is refused."""
     try:
-        lines = [line for line in jobs_file.read_text().splitlines() if line.strip()]
+        text = jobs_file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"--batch {jobs_file} could not be read ({exc})") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise InputError(f"--batch {jobs_file} has no job lines; give one JSON object per line, e.g. "
+                         '{"prompt": "a cat", "style": "wave.png", "content": "a wave"}')
+    return lines
+
+
+def _run_batch(pipeline, jobs_file: Path, out_dir: Path, defaults: dict, quiet: bool) -> int:
+    """Run every job line; a failing job is reported in its result line (naming its file line) and the others
+    still run. results.jsonl is written beside as a staging file and replaces the previous one only once a job
+    has run, so a rerun that stops before its first job leaves the last run's results in place."""
+    lines = _job_lines(jobs_file)
     failures = 0
+    used: dict[str, int] = {}
     results_path = out_dir / "results.jsonl"
-    with open(results_path, "w") as results:
-        for index, line in enumerate(tqdm(lines, desc="jobs", unit="job", disable=quiet)):
-            record = {"job": index}
-            try:
+    staging = out_dir / ".results.jsonl.partial"
+    written = False
+    try:
+        with open(staging, "w") as results:
+            for index, (number, line) in enumerate(tqdm(lines, desc="jobs", unit="job", disable=quiet)):
+                record = {"job": index, "line": number}
                 try:
-                    job = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"line {index + 1} is not valid JSON ({exc})") from None
-                if not isinstance(job, dict):
-                    raise InputError(f"line {index + 1} must be a JSON object")
-                name = str(job.pop("name", f"{index:05d}"))
-                unknown = set(job) - set(JOB_FIELDS)
-                if unknown:
-                    raise InputError(f"unknown job field(s) {sorted(unknown)}; known: {', '.join(JOB_FIELDS)}")
-                # open sizes: the engines' family default
-                config = pipeline.resolve(GenerationConfig.create(**{**_defaults_for(job, defaults), **job}))
-                started = time.perf_counter()
-                result = pipeline.generate(config)
-                record.update(status="ok", images=_write_images(out_dir / f"{name}.png", config, result, pipeline),
-                              masked_elements=result.masked_elements, method=result.method.value,
-                              seconds=round(time.perf_counter() - started, 3))
-            except MaskstError as exc:
-                failures += 1
-                record.update(status="error", error=str(exc), exit_code=exc.exit_code)
-            results.write(json.dumps(record) + "\n")
-            results.flush()
-            click.echo(json.dumps(record))
+                    try:
+                        job = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"not valid JSON ({exc})") from None
+                    if not isinstance(job, dict):
+                        raise InputError("must be a JSON object")
+                    name = _job_name(job, index, used)
+                    unknown = set(job) - set(JOB_FIELDS)
+                    if unknown:
+                        raise InputError(f"unknown job field(s) {sorted(unknown)}; known: {', '.join(JOB_FIELDS)}")
+                    # open sizes: the engines' family default
+                    config = pipeline.resolve(GenerationConfig.create(**{**_defaults_for(job, defaults), **job}))
+                    started = time.perf_counter()
+                    result = pipeline.generate(config)
+                    record.update(status="ok", images=_write_images(out_dir / f"{name}.png", config, result, pipeline),
+                                  masked_elements=result.masked_elements, method=result.method.value,
+                                  seconds=round(time.perf_counter() - started, 3))
+                except MaskstError as exc:
+                    failures += 1
+                    record.update(status="error", error=f"{jobs_file} line {number}: {exc}", exit_code=exc.exit_code)
+                results.write(json.dumps(record) + "\n")
+                results.flush()
+                written = True
+                click.echo(json.dumps(record))
+    finally:
+        if written:
+            staging.replace(results_path)
+        else:
+            staging.unlink(missing_ok=True)
     return 1 if failures else 0
 
 
@@ -114,7 +159,7 @@ def _check_save_control(save_control, batch, request: dict) -> None:
 @click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (slower start, and more memory: without the cache a "
                    "compiled model keeps the weights it was compiled from).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads per session (default: all cores).")
+@threads_option("Intra-op threads per session (default: all cores).")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Where the embedded engines are cached.")
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result line instead of text.")

@@ -84,32 +84,49 @@ def run_sweep(spec: SweepSpec, engines: Path, out_dir: Path, executor, progress:
 
 def _run_locked(spec: SweepSpec, engines: Path, out_dir: Path, executor, progress: bool,
                 on_record: Callable[[dict], None] | None) -> SweepReport:
+    """Run the pending jobs. Records stream to a staging file; this run's sweep.json and results.jsonl replace the
+    last run's only once it has produced a result (or had nothing to run), so a rerun that fails before its first
+    job (engines without DeepCache, a backend that is not there) leaves the previous run's files as they were."""
     started = time.perf_counter()
     jobs, pending = plan(spec, engines, out_dir)
-    write_atomic(out_dir / SWEEP_NAME, json.dumps(
-        {**spec.to_dict(), "engines": str(Path(engines).absolute()), "engines_manifest": jobs[0].engines_digest},
-        indent=2) + "\n")
+    spec_text = json.dumps({**spec.to_dict(), "engines": str(Path(engines).absolute()),
+                            "engines_manifest": jobs[0].engines_digest}, indent=2) + "\n"
     waiting = {job.index for job in pending}
     records = {job.index: {**base_record(job), "status": "ok", "cached": True} for job in jobs if job.index not in waiting}
     results_path = out_dir / RESULTS_NAME
-    with open(results_path, "w") as results, tqdm(total=len(pending), desc="jobs", unit="job",
+    staging = out_dir / f".{RESULTS_NAME}.partial"
+
+    def publish() -> None:
+        write_atomic(out_dir / SWEEP_NAME, spec_text)
+        write_atomic(results_path, "".join(json.dumps(records[index]) + "\n" for index in sorted(records)))
+
+    produced = False
+    try:
+        with open(staging, "w") as results, tqdm(total=len(pending), desc="jobs", unit="job",
                                                   disable=not progress or not pending) as bar:
-        for index in sorted(records):
-            results.write(json.dumps(records[index]) + "\n")
-        results.flush()
-        for record in executor.run(pending, out_dir):
-            records[record["job"]] = record
-            waiting.discard(record["job"])
-            results.write(json.dumps(record) + "\n")
+            for index in sorted(records):
+                results.write(json.dumps(records[index]) + "\n")
             results.flush()
-            bar.update(1)
-            if on_record is not None:
-                on_record(record)
+            for record in executor.run(pending, out_dir):
+                produced = True
+                records[record["job"]] = record
+                waiting.discard(record["job"])
+                results.write(json.dumps(record) + "\n")
+                results.flush()
+                bar.update(1)
+                if on_record is not None:
+                    on_record(record)
+    except BaseException:
+        if produced:  # the jobs that ran are on disk: report them (a rerun resumes from their PNGs)
+            publish()
+        raise
+    finally:
+        staging.unlink(missing_ok=True)
     for job in pending:  # an executor must answer for every job; say so if one did not
         if job.index in waiting:
             records[job.index] = {**base_record(job), "status": "error", "cached": False, "exit_code": 1,
                                   "error": "no result came back from the executor"}
-    write_atomic(results_path, "".join(json.dumps(records[job.index]) + "\n" for job in jobs))
+    publish()
     values = list(records.values())
     return SweepReport(jobs=len(jobs), ran=sum(not r["cached"] for r in values),
                        cached=sum(bool(r["cached"]) for r in values),
