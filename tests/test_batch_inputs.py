@@ -130,3 +130,28 @@ def test_threads_are_range_checked_and_oversubscription_is_warned(tmp_path):
     result = _run(["--out", tmp_path / "x.png", "--threads", "0"])
     assert result.exit_code == 2 and "--threads" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_out_must_name_a_png(tiny_engines, tmp_path):
+    result = _run(["--engines", tiny_engines, "--prompt", "a cat", "--out", tmp_path / "x.jpg"])
+    assert result.exit_code == 2 and "x.png" in result.output and not (tmp_path / "x.jpg").exists()
+
+
+def test_a_sweep_checks_its_backend_before_the_engines(tiny_engines, tmp_path):
+    """The engines here have no TensorRT plans (exit 4), but a machine without TensorRT is the first fault (exit 6)."""
+    from maskst.errors import BackendError
+    from maskst.runtime.backends import require_backend
+    from maskst.sweep.cli import sweep_main
+
+    try:
+        require_backend("trt", False)
+    except BackendError:
+        pass
+    else:
+        pytest.skip("TensorRT is available on this machine")
+    (tmp_path / "p.txt").write_text("a cat\n")
+    (tmp_path / "s.csv").write_text("style,content\nnone.png,a ship\n")
+    result = CliRunner().invoke(sweep_main, [str(a) for a in ["--engines", tiny_engines, "--prompts", tmp_path / "p.txt",
+                                                               "--styles", tmp_path / "s.csv", "--out-dir", tmp_path / "o",
+                                                               "--backend", "trt"]])
+    assert result.exit_code == 6, result.output

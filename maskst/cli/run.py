@@ -184,6 +184,9 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
     if batch is None:
         if out is None:
             raise InputError("--out is required (the PNG to write)")
+        if out.suffix.lower() != ".png":  # the bytes are PNG (with the generation metadata) whatever the name says
+            raise InputError(f"--out {out}: maskst writes PNG files with generation metadata; give a .png name, "
+                             f"e.g. {out.with_suffix('.png')}")
         check_writable(out)
     # the embedded demo engines come with a demo request; real engines take GenerationConfig's defaults
     fallback = ({"prompt": DEMO_PROMPT, "style": (DEMO_STYLE,), "content": DEMO_CONTENT, "height": DEFAULT_SIZE,
