@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,8 +52,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from maskst.cli.common import run_cli
+from maskst.contract.files import default_mode
 from maskst.disk import disk_full_message, is_disk_full
-from maskst.errors import CheckpointError, InputError
+from maskst.errors import CheckpointError, InputError, MaskstError
 
 ASSETS = Path(__file__).parent / "assets"
 REAL_CONFIGS = ASSETS / "configs"
@@ -857,22 +860,76 @@ def fixture_paths(root: Path, preset: str):
 ALL_PRESETS = (*PRESETS, *SDXL_PRESETS, *STYLESHOT_PRESETS)
 
 
+# What write_fixtures puts at a set's top level (every preset's folders and the marker): a folder holding only these
+# is a set it wrote and may be replaced; anything else in it is someone's data.
+MARKER = "fixture.json"
+FIXTURE_ENTRIES = frozenset({MARKER, "base", "ip_adapter", "content_encoder", "controlnet", "annotators", "styleshot"})
+
+
+def check_seed(seed, what: str = "seed") -> None:
+    """The project's seed rule (as GenerationConfig and maskst-sweep --seeds): an integer in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise InputError(f"{what} {seed} must be an integer in [0, 2**63); choose a seed in that range, e.g. 0")
+
+
+def existing_fixtures(root: Path, what: str = "OUT_DIR") -> dict | None:
+    """The marker of the fixture set at ``root`` (None: no folder there, or an empty one, so nothing to replace).
+
+    InputError for anything that is not a set :func:`write_fixtures` wrote: a file, a non-empty folder without a
+    readable marker, or a set with files of someone else's added at its top."""
+    root = Path(root)
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        raise InputError(f"{what} {root} is a file, not a folder; give a new or empty folder for the fixtures")
+    try:
+        names = sorted(entry.name for entry in root.iterdir())
+    except OSError as exc:
+        raise InputError(f"{what} {root} cannot be read ({exc.strerror or exc}); give a new or empty folder") from None
+    if not names:
+        return None
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        marker = None
+    if not isinstance(marker, dict) or "preset" not in marker:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise InputError(f"{what} {root} is not empty ({shown}) and is not a fixture set (no valid {MARKER}); "
+                         f"it was left untouched. Give a new or empty folder, or remove {root} yourself")
+    extra = [name for name in names if name not in FIXTURE_ENTRIES]
+    if extra:
+        raise InputError(f"{what} {root} is a fixture set ({marker['preset']}) but also holds "
+                         f"{', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}, which maskst-fixtures did not "
+                         f"write; it was left untouched. Move those out, or give a new or empty folder")
+    return marker
+
+
 def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
     """Write a complete fixture set under ``root`` (base, ip_adapter, content_encoder; SD 1.5 presets also a
     ControlNet made from the base UNet and an informative-drawings lineart model).
 
-    Written into a temporary sibling folder first and renamed into place, so an interrupted
-    run never leaves a half-written set that later looks complete.
+    ``root`` must be new, empty or a fixture set written here before (:func:`existing_fixtures`; anything else is
+    InputError and left untouched). The set is built in a temporary sibling folder and swapped in at the end, so an
+    interrupted or failed run never leaves a half-written set, and a previous set stays as it was.
     """
     if preset not in ALL_PRESETS:
         raise InputError(f"preset={preset!r}; choose one of {', '.join(ALL_PRESETS)}")
+    check_seed(seed)
     spec = PRESETS.get(preset) or SDXL_PRESETS.get(preset) or STYLESHOT_PRESETS[preset]
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    given = Path(root)
+    # a link to a folder: the set goes where it points (renaming the link away would leave its target behind)
+    root = Path(os.path.realpath(given)) if given.is_symlink() else given
+    existing_fixtures(root)  # before minutes of work: refuse someone's folder up front
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    except OSError as exc:
+        raise InputError(f"OUT_DIR {given}: cannot create a folder in {root.parent} ({exc.strerror or exc}); "
+                         "choose a writable location") from None
     from maskst.torch_models import quiet_transformers
 
     try:
+        os.chmod(staging, default_mode(folder=True))  # it becomes OUT_DIR: mkdtemp's 0700 would hide the set
         with quiet_transformers():
             if isinstance(spec, StyleShotFixtureSpec):
                 sd = PRESETS[spec.sd]
@@ -891,12 +948,11 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
                 write_content_encoder(staging / "content_encoder", spec, seed)
                 write_controlnet(staging / "controlnet", staging / "base", spec, seed)
                 write_lineart_model(staging / "annotators" / "sk_model.pth", seed)
-        (staging / "fixture.json").write_text(json.dumps({"preset": preset, "seed": seed}))
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
+        (staging / MARKER).write_text(json.dumps({"preset": preset, "seed": seed}))
+        _swap_in(staging, root)
     except BaseException as exc:
-        if not is_disk_full(exc, root.parent):  # looked at before the partial set is removed
+        # looked at before the partial set is removed; our own typed errors are never a full disk
+        if isinstance(exc, MaskstError) or not is_disk_full(exc, root.parent):
             raise
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointError(disk_full_message(root.parent, f"the {preset} fixtures", exc,
@@ -904,7 +960,29 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return fixture_paths(root, preset)
+    return fixture_paths(given, preset)
+
+
+def _swap_in(staging: Path, root: Path) -> None:
+    """Rename the finished ``staging`` to ``root``; a previous set is renamed aside first and removed only once the
+    new one is in place (put back if that rename fails)."""
+    existing_fixtures(root)  # again: someone may have written into it during the build
+    try:
+        if not root.exists():
+            staging.rename(root)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
+        old.rmdir()  # only its unique name is needed: rename() onto it
+        root.rename(old)
+    except OSError as exc:  # e.g. an empty mount point, which cannot be renamed
+        raise InputError(f"OUT_DIR {root} could not be replaced ({exc.strerror or exc}); it was left as it was. "
+                         f"Give a new folder (e.g. {root / 'fixtures'})") from None
+    try:
+        staging.rename(root)
+    except BaseException:
+        old.rename(root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -919,10 +997,20 @@ def write_fixtures(root: Path, preset: str = "tiny", seed: int = 0):
                    "sets (SD 1.5 base, the laion-like content encoder, pretrained_weight/ip.bin and "
                    "style_aware_encoder.bin); styleshot-full: the real StyleShot widths (SD 1.5, ViT-H/14, CNNs "
                    "320/640/1280; about 11 GB).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="An integer in [0, 2**63).")
+@run_cli
 def main(out_dir: Path, preset: str, seed: int) -> None:
-    """Write random-weight checkpoints in the real folder layouts into OUT_DIR."""
+    """Write random-weight checkpoints in the real folder layouts into OUT_DIR.
+
+    OUT_DIR must be new, empty or a fixture set written here before (which is replaced once the new set is complete);
+    any other folder is refused and left untouched.
+    """
+    check_seed(seed, "--seed")
+    previous = existing_fixtures(out_dir)
     paths = write_fixtures(out_dir, preset, seed)
+    if previous is not None:
+        click.echo(f"replaced the previous fixture set in {out_dir} (preset {previous.get('preset')}, "
+                   f"seed {previous.get('seed')})", err=True)
     names = ("base", "ip_adapter", "image_encoder", "content_encoder")
     if isinstance(paths, StyleShotFixturePaths):
         names = ("base", "styleshot", "content_encoder", "lineart_model")

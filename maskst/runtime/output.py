@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from maskst import __version__
+from maskst.contract.files import atomic_output, output_target
 from maskst.errors import InputError
 
 
@@ -31,11 +32,12 @@ def check_writable(path: Path, what: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder; give a file name such as {path / 'out.png'}")
-    parent = path.parent if str(path.parent) else Path(".")
+    target, _ = output_target(path, what)  # refuses a FIFO or device node; a symlink: where it points
+    parent = target.parent if str(target.parent) else Path(".")
     _refuse_file_ancestor(parent, path, what)
     if not parent.exists():
         raise InputError(f"{what} {path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise InputError(f"{what} {path} cannot be written (permission denied); choose another location")
 
 
@@ -60,21 +62,20 @@ def image_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
 
 
-def save_png(path: Path, image: np.ndarray, metadata: dict) -> None:
-    """Save uint8 [H, W, 3] as PNG with ``maskst`` (JSON) and ``parameters`` text chunks, atomically."""
+def save_png(path: Path, image: np.ndarray, metadata: dict, what: str = "output file") -> None:
+    """Save uint8 [H, W, 3] as PNG with ``maskst`` (JSON) and ``parameters`` text chunks, atomically
+    (:func:`maskst.contract.files.atomic_output`: normal file mode, no partial file, InputError naming ``what`` and
+    the path when it cannot be written)."""
     path = Path(path)
     info = PngInfo()
     info.add_text("maskst", json.dumps(metadata, sort_keys=True))
     info.add_text("parameters", f"{metadata.get('prompt', '')}\nNegative prompt: {metadata.get('negative_prompt', '')}\n"
                   + ", ".join(f"{k}: {v}" for k, v in metadata.items() if k not in ("prompt", "negative_prompt")))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # encoded in memory first, so only the file's own errors read as "could not be written"
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="PNG", pnginfo=info)
+    with atomic_output(path, what) as f:
+        f.write(encoded.getbuffer())
 
 
 def region_metadata(config, result) -> list[dict]:
