@@ -382,7 +382,9 @@ def _checked_types(cls, values: dict) -> dict:
         else:
             continue  # lists, paths, enums and regions are parsed (and checked) field by field in create
         if not ok:
-            raise InputError(f"{name}={value!r} ({type(value).__name__}) must be {kind}")
+            field = next(f for f in dataclasses.fields(cls) if f.name == name)
+            flag = field.metadata.get("flag") or "--" + name.replace("_", "-")
+            raise InputError(f"{name}={value!r} ({type(value).__name__}) must be {kind} (option {flag})")
     return values
 
 

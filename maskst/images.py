@@ -60,7 +60,7 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # --------------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], label: str = "style image") -> Image.Image:
     """Load a style image from ``path`` as a fully decoded 8-bit ``"RGB"`` PIL image.
 
     Behaviour:
@@ -80,6 +80,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
     Args:
         path: image file path.
+        label: what the file is, as error messages name it (``"mask"`` for a region mask).
 
     Returns:
         A new ``PIL.Image.Image`` in mode ``"RGB"`` (uint8, 3 channels), not tied to any open file.
@@ -89,8 +90,12 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             or corrupt, above ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard), or in a
             mode that cannot be converted to RGB. The message names the path.
     """
+    if not os.fspath(path):  # Path("") is "." (the current folder): name the real mistake
+        raise InputError(f"{label} '': empty path; pass the path of an image file.")
     p = Path(path)
-    _check_path(p)
+    _check_path(p, label)
+    # only a style image is resized to CLIP's input: other images get no such remark
+    clip_note = "; it is resized to 224 px for CLIP anyway" if label == "style image" else ""
     try:
         # Turn PIL's DecompressionBombWarning (pixel count between 1x and 2x MAX_IMAGE_PIXELS)
         # into an exception for this call only; above 2x PIL raises DecompressionBombError itself.
@@ -100,64 +105,64 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             with Image.open(p) as im:
                 # Belt and braces: warnings filters are process-global and not thread-safe, so
                 # check the declared size too (the header is read, nothing decoded yet).
-                _check_pixel_count(p, im.size)
+                _check_pixel_count(p, im.size, label, clip_note)
                 im.load()  # force the full decode now so truncation/corruption surfaces here
                 im = _exif_transpose(im)
-            return to_rgb(im, _name=f"style image {p}")
+            return to_rgb(im, _name=f"{label} {p}")
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         limit = Image.MAX_IMAGE_PIXELS
         raise InputError(
-            f"style image {p}: too many pixels ({exc}); the limit of {limit} pixels "
+            f"{label} {p}: too many pixels ({exc}); the limit of {limit} pixels "
             f"(PIL.Image.MAX_IMAGE_PIXELS) guards against decompression bombs. Downscale the "
-            f"image (e.g. to 2048 px on the long side; it is resized to 224 px for CLIP anyway)."
+            f"image (e.g. to 2048 px on the long side{clip_note})."
         ) from None
     except Image.UnidentifiedImageError:
         raise InputError(
-            f"style image {p}: not an image file PIL can read (unknown or unsupported format). "
+            f"{label} {p}: not an image file PIL can read (unknown or unsupported format). "
             f"Pass a PNG, JPEG, WebP, BMP or TIFF image."
         ) from None
     except PermissionError:
-        raise InputError(f"style image {p}: permission denied; make the file readable.") from None
+        raise InputError(f"{label} {p}: permission denied; make the file readable.") from None
     except MemoryError:
         raise InputError(
-            f"style image {p}: not enough memory to decode it; downscale the image."
+            f"{label} {p}: not enough memory to decode it; downscale the image."
         ) from None
     except Exception as exc:  # noqa: BLE001 - PIL plugins raise OSError, SyntaxError, ValueError,
         # struct.error, EOFError, IndexError ... for broken files; none of them may leak as a traceback.
         raise InputError(
-            f"style image {p}: truncated or corrupt ({type(exc).__name__}: {exc}). "
+            f"{label} {p}: truncated or corrupt ({type(exc).__name__}: {exc}). "
             f"Re-download or re-export the image."
         ) from None
 
 
-def _check_path(p: Path) -> None:
+def _check_path(p: Path, label: str = "style image") -> None:
     """Refuse paths that cannot be an image file, before PIL gets to see them."""
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise InputError(f"style image {p}: no such file; check the path.") from None
+        raise InputError(f"{label} {p}: no such file; check the path.") from None
     except PermissionError:
-        raise InputError(f"style image {p}: permission denied; make the file readable.") from None
+        raise InputError(f"{label} {p}: permission denied; make the file readable.") from None
     except OSError as exc:
-        raise InputError(f"style image {p}: cannot be accessed ({exc.strerror or exc}).") from None
+        raise InputError(f"{label} {p}: cannot be accessed ({exc.strerror or exc}).") from None
     if p.is_dir():
-        raise InputError(f"style image {p}: is a directory; pass the path of an image file inside it.")
+        raise InputError(f"{label} {p}: is a directory; pass the path of an image file inside it.")
     if st.st_size == 0:
         raise InputError(
-            f"style image {p}: the file is empty (0 bytes); re-download or re-export the image."
+            f"{label} {p}: the file is empty (0 bytes); re-download or re-export the image."
         )
 
 
-def _check_pixel_count(p: Path, size: tuple[int, int]) -> None:
+def _check_pixel_count(p: Path, size: tuple[int, int], label: str = "style image", clip_note: str = "") -> None:
     limit = Image.MAX_IMAGE_PIXELS
     w, h = size
     if limit is not None and w * h > limit:
         raise InputError(
-            f"style image {p}: {w}x{h} = {w * h} pixels is above the limit of {limit} pixels "
+            f"{label} {p}: {w}x{h} = {w * h} pixels is above the limit of {limit} pixels "
             f"(PIL.Image.MAX_IMAGE_PIXELS), which guards against decompression bombs. Downscale "
-            f"the image (e.g. to 2048 px on the long side; it is resized to 224 px for CLIP anyway)."
+            f"the image (e.g. to 2048 px on the long side{clip_note})."
         )
 
 

@@ -111,7 +111,7 @@ def grid_size(latent: int, stride: int) -> int:
 def load_mask_image(path: Path, index: int) -> Image.Image:
     """The mask file of region ``index`` as a PIL image (read like a style image)."""
     try:
-        return load_image(path)
+        return load_image(path, label="mask")
     except InputError as exc:
         raise InputError(f"mask of region {index + 1}: {exc}") from None
 

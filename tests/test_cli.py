@@ -50,7 +50,7 @@ def test_init_latents_reproduce_the_seed(tiny_engines, style_image, tmp_path):
 @pytest.mark.parametrize("flag,value,message", [
     ("--height", "60", "height=60 must be a positive multiple of 8"),
     ("--width", "70", "width=70 must be a positive multiple of 8"),
-    ("--height", "512", "height/8=64 is outside the range the engines were built for [4, 16]"),
+    ("--height", "512", "height 512 px is outside the engines' range [32, 128] px"),
     ("--num-images", "3", "num_images=3 is outside the range"),
     ("--theta", "1.5", "theta=1.5"),
     ("--target-block", "up_blocks.9", "target block 'up_blocks.9' matches no cross-attention layer"),

@@ -259,7 +259,7 @@ def test_open_sizes_are_the_familys_default(sdxl_engines, tiny_engines):
         assert pipe.resolve(GenerationConfig.create(prompt="a", width=64)).height == 1024
     with MaskstPipeline(tiny_engines) as pipe:  # SD 1.5: 512, outside the tiny engines' range: named
         assert pipe.resolve(config).height == 512
-        with pytest.raises(InputError, match="height/8=64 is outside the range"):
+        with pytest.raises(InputError, match=r"height 512 px is outside the engines' range \[32, 128\] px"):
             pipe.check_request(config)
 
 
@@ -307,7 +307,7 @@ def test_run_cli_sdxl_options_and_batch(sdxl_engines, style_image, tmp_path):
                    "--height", "64", "--width", "64", "--quiet"])
     assert result.exit_code == 1
     records = [json.loads(line) for line in (tmp_path / "batch" / "results.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in records] == ["ok", "ok", "error"] and "height/8=512" in records[2]["error"]
+    assert [r["status"] for r in records] == ["ok", "ok", "error"] and "height 4096 px" in records[2]["error"]
     assert json.loads(Image.open(tmp_path / "batch" / "b.png").text["maskst"])["family"] == "sdxl"
 
 

@@ -224,7 +224,7 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
                         allow_fallback=allow_fallback,
                         compile_cache=False if no_compile_cache else compile_cache,
-                        deepcache=isinstance(interval, int) and interval > 1) as pipeline:
+                        deepcache=interval if isinstance(interval, int) and interval > 1 else False) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
         bar = tqdm(desc="denoise", unit="step", disable=quiet)

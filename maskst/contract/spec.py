@@ -170,14 +170,23 @@ class GraphSpec:
                     dims[want] = int(got)
         return self.resolve(dims)
 
-    def check_dims(self, dims: dict[str, int], what: dict[str, str] | None = None) -> None:
-        """InputError if a dimension value lies outside the profile; ``what`` names dims for users."""
+    def check_dims(self, dims: dict[str, int], what: dict[str, str] | None = None,
+                   scale: dict[str, tuple[int, str]] | None = None) -> None:
+        """InputError if a dimension value lies outside the profile; ``what`` names dims for users, ``scale``
+        ({dim: (factor, unit)}) shows a dim's value and range in the user's units (latent h x 8 -> "px")."""
         for name, value in dims.items():
             if name not in self.dims and name not in self.derived and name not in self.divided:
                 continue
             r = self.dim_range(name)
             if not r.min <= value <= r.max:
                 label = (what or {}).get(name, f"dimension {name}")
+                if scale and name in scale:
+                    factor, unit = scale[name]
+                    raise InputError(
+                        f"{label} {value * factor} {unit} is outside the engines' range [{r.min * factor}, "
+                        f"{r.max * factor}] {unit} ({self.name}); rebuild with maskst-export --min-size/--max-size "
+                        "or change the request"
+                    )
                 raise InputError(
                     f"{label}={value} is outside the range the engines were built for [{r.min}, {r.max}] ({self.name}); "
                     "rebuild with maskst-export --min-size/--max-size/--max-batch or change the request"

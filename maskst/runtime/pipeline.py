@@ -60,7 +60,7 @@ def _check_finite(stage: str, array: np.ndarray, hint: str = "") -> None:
         raise NonFiniteError(f"stage {stage} produced NaN or infinity{hint}; nothing was written")
 
 
-def check_deepcache_request(manifest: Manifest, interval: int) -> None:
+def check_deepcache_request(manifest: Manifest, interval: int | None) -> None:
     """EngineError naming the fix when a request asks for DeepCache (``deepcache_interval`` > 1) and the engines
     have no ``unet_deep`` / ``unet_shallow`` graph (exported without ``maskst-export --deepcache``). The request's
     own conflicts (a control image) are refused by ``GenerationConfig.validate``."""
@@ -68,7 +68,9 @@ def check_deepcache_request(manifest: Manifest, interval: int) -> None:
         return
     missing = [g for g in (DEEP_GRAPH, SHALLOW_GRAPH) if g not in manifest.data["graphs"]]
     if missing:
-        raise EngineError(f"--deepcache-interval {interval}: the engines {manifest.folder} have no "
+        # interval None: a DeepCache pipeline whose caller gave no interval (MaskstPipeline(deepcache=True))
+        asked = "DeepCache (--deepcache-interval > 1)" if interval is None else f"--deepcache-interval {interval}"
+        raise EngineError(f"{asked}: the engines {manifest.folder} have no "
                           f"{' / '.join(missing)} graph; re-export them with maskst-export {EXPORT_FLAG} "
                           "(or run with --deepcache-interval 1)")
 
@@ -105,7 +107,8 @@ class _Progress(PipelineCallback):
 class MaskstPipeline:
     """Style transfer on an engines folder. Use as a context manager or call close().
 
-    ``deepcache``: a pipeline for DeepCache requests (``--deepcache-interval N``): it loads ``unet_deep`` and
+    ``deepcache``: a pipeline for DeepCache requests (``--deepcache-interval N``; True, or the interval N > 1, which
+    the error for engines without DeepCache graphs names): it loads ``unet_deep`` and
     ``unet_shallow`` instead of the plain ``unet`` (one full UNet in memory, not two), and runs a request with
     interval 1 on ``unet_deep`` every step (the same UNet computation, its feature unused). Without it the
     plain ``unet`` runs interval-1 requests, and the DeepCache graphs load on the first request that asks for
@@ -113,10 +116,13 @@ class MaskstPipeline:
 
     def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
                  threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None,
-                 compile_cache: Path | bool | None = None, callbacks=(), deepcache: bool = False):
+                 compile_cache: Path | bool | None = None, callbacks=(), deepcache: bool | int = False):
         self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
-        if deepcache:
-            check_deepcache_request(self.manifest, 2)  # engines without the DeepCache graphs: the export hint
+        if deepcache is True:
+            check_deepcache_request(self.manifest, None)  # engines without the DeepCache graphs: the export hint
+        elif deepcache:  # the interval itself (> 1): the hint names what the user asked for
+            check_deepcache_request(self.manifest, int(deepcache))
+        deepcache = bool(deepcache)
         # the graph of a full UNet step (noise_pred): the plain unet, or unet_deep on a DeepCache pipeline
         self.unet_graph = DEEP_GRAPH if deepcache else "unet"
         self.backend = backend
@@ -244,8 +250,9 @@ class MaskstPipeline:
         config.validate(self.vae_scale_factor)
         f = self.vae_scale_factor
         unet = self.unet_spec
+        # the UNet's h / w are latent sizes: the message multiplies them back to the pixels the user gave
         unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
-                        what={"N": "num_images", "h": f"height/{f}", "w": f"width/{f}"})
+                        what={"N": "num_images", "h": "height", "w": "width"}, scale={"h": (f, "px"), "w": (f, "px")})
         if config.regions:
             regional.check_region_count(config, self.max_regions, unet)
         if config.method not in self.family.methods:

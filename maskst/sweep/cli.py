@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from maskst.cli.common import EXIT_CODES_HELP, run_cli
+from maskst.cli.common import EXIT_CODES_HELP, run_cli, threads_option
 from maskst.errors import InputError
 from maskst.cli.options import given_request, request_options
 from maskst.sweep.grid import GRID_FIELDS
@@ -32,8 +32,7 @@ SWEEP_EXIT_CODES = EXIT_CODES_HELP.replace("some batch jobs failed", "some jobs 
               help="Output folder: PNGs, sweep.json, results.jsonl. Rerunning into it skips finished jobs.")
 @request_options(exclude=GRID_FIELDS)
 @click.option("--backend", default="ort-cpu", show_default=True, help="Runtime backend of every worker (see maskst-run).")
-@click.option("--threads", type=int, default=None,
-              help="Intra-op threads per session. Default: all cores in-process; --cpus-per-worker on Ray.")
+@threads_option("Intra-op threads per session. Default: all cores in-process; --cpus-per-worker on Ray.")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -72,6 +71,9 @@ def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, back
     if ray_address is None and any(v is not None for v in ray_flags.values()):
         used = ", ".join(k for k, v in ray_flags.items() if v is not None)
         raise InputError(f"{used} only apply with --ray")
+    from maskst.runtime.backends import require_backend
+
+    require_backend(backend, allow_fallback)  # unknown names and missing GPUs / packages (exit 6): before the engines
     run_options = given_request(request)  # the options given; GenerationConfig's defaults for the rest
     if run_options.get("init_latents"):
         run_options["init_latents"] = run_options["init_latents"].absolute()
@@ -125,7 +127,7 @@ def sweep_main(engines, prompts_file, styles_file, methods, seeds, out_dir, back
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG chart: methods side by side (style vs text score; leakage).")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Runtime backend for the encoders.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads per session (default: all cores).")
+@threads_option("Intra-op threads per session (default: all cores).")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @run_cli
@@ -142,7 +144,7 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
     gated_leakage = leakage if faithful else 1. Per method: mean and 95% Student-t interval.
     """
     from maskst.runtime.output import check_writable
-    from maskst.sweep.evaluate import evaluate, write_csv, write_json
+    from maskst.sweep.evaluate import evaluate, report_writer, skipped_summary, write_csv, write_json
 
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         if path is not None:
@@ -151,6 +153,10 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
 
     report = evaluate(PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify),
                       results_dir, progress=not quiet)
+    skipped = report["skipped"]
+    if skipped:  # nothing scored at all is an error (evaluate); some skipped is worth a line, not only a JSON entry
+        total = len(skipped) + len(report["images"])
+        click.echo(f"warning: {len(skipped)} of {total} images were not scored ({skipped_summary(skipped)})", err=True)
     if json_path is not None:
         write_json(report, json_path)
     if csv_path is not None:
@@ -158,5 +164,6 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
     if plot_path is not None:
         from maskst.sweep.plot import plot_report
 
-        plot_report(report, plot_path)
+        with report_writer(plot_path, "--plot"):
+            plot_report(report, plot_path)
     click.echo(json.dumps(report["summary"]))

@@ -22,6 +22,7 @@ missing, style file gone, no content text) are listed under ``skipped`` with the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import warnings
@@ -30,6 +31,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from maskst.disk import is_disk_full
 from maskst.errors import InputError
 from maskst.sweep.metrics import image_scores, summarize
 from maskst.sweep.store import read_metadata
@@ -108,8 +110,16 @@ def evaluate(pipeline_options, results_dir: Path, progress: bool = True) -> dict
             if not str(meta.get("content") or "").strip():
                 skipped.append({"file": name, "reason": "no content text in its metadata (leakage undefined)"})
                 continue
-            with Image.open(path) as image:
-                gen = pipeline.encode_style([image.convert("RGB")])
+            prompt_text = meta.get("prompt")
+            if not isinstance(prompt_text, str) or not isinstance(meta.get("content"), str):
+                skipped.append({"file": name, "reason": "its metadata has no prompt or content text"})
+                continue
+            try:
+                with Image.open(path) as image:
+                    gen = pipeline.encode_style([image.convert("RGB")])
+            except (OSError, SyntaxError, ValueError) as exc:  # metadata intact, pixels truncated or corrupt
+                skipped.append({"file": name, "reason": f"the image cannot be decoded ({exc})"})
+                continue
             if gen.ndim != 2:
                 raise InputError(f"the image encoder of {pipeline_options.engines} outputs hidden states "
                                  f"{list(gen.shape)} (IP-Adapter Plus), not image_embeds; score with engines of a "
@@ -128,18 +138,43 @@ def evaluate(pipeline_options, results_dir: Path, progress: bool = True) -> dict
                            "prompt": meta["prompt"], "content": meta["content"],
                            "style": [str(p) for p in _style_paths(meta)], "seed": meta.get("seed"),
                            "prompt_index": sweep.get("prompt_index"), "style_index": sweep.get("style_index")})
+        if not images:  # an empty report would look like a finished evaluation
+            raise InputError(f"--results {results_dir}: none of its {len(paths)} image(s) could be scored "
+                             f"({skipped_summary(skipped)}); pass the output folder of maskst-sweep or "
+                             "maskst-run --batch (PNGs with maskst metadata and their style files)")
         encoders = _describe_encoders(pipeline, dim)
     return {"results": str(results_dir), "images": images, "summary": summarize(images), "encoders": encoders,
             "skipped": skipped}
 
 
+def skipped_summary(skipped: list[dict], limit: int = 3) -> str:
+    """The first ``limit`` skipped files with their reasons, on one line."""
+    shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
+
+
+@contextlib.contextmanager
+def report_writer(path: Path, flag: str):
+    """InputError naming ``flag`` and ``path`` for a write that fails (full disk, read-only folder): the scores
+    were computed, only this file is lost, and a traceback would hide which one."""
+    try:
+        yield
+    except OSError as exc:
+        cause = "the disk is full" if is_disk_full(exc, Path(path).parent) else (exc.strerror or str(exc))
+        if Path(path).is_file():  # a half-written report would pass for a whole one (never a device: /dev/full)
+            Path(path).unlink(missing_ok=True)
+        raise InputError(f"{flag} {path} could not be written ({cause}); free space there or choose another "
+                         "path") from None
+
+
 def write_json(report: dict, path: Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    with report_writer(path, "--json"):
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def write_csv(report: dict, path: Path) -> None:
     """One row per image, the columns of CSV_COLUMNS (style files joined with ';')."""
-    with open(path, "w", newline="") as f:
+    with report_writer(path, "--csv"), open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for image in report["images"]:

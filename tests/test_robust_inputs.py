@@ -1,0 +1,226 @@
+"""Damaged manifests, unscorable eval folders and misleading messages: typed errors that name the input and the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from maskst.cli.run import main as run_main
+from maskst.engines.manifest import load_manifest
+from maskst.errors import EngineError, InputError
+from maskst.sweep.cli import eval_main
+
+
+def _invoke(command, *args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+# ---------------------------------------------------------------- manifest.json edited or damaged
+
+
+def _edited(engines, tmp_path, edit):
+    """A copy of ``engines`` whose manifest.json went through ``edit(data)``."""
+    folder = tmp_path / "engines"
+    shutil.copytree(engines, folder)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def _cut_layers(data, strides_too):
+    model = data["model"]
+    model["cross_attention_layers"] = model["cross_attention_layers"][:1]
+    if strides_too:
+        model["cross_attention_strides"] = model["cross_attention_strides"][:1]
+
+
+EDITS = {  # edit -> what the error must name
+    "no graphs": (lambda d: d.pop("graphs"), "graphs is missing"),
+    "no model": (lambda d: d.pop("model"), "model is missing"),
+    "versions null": (lambda d: d.update(versions=None), "versions is null"),
+    "maskst version a number": (lambda d: d["versions"].update(maskst=1), "versions.maskst is 1"),
+    "file record without size": (lambda d: d["files"]["unet.onnx"].pop("size"), "files['unet.onnx'].size is missing"),
+    "file size a string": (lambda d: d["files"]["unet.onnx"].update(size="big"), "files['unet.onnx'].size is 'big'"),
+    "graph entry a string": (lambda d: d["graphs"].update(unet="x"), "graphs.unet is 'x'"),
+    "graph without spec": (lambda d: d["graphs"]["unet"].pop("spec"), "graphs.unet.spec is missing"),
+    "spec without inputs": (lambda d: d["graphs"]["unet"]["spec"].pop("inputs"), "graphs.unet.spec is not a graph IO spec"),
+    "spec dim range reversed": (lambda d: d["graphs"]["unet"]["spec"]["dims"]["h"].update(min=99),
+                                "graphs.unet.spec is not a graph IO spec"),
+    "vae_scale_factor 0": (lambda d: d["model"].update(vae_scale_factor=0), "model.vae_scale_factor is 0"),
+    "max_regions a string": (lambda d: d["model"].update(max_regions="4"), "model.max_regions is '4'"),
+    "layers cut": (lambda d: _cut_layers(d, False), "model.cross_attention_layers lists 1 layers but "
+                                                    "model.cross_attention_strides has 4"),
+    "layers and strides cut": (lambda d: _cut_layers(d, True), "model.cross_attention_layers lists 1 layers but "
+                                                               "graph unet's ip_scale input has 4 rows"),
+    "control graph unknown": (lambda d: d["control"].update(lineart={"graph": "nope"}), "control.lineart.graph is 'nope'"),
+    "file outside the folder": (lambda d: d["files"].update({"../x.png": {"size": 1, "sha256": "0" * 64}}),
+                                "a path in files is '../x.png'"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_damaged_manifest_is_an_engine_error_naming_the_field(tiny_engines, tmp_path, name):
+    edit, field = EDITS[name]
+    folder = _edited(tiny_engines, tmp_path, edit)
+    with pytest.raises(EngineError) as caught:
+        load_manifest(folder, verify_hashes=False)
+    message = str(caught.value)
+    assert str(folder / "manifest.json") in message and field in message, message
+    assert "maskst-export" in message
+
+
+@pytest.mark.parametrize("name", ["no graphs", "versions null", "graph entry a string", "vae_scale_factor 0",
+                                  "layers cut"])
+def test_damaged_manifest_exits_4_without_traceback(tiny_engines, style_image, tmp_path, name):
+    edit, field = EDITS[name]
+    folder = _edited(tiny_engines, tmp_path, edit)
+    out = tmp_path / "x.png"
+    result = _invoke(run_main, "--engines", folder, "--prompt", "a cat", "--style", style_image, "--steps", "2",
+                     "--height", "64", "--width", "64", "--quiet", "--out", out)
+    assert result.exit_code == 4, result.output
+    assert field in result.stderr and "Traceback" not in result.output and not out.exists()
+
+
+def test_every_fixture_engines_manifest_loads(tiny_engines, wide_engines, wide_control_engines, sdxl_engines):
+    for folder in (tiny_engines, wide_engines, wide_control_engines, sdxl_engines):
+        assert load_manifest(folder).data["graphs"]
+
+
+# ---------------------------------------------------------------- maskst-eval: nothing (or not everything) scored
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_engines, style_image, tmp_path_factory):
+    """One maskst-run PNG with its maskst metadata."""
+    out = tmp_path_factory.mktemp("generated") / "cat.png"
+    result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image, "--content",
+                     "a house", "--steps", "2", "--height", "64", "--width", "64", "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_eval_with_nothing_scorable_exits_2_naming_the_folder_and_reasons(tiny_engines, tmp_path):
+    text_only, no_meta = tmp_path / "text", tmp_path / "nometa"
+    text_only.mkdir()
+    no_meta.mkdir()
+    (text_only / "a.png").write_text("not an image")
+    Image.new("RGB", (64, 64)).save(no_meta / "b.png")
+    for folder, name in ((text_only, "a.png"), (no_meta, "b.png")):
+        report = tmp_path / f"{folder.name}.json"
+        result = _invoke(eval_main, "--engines", tiny_engines, "--results", folder, "--threads", "1", "--quiet",
+                         "--json", report)
+        assert result.exit_code == 2, result.output
+        assert str(folder) in result.stderr and f"{name}: missing, or no maskst metadata" in result.stderr
+        assert not report.exists() and "Traceback" not in result.output
+
+
+def test_eval_warns_with_the_count_when_some_were_skipped(tiny_engines, generated, tmp_path):
+    shutil.copy(generated, tmp_path / "cat.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
+    result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == ["warning: 1 of 2 images were not scored (plain.png: missing, or no maskst metadata)"]
+
+
+def _full_disk(path):
+    """What a write into a full disk leaves: a partial file, then ENOSPC."""
+    path.write_bytes(b"{")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_eval_report_on_a_full_disk_is_an_input_error(tiny_engines, generated, tmp_path, flag, monkeypatch):
+    import pathlib
+
+    import maskst.sweep.evaluate as evaluate
+
+    report = tmp_path / "out" / "eval.report"
+    report.parent.mkdir()
+    if flag == "--json":
+        write_text = pathlib.Path.write_text
+        monkeypatch.setattr(pathlib.Path, "write_text",
+                            lambda self, *a, **k: _full_disk(self) if self == report else write_text(self, *a, **k))
+    else:
+        monkeypatch.setattr(evaluate, "open", lambda path, *a, **k: _full_disk(report), raising=False)
+    shutil.copy(generated, tmp_path / "cat.png")
+    result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
+                     flag, report)
+    assert result.exit_code == 2, result.output
+    assert f"{flag} {report} could not be written (the disk is full)" in result.stderr
+    assert "Traceback" not in result.output and not report.exists()  # no half-written report left
+
+
+def test_eval_plot_write_failure_is_an_input_error(tiny_engines, generated, tmp_path, monkeypatch):
+    import maskst.sweep.plot
+
+    def full_disk(report, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(maskst.sweep.plot, "plot_report", full_disk)
+    shutil.copy(generated, tmp_path / "cat.png")
+    result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
+                     "--plot", tmp_path / "eval.png")
+    assert result.exit_code == 2, result.output
+    assert f"--plot {tmp_path / 'eval.png'} could not be written (the disk is full)" in result.stderr
+
+
+# ---------------------------------------------------------------- messages that name what the user gave
+
+
+def test_deepcache_pipeline_names_the_interval_asked_for(tiny_engines):
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    with pytest.raises(EngineError, match=r"--deepcache-interval 3: .* maskst-export --deepcache"):
+        MaskstPipeline(tiny_engines, deepcache=3)
+    with pytest.raises(EngineError) as caught:
+        MaskstPipeline(tiny_engines, deepcache=True)
+    assert "--deepcache-interval 2" not in str(caught.value) and "maskst-export --deepcache" in str(caught.value)
+
+
+def test_size_outside_the_engines_range_is_said_in_pixels(tiny_engines, style_image, tmp_path):
+    result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image, "--steps", "2",
+                     "--height", "8", "--width", "64", "--quiet", "--out", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "height 8 px is outside the engines' range [32, 128] px" in result.stderr
+    assert "height/8" not in result.stderr
+
+
+def test_check_dims_scale_shows_the_users_units_and_leaves_others_alone():
+    from maskst.contract.spec import DimRange, GraphSpec, TensorSpec
+
+    spec = GraphSpec("g", (TensorSpec("x", "float32", ("N", "h")),), (), {"N": DimRange(1, 1, 2), "h": DimRange(4, 8, 16)})
+    with pytest.raises(InputError, match=r"^height 136 px is outside the engines' range \[32, 128\] px \(g\)"):
+        spec.check_dims({"h": 17}, what={"h": "height"}, scale={"h": (8, "px")})
+    with pytest.raises(InputError, match=r"^num_images=3 is outside the range the engines were built for \[1, 2\]"):
+        spec.check_dims({"N": 3}, what={"N": "num_images"}, scale={"h": (8, "px")})
+
+
+def test_load_image_names_masks_and_empty_paths(tmp_path):
+    from maskst.images import load_image
+    from maskst.regions import load_mask_image
+
+    with pytest.raises(InputError, match=r"^mask of region 2: mask .*nomask.png: no such file"):
+        load_mask_image(tmp_path / "nomask.png", 1)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"^mask of region 1: mask .*empty.png: the file is empty"):
+        load_mask_image(tmp_path / "empty.png", 0)
+    with pytest.raises(InputError, match=r"^style image .*nostyle.png: no such file"):  # the default label
+        load_image(tmp_path / "nostyle.png")
+    with pytest.raises(InputError, match=r"^style image '': empty path"):
+        load_image("")
+
+
+def test_missing_region_mask_is_not_called_a_style_image(tiny_engines, style_image, tmp_path):
+    result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--region", style_image,
+                     tmp_path / "nomask.png", "a house", "--steps", "2", "--height", "64", "--width", "64", "--quiet",
+                     "--out", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "mask of region 1: mask" in result.stderr and "style image" not in result.stderr
