@@ -31,7 +31,9 @@ def fast_writers(monkeypatch):
 
 
 def _cli(*args):
-    return CliRunner().invoke(fixtures.main, [str(a) for a in args])
+    from maskst.cli.fixtures import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _snapshot(folder):
