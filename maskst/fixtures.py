@@ -54,6 +54,7 @@ import numpy as np
 from maskst.contract.files import default_mode
 from maskst.disk import disk_full_message, is_disk_full
 from maskst.errors import CheckpointError, InputError, MaskstError
+from maskst.generation import is_seed
 
 ASSETS = Path(__file__).parent / "assets"
 REAL_CONFIGS = ASSETS / "configs"
@@ -866,7 +867,7 @@ FIXTURE_ENTRIES = frozenset({MARKER, "base", "ip_adapter", "content_encoder", "c
 
 def check_seed(seed, what: str = "seed") -> None:
     """The project's seed rule (as GenerationConfig and maskst-sweep --seeds): an integer in [0, 2**63)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+    if not is_seed(seed):
         raise InputError(f"{what} {seed} must be an integer in [0, 2**63); choose a seed in that range, e.g. 0")
 
 

@@ -233,7 +233,7 @@ class GenerationConfig:
             raise InputError(f"steps={self.steps} must be an integer in [1, 1000]")
         if not isinstance(self.num_images, int) or self.num_images < 1:
             raise InputError(f"num_images={self.num_images} must be a positive integer")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if not is_seed(self.seed):
             raise InputError(f"seed={self.seed} must be an integer in [0, 2**63)")
         if not 0.0 <= self.theta <= 1.0:
             raise InputError(f"theta={self.theta} must lie in [0, 1]")
@@ -320,6 +320,14 @@ class GenerationConfig:
     def batch(self) -> int:
         """UNet batch: negative and positive halves."""
         return 2 * self.num_images
+
+
+SEED_LIMIT = 2**63  # seeds are int64-sized: numpy's PCG64 and torch's manual_seed (StyleShot's shuffle) take them
+
+
+def is_seed(value) -> bool:
+    """The one seed rule (requests, sweep --seeds, fixtures): an integer (not a bool) in [0, 2**63)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT
 
 
 def _finite32(value: float) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from maskst.errors import InputError
-from maskst.generation import GenerationConfig
+from maskst.generation import GenerationConfig, is_seed
 from maskst.masking import Method
 from maskst.sweep.store import config_values, file_digest, job_key
 
@@ -211,7 +211,7 @@ def parse_seeds(seeds: str | tuple[int, ...]) -> tuple[int, ...]:
             raise InputError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1") from None
     else:
         values = tuple(seeds)
-    if not values or any(not isinstance(v, int) or not 0 <= v < 2**63 for v in values):
+    if not values or not all(is_seed(v) for v in values):
         raise InputError(f"--seeds {seeds!r} must be integers in [0, 2**63)")
     if len(set(values)) != len(values):
         raise InputError(f"--seeds {seeds!r} names a seed twice")
