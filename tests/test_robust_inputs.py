@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -130,46 +131,83 @@ def test_eval_warns_with_the_count_when_some_were_skipped(tiny_engines, generate
     assert warning == ["warning: 1 of 2 images were not scored (plain.png: missing, or no maskst metadata)"]
 
 
-def _full_disk(path):
-    """What a write into a full disk leaves: a partial file, then ENOSPC."""
-    path.write_bytes(b"{")
-    raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.fixture
+def full_disk_for(monkeypatch):
+    """Make every write into the temporary file of ``path``'s atomic replace fail with ENOSPC (the disk fills up
+    mid-write); other files open as usual."""
+    import io
+    import os
+
+    fdopen = os.fdopen
+
+    class FullDisk(io.RawIOBase):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            if not self.closed:
+                os.close(self.fd)
+            super().close()
+
+    def arm(path):
+        def fake(fd, *args, **kwargs):
+            name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+            if name.startswith(f".{path.name}.") and name.endswith(".tmp"):
+                return io.BufferedWriter(FullDisk(fd))
+            return fdopen(fd, *args, **kwargs)
+
+        monkeypatch.setattr(os, "fdopen", fake)
+
+    return arm
 
 
-@pytest.mark.parametrize("flag", ["--json", "--csv"])
-def test_eval_report_on_a_full_disk_is_an_input_error(tiny_engines, generated, tmp_path, flag, monkeypatch):
-    import pathlib
-
-    import maskst.sweep.evaluate as evaluate
-
-    report = tmp_path / "out" / "eval.report"
+@pytest.mark.parametrize("flag", ["--json", "--csv", "--plot"])
+def test_eval_report_on_a_full_disk_is_an_input_error_and_the_old_report_stays(tiny_engines, generated, tmp_path,
+                                                                               flag, full_disk_for):
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    report = tmp_path / "out" / "eval.png"
     report.parent.mkdir()
-    if flag == "--json":
-        write_text = pathlib.Path.write_text
-        monkeypatch.setattr(pathlib.Path, "write_text",
-                            lambda self, *a, **k: _full_disk(self) if self == report else write_text(self, *a, **k))
-    else:
-        monkeypatch.setattr(evaluate, "open", lambda path, *a, **k: _full_disk(report), raising=False)
+    report.write_bytes(b"the previous report")
+    full_disk_for(report)
     shutil.copy(generated, tmp_path / "cat.png")
     result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
                      flag, report)
     assert result.exit_code == 2, result.output
-    assert f"{flag} {report} could not be written (the disk is full)" in result.stderr
-    assert "Traceback" not in result.output and not report.exists()  # no half-written report left
+    assert f"{flag} {report} could not be written: the disk holding {report.parent} is full" in result.stderr
+    assert "Traceback" not in result.output
+    assert report.read_bytes() == b"the previous report"  # the old report kept, no half-written one
+    assert sorted(p.name for p in report.parent.iterdir()) == ["eval.png"]  # no temporary file left
 
 
-def test_eval_plot_write_failure_is_an_input_error(tiny_engines, generated, tmp_path, monkeypatch):
-    import maskst.sweep.plot
+def test_eval_writes_whole_reports(tiny_engines, generated, tmp_path):
+    pytest.importorskip("matplotlib")
+    shutil.copy(generated, tmp_path / "cat.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
+                     "--json", out / "e.json", "--csv", out / "e.csv", "--plot", out / "e.png")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "e.json").read_text())
+    assert [image["file"] for image in report["images"]] == ["cat.png"]
+    rows = (out / "e.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("file,method,style_score") and rows[1].startswith("cat.png,")
+    with Image.open(out / "e.png") as chart:
+        assert chart.format == "PNG" and chart.size[0] > 100
+    assert sorted(p.name for p in out.iterdir()) == ["e.csv", "e.json", "e.png"]
 
-    def full_disk(report, path):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(maskst.sweep.plot, "plot_report", full_disk)
+def test_eval_plot_must_be_a_png(tiny_engines, generated, tmp_path):
     shutil.copy(generated, tmp_path / "cat.png")
     result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
-                     "--plot", tmp_path / "eval.png")
-    assert result.exit_code == 2, result.output
-    assert f"--plot {tmp_path / 'eval.png'} could not be written (the disk is full)" in result.stderr
+                     "--plot", tmp_path / "eval.svg")
+    assert result.exit_code == 2 and "eval.png" in result.stderr and not (tmp_path / "eval.svg").exists()
 
 
 # ---------------------------------------------------------------- messages that name what the user gave

@@ -144,11 +144,14 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
     gated_leakage = leakage if faithful else 1. Per method: mean and 95% Student-t interval.
     """
     from maskst.runtime.output import check_writable
-    from maskst.sweep.evaluate import evaluate, report_writer, skipped_summary, write_csv, write_json
+    from maskst.sweep.evaluate import evaluate, skipped_summary, write_csv, write_json
 
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         if path is not None:
             check_writable(path, flag)
+    if plot_path is not None and plot_path.suffix.lower() != ".png":  # checked before the scoring, which takes a while
+        raise InputError(f"--plot {plot_path}: the chart is written as PNG; give a .png name, "
+                         f"e.g. {plot_path.with_suffix('.png')}")
     from maskst.sweep.executors import PipelineOptions
 
     report = evaluate(PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify),
@@ -164,6 +167,5 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
     if plot_path is not None:
         from maskst.sweep.plot import plot_report
 
-        with report_writer(plot_path, "--plot"):
-            plot_report(report, plot_path)
+        plot_report(report, plot_path, what="--plot")
     click.echo(json.dumps(report["summary"]))

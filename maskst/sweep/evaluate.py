@@ -22,8 +22,8 @@ missing, style file gone, no content text) are listed under ``skipped`` with the
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from maskst.disk import is_disk_full
+from maskst.contract.files import write_atomic
 from maskst.errors import InputError
 from maskst.sweep.metrics import image_scores, summarize
 from maskst.sweep.store import read_metadata
@@ -153,29 +153,16 @@ def skipped_summary(skipped: list[dict], limit: int = 3) -> str:
     return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
-@contextlib.contextmanager
-def report_writer(path: Path, flag: str):
-    """InputError naming ``flag`` and ``path`` for a write that fails (full disk, read-only folder): the scores
-    were computed, only this file is lost, and a traceback would hide which one."""
-    try:
-        yield
-    except OSError as exc:
-        cause = "the disk is full" if is_disk_full(exc, Path(path).parent) else (exc.strerror or str(exc))
-        if Path(path).is_file():  # a half-written report would pass for a whole one (never a device: /dev/full)
-            Path(path).unlink(missing_ok=True)
-        raise InputError(f"{flag} {path} could not be written ({cause}); free space there or choose another "
-                         "path") from None
-
-
 def write_json(report: dict, path: Path) -> None:
-    with report_writer(path, "--json"):
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    """The report as indented JSON, written atomically (InputError naming --json on a failed write)."""
+    write_atomic(path, json.dumps(report, indent=2) + "\n", what="--json")
 
 
 def write_csv(report: dict, path: Path) -> None:
     """One row per image, the columns of CSV_COLUMNS (style files joined with ';')."""
-    with report_writer(path, "--csv"), open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for image in report["images"]:
-            writer.writerow({**image, "style": ";".join(image["style"])})
+    text = io.StringIO(newline="")  # a report is a few kB: built whole, then written in one atomic replace
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for image in report["images"]:
+        writer.writerow({**image, "style": ";".join(image["style"])})
+    write_atomic(path, text.getvalue(), what="--csv")

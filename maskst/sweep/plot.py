@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maskst.contract.files import atomic_output
 from maskst.errors import BackendError
 
 
@@ -19,8 +20,9 @@ def _interval(stat: dict) -> tuple[float, float]:
     return stat["mean"], (stat["ci95"][1] - stat["ci95"][0]) / 2
 
 
-def plot_report(report: dict, path: Path) -> None:
-    """Write the chart of a :func:`maskst.sweep.evaluate.evaluate` report to ``path`` (PNG)."""
+def plot_report(report: dict, path: Path, what: str = "--plot") -> None:
+    """Write the chart of a :func:`maskst.sweep.evaluate.evaluate` report to ``path`` (PNG), atomically: a failed
+    write (InputError naming ``what``) leaves the previous chart, if any."""
     try:
         import matplotlib
 
@@ -64,5 +66,8 @@ def plot_report(report: dict, path: Path) -> None:
                           Patch(facecolor="white", edgecolor="black", hatch="//", label="gated leakage (unfaithful = 1)")],
                  fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path, what=what) as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        plt.close(fig)
