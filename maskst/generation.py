@@ -172,7 +172,7 @@ class GenerationConfig:
             values["method"] = parse_enum(Method, values["method"], "method")
         if "mask_mode" in values:
             values["mask_mode"] = parse_enum(MaskMode, values["mask_mode"], "mask mode")
-        if values.get("scheduler"):
+        if values.get("scheduler") is not None:  # "" is a mistake (an empty flag or JSON value), not the default
             values["scheduler"] = canonical_scheduler_name(values["scheduler"])
         for key in ("style", "target_blocks"):  # one value or a list of them
             if isinstance(values.get(key), (str, Path)):

@@ -262,3 +262,22 @@ def test_missing_region_mask_is_not_called_a_style_image(tiny_engines, style_ima
                      "--out", tmp_path / "x.png")
     assert result.exit_code == 2
     assert "mask of region 1: mask" in result.stderr and "style image" not in result.stderr
+
+
+def test_fp32_ops_need_fp16_and_real_op_types():
+    from maskst.export.options import ExportOptions, Precision
+
+    ExportOptions(precision=Precision.FP16, fp32_ops=("Softmax", "LayerNormalization")).validate()
+    with pytest.raises(InputError, match=r"--fp32-op Softmax: .* --precision is fp32; add --precision fp16"):
+        ExportOptions(fp32_ops=("Softmax",)).validate()  # used to be ignored without a word
+    with pytest.raises(InputError, match=r"--fp32-op 'softmax': not an ONNX operator type .*case-sensitive"):
+        ExportOptions(precision=Precision.FP16, fp32_ops=("Softmax", "softmax")).validate()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_scheduler_is_refused_not_taken_as_the_default(value):
+    from maskst.generation import GenerationConfig
+
+    with pytest.raises(InputError, match="unknown scheduler ''; choose one of: pndm"):
+        GenerationConfig.create(prompt="a cat", scheduler=value)
+    assert GenerationConfig.create(prompt="a cat", scheduler=None).scheduler is None

@@ -253,10 +253,11 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     report = run_bench(models, settings, names, reference=not no_reference, cold_start=not no_cold_start,
                        progress=not quiet, command=_command("maskst-bench"), ceiling_repeats=ceiling_repeats,
                        rounds=rounds, isa_cap=cpu_isa_cap and cpu_isa_cap.lower())
+    click.echo(format_table(report))  # first: a failed --json write must not lose the run's figures
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2))
-    click.echo(format_table(report))
-    if json_out is not None:
+        from maskst.contract.files import write_atomic
+
+        write_atomic(json_out, json.dumps(report, indent=2), what="--json")
         click.echo(f"\nwrote {json_out}")
     if report["errors"]:
         sys.exit(1)

@@ -27,6 +27,7 @@ import json
 import time
 from pathlib import Path
 
+from maskst.contract.files import atomic_output, write_atomic
 from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
 from maskst.bench.bench import BenchSettings, _inputs, _peak_rss_mib, _say, clear_request_caches
@@ -203,8 +204,11 @@ def chart(summary: dict, path: Path) -> None:
         axes[1].text(0.5, 0.5, "no per-operator profile for this backend", ha="center", va="center")
         axes[1].set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path, "profile chart") as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def profile_generation(engines: Path, backend: str, settings: BenchSettings, out_dir: Path, top: int = 15,
@@ -250,10 +254,11 @@ def profile_generation(engines: Path, backend: str, settings: BenchSettings, out
         "peak_rss_mib": _peak_rss_mib(),  # this process, loading and profiling included
         "files": {"table": "profile.txt", "summary": "profile.json", "trace": "trace.json", "chart": "profile.png"},
     }
-    (out_dir / "trace.json").write_text(json.dumps(chrome_trace(spans, ort_ops, window, backend)))
+    # each file whole or the previous one (a rerun into the same folder), a failed write an InputError naming it
+    write_atomic(out_dir / "trace.json", json.dumps(chrome_trace(spans, ort_ops, window, backend)), "profile trace")
     chart(summary, out_dir / "profile.png")
-    (out_dir / "profile.txt").write_text(format_profile(summary) + "\n")
-    (out_dir / "profile.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "profile.txt", format_profile(summary) + "\n", "profile table")
+    write_atomic(out_dir / "profile.json", json.dumps(summary, indent=2), "profile summary")
     return summary
 
 

@@ -90,6 +90,16 @@ class ExportOptions:
                              f"(got {len(self.calibration_prompts)}): the image encoder runs once per generation, and "
                              "one call calibrates while another is held out for the error check; add a prompt to "
                              "--calibration-prompts FILE")
+        if self.fp32_ops and self.precision is not Precision.FP16:
+            raise InputError(f"--fp32-op {' '.join(self.fp32_ops)}: keeps op types in fp32 during the fp16 conversion, "
+                             f"but --precision is {self.precision.value}; add --precision fp16 or leave --fp32-op out")
+        if self.fp32_ops:
+            import onnx.defs  # lazily: options are read by processes that never export
+
+            unknown = [op for op in self.fp32_ops if not (isinstance(op, str) and onnx.defs.has(op))]
+            if unknown:
+                raise InputError(f"--fp32-op {', '.join(map(repr, unknown))}: not an ONNX operator type (they are "
+                                 "case-sensitive), e.g. --fp32-op Softmax --fp32-op LayerNormalization")
         for style in self.calibration_styles:
             if not isinstance(style, Path) or not style.is_file():
                 raise InputError(f"--calibration-styles {style}: no such image file; give style images like your own")
