@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from maskst.bench.bench import _peak_rss_mib
+from maskst.contract.files import write_atomic
+from maskst.errors import InputError
+from maskst.runtime.output import check_writable
 
 ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
 PROPERTIES_EXAMPLE = '{"SNIPPETS_MODE": "DISABLE"}'  # --paired-config's example, in its help and its errors
@@ -302,6 +305,11 @@ def main(argv=None) -> int:
         shapes = parse_shapes(args.shapes)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.json is not None:  # before the calls, which take minutes
+        try:
+            check_writable(args.json, "--json")
+        except InputError as exc:
+            parser.error(str(exc))
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
         parser.error(f"no graph file at {', '.join(missing)}; give OpenVINO IR (.xml) or ONNX files, "
@@ -335,7 +343,7 @@ def main(argv=None) -> int:
               f"other load {result['cpu_share']['others_cores']} cores", file=sys.stderr)
         if args.json:
             command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else None
-            args.json.write_text(json.dumps({"command": command, "paired": result}, indent=2))
+            write_atomic(args.json, json.dumps({"command": command, "paired": result}, indent=2), "--json")
         return 0
     if args.one:
         try:
@@ -389,7 +397,7 @@ def main(argv=None) -> int:
     report["summary"] = summary
     report["quiet_below_cores"] = args.quiet_below
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_atomic(args.json, json.dumps(report, indent=2), "--json")
     failed = [m for m, rounds in results.items() if any("error" in r for r in rounds)]
     if failed:
         print(f"rounds failed for {', '.join(failed)} (their errors above)", file=sys.stderr)
