@@ -49,6 +49,23 @@ def test_image_matches_reference(reference, pipeline, style_image, method, mode,
     assert want.images.std() > 10  # a real image, not a constant
 
 
+@pytest.mark.parametrize("blocks,diffusers_scale", [
+    (["up_blocks.1"], {"up": {"block_1": 1.0}}),
+    (["down_blocks.0.attentions.1", "mid_block", "up_blocks.2.attentions.0"],
+     {"down": {"block_0": [0.0, 1.0]}, "mid": 1.0, "up": {"block_2": [1.0, 0.0, 0.0]}}),
+])
+def test_target_blocks_select_what_diffusers_instantstyle_scales_select(reference, pipeline, blocks, diffusers_scale):
+    """--target-block against diffusers' own set_ip_adapter_scale dicts (its InstantStyle API) on the reference's
+    UNet: the same layers get the adapter. The reference sets its scales with maskst's layer_scales, so its image
+    parity alone could not catch a wrong pick."""
+    from maskst.generation import layer_scales
+
+    reference.pipe.set_ip_adapter_scale(diffusers_scale)
+    want = [proc.scale[0] for proc in reference.ip_processors]
+    got = layer_scales(pipeline.layer_names, GenerationConfig.create(prompt="a cat", scale=1.0, target_blocks=blocks))
+    assert got.tolist() == want and 0 < sum(want) < len(want)
+
+
 def test_seed_alone_reproduces_the_reference(reference, pipeline, style_image):
     """Both pipelines draw the seed's noise the same way (maskst.generation.initial_noise)."""
     config = GenerationConfig.create(prompt="a cat", content="a house", steps=3, height=64, width=64, seed=123)

@@ -82,6 +82,25 @@ def test_sdxl_setting_of_the_paper_matches_diffusers(pair, style_image, negative
     assert 0 < selected.sum() < len(selected)  # the style block only
 
 
+@pytest.mark.parametrize("blocks,diffusers_scale", [
+    (["up_blocks.0.attentions.1"], {"up": {"block_0": [0.0, 1.0, 0.0]}}),  # InstantStyle's style block
+    (["down_blocks.2.attentions.1", "up_blocks.0.attentions.1"],
+     {"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}),  # style + layout
+])
+def test_sdxl_target_blocks_select_what_diffusers_instantstyle_scales_select(pair, blocks, diffusers_scale):
+    """maskst's --target-block (InstantStyle's block names) against diffusers' own set_ip_adapter_scale dicts of
+    its InstantStyle docs, on the reference's SDXL UNet: the same layers get the adapter, the others scale 0.
+    The reference sets its scales with maskst's layer_scales, so its parity alone could not catch a wrong pick."""
+    from maskst.generation import layer_scales
+
+    _, pipe, reference = pair
+    reference.pipe.set_ip_adapter_scale(diffusers_scale)
+    want = [proc.scale[0] for proc in reference.ip_processors]
+    config = GenerationConfig.create(prompt="a cat", scale=1.0, target_blocks=blocks)
+    got = layer_scales(pipe.layer_names, config).tolist()
+    assert got == want and 0 < sum(got) < len(got)
+
+
 def test_sdxl_plus_vit_h_matches_diffusers_and_refuses_masking(sdxl_wide, export_checkpoints, tmp_path, style_image):
     from maskst.errors import InputError
     from maskst.families import resolve_checkpoints
