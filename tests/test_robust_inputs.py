@@ -281,3 +281,18 @@ def test_an_empty_scheduler_is_refused_not_taken_as_the_default(value):
     with pytest.raises(InputError, match="unknown scheduler ''; choose one of: pndm"):
         GenerationConfig.create(prompt="a cat", scheduler=value)
     assert GenerationConfig.create(prompt="a cat", scheduler=None).scheduler is None
+
+
+def test_eval_without_matplotlib_refuses_plot_before_scoring(tiny_engines, generated, tmp_path, monkeypatch):
+    import importlib.util
+
+    import maskst.sweep.evaluate as evaluate
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("scored before refusing --plot"))
+    shutil.copy(generated, tmp_path / "cat.png")
+    result = _invoke(eval_main, "--engines", tiny_engines, "--results", tmp_path, "--threads", "1", "--quiet",
+                     "--plot", tmp_path / "eval.png")
+    assert result.exit_code == 6, result.output  # BackendError: a missing optional library
+    assert 'pip install "maskst[bench]"' in result.stderr and not (tmp_path / "eval.png").exists()

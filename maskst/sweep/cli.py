@@ -149,9 +149,13 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
         if path is not None:
             check_writable(path, flag)
-    if plot_path is not None and plot_path.suffix.lower() != ".png":  # checked before the scoring, which takes a while
-        raise InputError(f"--plot {plot_path}: the chart is written as PNG; give a .png name, "
-                         f"e.g. {plot_path.with_suffix('.png')}")
+    if plot_path is not None:  # checked before the scoring, which takes a while
+        from maskst.sweep.plot import require_matplotlib
+
+        if plot_path.suffix.lower() != ".png":
+            raise InputError(f"--plot {plot_path}: the chart is written as PNG; give a .png name, "
+                             f"e.g. {plot_path.with_suffix('.png')}")
+        require_matplotlib()
     from maskst.sweep.executors import PipelineOptions
 
     report = evaluate(PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify),

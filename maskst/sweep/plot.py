@@ -20,17 +20,24 @@ def _interval(stat: dict) -> tuple[float, float]:
     return stat["mean"], (stat["ci95"][1] - stat["ci95"][0]) / 2
 
 
+def require_matplotlib() -> None:
+    """BackendError naming the fix when matplotlib is not installed (checked before the scoring, which takes a while)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise BackendError('--plot needs matplotlib: pip install "maskst[bench]"')
+
+
 def plot_report(report: dict, path: Path, what: str = "--plot") -> None:
     """Write the chart of a :func:`maskst.sweep.evaluate.evaluate` report to ``path`` (PNG), atomically: a failed
     write (InputError naming ``what``) leaves the previous chart, if any."""
-    try:
-        import matplotlib
+    require_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise BackendError('--plot needs matplotlib: pip install "maskst[bench]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     summary = report["summary"]
     methods = list(summary)
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
