@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from maskst.contract.files import atomic_output, write_atomic
+from maskst.contract.files import save_figure, write_atomic
 from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
 from maskst.bench.bench import BenchSettings, _inputs, _peak_rss_mib, _say, clear_request_caches
@@ -204,11 +204,7 @@ def chart(summary: dict, path: Path) -> None:
         axes[1].text(0.5, 0.5, "no per-operator profile for this backend", ha="center", va="center")
         axes[1].set_axis_off()
     fig.tight_layout()
-    try:
-        with atomic_output(path, "profile chart") as f:
-            fig.savefig(f, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, "profile chart")
 
 
 def profile_generation(engines: Path, backend: str, settings: BenchSettings, out_dir: Path, top: int = 15,

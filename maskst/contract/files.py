@@ -126,3 +126,15 @@ def write_atomic(path: Path, text: str, what: str = "output file") -> None:
     InputError on a failed write)."""
     with atomic_output(path, what) as f:
         f.write(text.encode("utf-8"))
+
+
+def save_figure(figure, path: Path, what: str = "chart") -> None:
+    """Save a matplotlib figure as PNG to ``path`` atomically (:func:`atomic_output`), then close it (pyplot keeps
+    every open figure alive)."""
+    try:
+        with atomic_output(path, what) as f:
+            figure.savefig(f, dpi=110, format="png")
+    finally:
+        import matplotlib.pyplot as plt  # the caller drew the figure: matplotlib is there
+
+        plt.close(figure)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskst.contract.files import atomic_output
+from maskst.contract.files import save_figure
 from maskst.errors import BackendError
 
 
@@ -73,8 +73,4 @@ def plot_report(report: dict, path: Path, what: str = "--plot") -> None:
                           Patch(facecolor="white", edgecolor="black", hatch="//", label="gated leakage (unfaithful = 1)")],
                  fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
-    try:
-        with atomic_output(path, what=what) as f:
-            fig.savefig(f, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, what=what)
