@@ -296,3 +296,14 @@ def test_eval_without_matplotlib_refuses_plot_before_scoring(tiny_engines, gener
                      "--plot", tmp_path / "eval.png")
     assert result.exit_code == 6, result.output  # BackendError: a missing optional library
     assert 'pip install "maskst[bench]"' in result.stderr and not (tmp_path / "eval.png").exists()
+
+
+def test_a_request_refused_by_the_engines_leaves_no_progress_bar(tiny_engines, style_image, tmp_path):
+    """The denoise bar starts with the first step; before, an empty 'denoise: 0step' bar stood above the error."""
+    result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image,
+                     "--num-images", "3", "--steps", "2", "--height", "64", "--width", "64", "--out", tmp_path / "x.png")
+    assert result.exit_code == 2 and "num_images=3 is outside the range" in result.stderr
+    assert "denoise" not in result.stderr and not list(tmp_path.iterdir())
+    result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image,
+                     "--steps", "2", "--height", "64", "--width", "64", "--out", tmp_path / "x.png")
+    assert result.exit_code == 0 and "denoise" in result.stderr  # the bar is there when the steps run

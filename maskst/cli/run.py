@@ -227,15 +227,19 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
                         deepcache=interval if isinstance(interval, int) and interval > 1 else False) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))
-        bar = tqdm(desc="denoise", unit="step", disable=quiet)
+        bars = []  # the bar starts with the first step: a request refused before it leaves no empty bar above the error
 
         def advance(step: int, total: int) -> None:
-            bar.total = total
-            bar.update(1)
+            if not bars:
+                bars.append(tqdm(desc="denoise", unit="step", total=total, disable=quiet))
+            bars[0].update(1)
 
         config = pipeline.resolve(config)  # open sizes: the engines' family default (what the metadata records)
-        result = pipeline.generate(config, progress=advance)
-        bar.close()
+        try:
+            result = pipeline.generate(config, progress=advance)
+        finally:
+            for bar in bars:
+                bar.close()
         paths = _write_images(out, config, result, pipeline)
         control_paths = save_control_images(save_control, config, result) if save_control else []
     summary = {"status": "ok", "images": paths, "method": result.method.value,
