@@ -35,6 +35,7 @@ def _finite_nonneg(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
+@pytest.mark.slow  # a whole maskst-bench CLI run (ceilings, FLOP counts, worker processes)
 def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     out = tmp_path / "bench.json"
     args = _checkpoint_args(tiny, tiny_engines) + [
@@ -440,6 +441,7 @@ def test_isa_cap_hides_the_flags_above_it():
     assert set(ISA_CAPS) == {"avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni", "avx512_core_bf16"}
 
 
+@pytest.mark.slow  # a whole maskst-bench CLI run (ceilings, FLOP counts, worker processes)
 @needs_openvino
 def test_bench_isa_cap_reaches_every_worker(tiny, tiny_engines, tmp_path):
     """--cpu-isa-cap runs the ceilings (and contenders) under oneDNN's cap: no AMX kernel is picked, and the report
