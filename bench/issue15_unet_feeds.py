@@ -8,7 +8,7 @@ Needs the full-size bench engines in ~/.cache/maskst."""
 import statistics, sys, time
 from pathlib import Path
 import numpy as np
-from maskst.bench.bench import BenchSettings, _inputs, clear_request_caches
+from maskst.bench.bench import BenchSettings, request_inputs, clear_request_caches
 from maskst.runtime.pipeline import MaskstPipeline, PipelineCallback
 E = Path.home() / ".cache/maskst/bench-full-0.1.0/engines"
 mode = sys.argv[1] if len(sys.argv) > 1 else "cycled"
@@ -20,7 +20,7 @@ class Keep(PipelineCallback):
         if graph == "unet": self.feeds.append({k: v.copy() for k, v in feed.items()})
 settings = BenchSettings(height=256, width=256, steps=10)
 pipe = MaskstPipeline(E, backend="openvino-int8", verify_hashes=False)
-config, images, latents = _inputs(settings, pipe.latent_channels, pipe.vae_scale_factor, deepcache_interval=1)
+config, images, latents = request_inputs(settings, pipe.latent_channels, pipe.vae_scale_factor, deepcache_interval=1)
 keep = Keep(); pipe.add_callback(keep)
 with pipe:
     clear_request_caches(pipe); pipe.generate(config, images, latents)

@@ -470,11 +470,11 @@ def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path):
     import subprocess
     import sys
 
-    from maskst.bench.bench import _peak_rss_mib
+    from maskst.bench.bench import peak_rss_mib
 
     held = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
-    assert _peak_rss_mib() >= 400
-    code = "from maskst.bench.bench import _peak_rss_mib; print(_peak_rss_mib())"
+    assert peak_rss_mib() >= 400
+    code = "from maskst.bench.bench import peak_rss_mib; print(peak_rss_mib())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 10 < child < 350, child  # the interpreter, maskst.bench and its imports: well under the parent's 400 MiB
     del held

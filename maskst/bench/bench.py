@@ -194,9 +194,9 @@ def random_models(cache_dir: Path, preset: str, seed: int = 0, progress: bool = 
             pass  # incomplete or stale engines: rebuilt below
     marker.unlink(missing_ok=True)
     if read_json(fixture_marker) != wanted_fixture:
-        _say(progress, f"writing {preset} random-weight checkpoints to {paths.root} (once)")
+        say(progress, f"writing {preset} random-weight checkpoints to {paths.root} (once)")
         write_fixtures(paths.root, preset, seed=seed)
-    _say(progress, f"exporting engines to {engines} (once)")
+    say(progress, f"exporting engines to {engines} (once)")
     calibrate = None
     if options.int8:
         from maskst.engines.int8 import INT8_GRAPHS
@@ -268,7 +268,7 @@ def checkpoint_engines(cache_dir: Path, base: Path, ip_adapter: Path, image_enco
             return engines
     except EngineError:
         pass  # not built yet or damaged: exported below
-    _say(progress, f"exporting engines for these checkpoints to {engines} (once)")
+    say(progress, f"exporting engines for these checkpoints to {engines} (once)")
     with _quiet_tracer():
         export_engines(ExportRequest(base=base, ip_adapter=ip_adapter, image_encoder=image_encoder,
                                      content_encoder=content_encoder, out=engines, force=True, lock_timeout=3600,
@@ -326,12 +326,12 @@ class BenchSettings:
         return GenerationConfig.create(**values)
 
 
-def _say(progress: bool, text: str) -> None:
+def say(progress: bool, text: str) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak resident memory (MiB) since it started its program.
 
     Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own address space. Not
@@ -394,7 +394,7 @@ def _median(values) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8, **override):
+def request_inputs(settings: BenchSettings, latent_channels: int = 4, factor: int = 8, **override):
     """The request, style images and initial noise every contender gets (``override``: a contender's own
     request fields, e.g. ``deepcache_interval``)."""
     from maskst.generation import initial_noise
@@ -504,7 +504,7 @@ def _run_reference(job: dict) -> dict:
     else:
         ref = reference.ReferencePipeline(ckpt)
     load_ms = (time.perf_counter() - t0) * 1e3
-    config, images, latents = _inputs(settings, ref.pipe.unet.config.in_channels, ckpt.vae_scale_factor)
+    config, images, latents = request_inputs(settings, ref.pipe.unet.config.in_channels, ckpt.vae_scale_factor)
 
     pipe = ref.pipe
     # torch forward hooks time each module call of a generation (no attribute is replaced): the UNet,
@@ -581,7 +581,7 @@ def _run_reference(job: dict) -> dict:
                             "ms_median": _median(samples), "ms_samples": [round(v, 3) for v in samples]}]
                    for graph, samples in timed_samples.items() if samples}
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
-            "masked_elements": int(result.mask.sum()), "peak_rss_mib": _peak_rss_mib(),
+            "masked_elements": int(result.mask.sum()), "peak_rss_mib": peak_rss_mib(),
             "threads": torch.get_num_threads(), "graph_calls": graph_calls,
             "graph_precision": {g: {"runtime": "torch", "precision": "f32"} for g in graph_calls}}
 
@@ -605,7 +605,7 @@ def _run_maskst(job: dict) -> dict:
     pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=backend, verify_hashes=False,
                               threads=settings.threads, deepcache=interval > 1)
     load_ms = (time.perf_counter() - t0) * 1e3
-    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor,
+    config, images, latents = request_inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor,
                                       deepcache_interval=interval)
     runs, first_ms, result = [], None, None
     # Per UNet call, as for the reference (the pipeline's own unet_step is the denoising loop over
@@ -653,7 +653,7 @@ def _run_maskst(job: dict) -> dict:
         precisions = {name: runner_precision(r) for name, r in pipeline.runners.items()}
     np.save(job["images_out"], result.images)
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
-            "masked_elements": result.masked_elements, "peak_rss_mib": _peak_rss_mib(), "runners": runners,
+            "masked_elements": result.masked_elements, "peak_rss_mib": peak_rss_mib(), "runners": runners,
             "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions}
 
 
@@ -667,7 +667,7 @@ def _run_cold_start(job: dict) -> dict:
     pipeline = MaskstPipeline(Path(job["models"]["engines"]), backend=job["backend"], verify_hashes=False,
                               threads=settings.threads)
     t_loaded = time.time()
-    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
+    config, images, latents = request_inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
     first_step: list[float] = []
 
     def on_step(step: int, total: int) -> None:
@@ -679,7 +679,7 @@ def _run_cold_start(job: dict) -> dict:
     spawned = job["spawned_at"]
     return {"cold_start_ms": (first_step[0] - spawned) * 1e3, "python_start_ms": (t_import - spawned) * 1e3,
             "import_ms": (t_load - t_import) * 1e3, "load_ms": (t_loaded - t_load) * 1e3,
-            "first_step_ms": (first_step[0] - t_loaded) * 1e3, "peak_rss_mib": _peak_rss_mib()}
+            "first_step_ms": (first_step[0] - t_loaded) * 1e3, "peak_rss_mib": peak_rss_mib()}
 
 
 def _progress(iterable, job: dict, label: str):
@@ -698,7 +698,7 @@ def _run_ceilings(job: dict) -> dict:
     share.start()
     ceilings = measure_ceilings(settings.threads, repeats=job["repeats"])
     memory = memory_ceiling(settings.threads, warmup=1, repeats=job["repeats"])
-    return {"ceilings": ceilings, "memory": memory, "peak_rss_mib": _peak_rss_mib(), "cpu_share": share.stop()}
+    return {"ceilings": ceilings, "memory": memory, "peak_rss_mib": peak_rss_mib(), "cpu_share": share.stop()}
 
 
 def _run_flops(job: dict) -> dict:
@@ -869,7 +869,7 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
 
         def ceilings(label: str) -> None:
             if ceiling_repeats > 0:
-                _say(progress, f"machine ceilings ({label}): MatMul and convolution per runtime and precision")
+                say(progress, f"machine ceilings ({label}): MatMul and convolution per runtime and precision")
                 ceiling_passes.append(_spawn({**common, "kind": "ceilings", "repeats": ceiling_repeats},
                                              workdir, f"ceilings-{label}"))
 
@@ -877,7 +877,7 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
         rounds_of: dict[str, list[dict]] = {name: [] for name in plan}
         for round_index in range(rounds):  # contenders interleaved: a busy spell hits one round, not one contender
             for index, name in enumerate(plan, 1):
-                _say(progress, f"[{index}/{len(plan)}{f', round {round_index + 1}/{rounds}' if rounds > 1 else ''}] "
+                say(progress, f"[{index}/{len(plan)}{f', round {round_index + 1}/{rounds}' if rounds > 1 else ''}] "
                                f"{name}: loading, {settings.warmup} warm-up + {settings.repeats} timed generations")
                 kind = "reference" if name == "reference" else "maskst"
                 rounds_of[name].append(_spawn({**common, "kind": kind, "backend": name}, workdir, _safe(name)))
@@ -892,14 +892,14 @@ def run_bench(models: BenchModels, settings: BenchSettings, backends: list[str],
             for name in backends:
                 if "error" in results[name] or split_contender(name)[1] > 1:
                     continue  # a DeepCache contender's first step is a full one: its backend's cold start
-                _say(progress, f"cold start: {name} in a fresh process (engines built, caches warm)")
+                say(progress, f"cold start: {name} in a fresh process (engines built, caches warm)")
                 cold[name] = _spawn({**common, "kind": "cold_start", "backend": name, "progress": False},
                                     workdir, _safe(name) + "-cold")
         ceilings("after")
         calls = graph_call_shapes(results)
         flops = {"counts": []}
         if calls:
-            _say(progress, f"counting FLOPs of {len(calls)} graph call shape(s)")
+            say(progress, f"counting FLOPs of {len(calls)} graph call shape(s)")
             flops = _spawn({**common, "kind": "flops", "calls": calls}, workdir, "flops")
     return _report(models, settings, results, cold, diffs, verify_ms, started, command,
                    machine_limits(ceiling_passes, flops), full_diffs, isa_cap)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskst.bench.bench import _peak_rss_mib
+from maskst.bench.bench import peak_rss_mib
 from maskst.contract.files import write_atomic
 from maskst.errors import InputError
 from maskst.runtime.output import check_writable
@@ -184,7 +184,7 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
               **summary, "cpu_share": load}
     if perf:
         result["perf"] = _profiled_call(core, path, shapes, config, feed)
-    result["peak_rss_mib"] = _peak_rss_mib()
+    result["peak_rss_mib"] = peak_rss_mib()
     return result
 
 

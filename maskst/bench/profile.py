@@ -30,7 +30,7 @@ from pathlib import Path
 from maskst.contract.files import save_figure, write_atomic
 from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
-from maskst.bench.bench import BenchSettings, _inputs, _peak_rss_mib, _say, clear_request_caches
+from maskst.bench.bench import BenchSettings, request_inputs, peak_rss_mib, say, clear_request_caches
 
 STAGE_OF_GRAPH = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "image_encoder": "image_encoder",
                   "content_encoder": "content_encoder",
@@ -214,19 +214,19 @@ def profile_generation(engines: Path, backend: str, settings: BenchSettings, out
 
     out_dir = Path(out_dir)
     (out_dir / "ort").mkdir(parents=True, exist_ok=True)
-    _say(progress, f"loading {engines} ({backend}, profiling on)")
+    say(progress, f"loading {engines} ({backend}, profiling on)")
     pipeline = MaskstPipeline(Path(engines), backend=backend, verify_hashes=False, threads=settings.threads,
                               profile_prefix=str(out_dir / "ort" / "ort"))
-    config, images, latents = _inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
+    config, images, latents = request_inputs(settings, pipeline.latent_channels, pipeline.vae_scale_factor)
     with pipeline:
         for i in range(settings.warmup):
-            _say(progress, f"warm-up generation {i + 1}/{settings.warmup}")
+            say(progress, f"warm-up generation {i + 1}/{settings.warmup}")
             clear_request_caches(pipeline)
             pipeline.generate(config, images, latents)
         spans: list[dict] = []
         pipeline.add_callback(_SpanRecorder(spans, _CudaTimer(parse_backend(backend).device == "cuda")))
         clear_request_caches(pipeline)
-        _say(progress, "profiled generation")
+        say(progress, "profiled generation")
         start = time.time_ns()
         result = pipeline.generate(config, images, latents)
         window = (start, time.time_ns())
@@ -247,7 +247,7 @@ def profile_generation(engines: Path, backend: str, settings: BenchSettings, out
         "ops_by_type": aggregate(ops, "op_type", top, total_us),
         "ops_by_node": aggregate(ops, "node", top, total_us),
         "ort_profiles": raw_files,
-        "peak_rss_mib": _peak_rss_mib(),  # this process, loading and profiling included
+        "peak_rss_mib": peak_rss_mib(),  # this process, loading and profiling included
         "files": {"table": "profile.txt", "summary": "profile.json", "trace": "trace.json", "chart": "profile.png"},
     }
     # each file whole or the previous one (a rerun into the same folder), a failed write an InputError naming it
