@@ -5,7 +5,7 @@ released) against a bare compile of the same IR, calls alternated in one process
 import statistics, sys, time
 from pathlib import Path
 import openvino as ov
-from maskst.bench.ov_inspect import read_reshaped, compile_config, _random_feed
+from maskst.bench.ov_inspect import read_reshaped, compile_config, random_feed
 from maskst.engines.manifest import load_manifest
 from maskst.runtime.backends import parse_backend, RunnerOptions
 E = Path.home() / ".cache/maskst/bench-full-0.1.0/engines"
@@ -14,7 +14,7 @@ shapes = {"sample":[2,4,32,32],"timestep":[1],"text_embeddings":[2,77,768],"ip_t
 calls = int(sys.argv[1])
 core = ov.Core()
 m = read_reshaped(core, E / "unet.int8.xml", shapes)
-feed = _random_feed(m)
+feed = random_feed(m)
 bare = core.compile_model(m, "CPU", compile_config("bf16", 2)).create_infer_request()
 del m
 manifest = load_manifest(E, verify_hashes=False)

@@ -61,7 +61,7 @@ def phases(mode: str, graph: str, precision: str, cache: str, threads: int | Non
     import io
 
     from maskst.engines.manifest import load_manifest
-    from maskst.runtime.openvino_runner import OpenVinoRunner, _core, export_blob, release_pages
+    from maskst.runtime.openvino_runner import OpenVinoRunner, export_blob, openvino_core, release_pages
 
     manifest = load_manifest(engines, verify_hashes=False)
     spec = manifest.graph_spec(graph)
@@ -90,7 +90,7 @@ def phases(mode: str, graph: str, precision: str, cache: str, threads: int | Non
 
         compress_model_transformation(model)
         phase("f16 weights")
-    compiled = _core().compile_model(model, "CPU", runner.config)
+    compiled = openvino_core().compile_model(model, "CPU", runner.config)
     del model
     phase("compile_model")
     blob = runner.blob_path(shapes)

@@ -272,7 +272,7 @@ def _seeded(seed: int):
     return torch
 
 
-def _randomize(module, seed: int) -> None:
+def randomize_weights(module, seed: int) -> None:
     """Re-draw every parameter with a fixed generator so fixtures do not depend on init code.
 
     Scales stay moderate (std 0.02 for matrices, around 1 for norm weights) so tiny random
@@ -310,7 +310,7 @@ def write_base(folder: Path, spec: FixtureSpec, seed: int) -> None:
     vae = AutoencoderKL.from_config(_vae_config(spec))
     for i, module in enumerate((text, unet, vae)):
         if not spec.full_size:
-            _randomize(module, seed + i)
+            randomize_weights(module, seed + i)
     text.save_pretrained(folder / "text_encoder")
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
@@ -417,7 +417,7 @@ def write_ip_adapter(folder: Path, spec: FixtureSpec, seed: int) -> None:
     _seeded(seed + 20)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config(spec)))
     if not spec.full_size:
-        _randomize(encoder, seed + 20)
+        randomize_weights(encoder, seed + 20)
     encoder.save_pretrained(models / "image_encoder")
 
 
@@ -436,7 +436,7 @@ def write_content_encoder(folder: Path, spec: FixtureSpec, seed: int) -> None:
     building = {k: v for k, v in config.items() if not k.endswith("_config_dict")}
     model = CLIPModel(CLIPConfig(**building))
     if not spec.full_size:
-        _randomize(model, seed + 30)
+        randomize_weights(model, seed + 30)
     model.save_pretrained(folder)
     # keep laion's own config.json structure (text_config_dict / vision_config_dict, null nested
     # versions), so loaders are tested on the real file shape, not on what transformers writes
@@ -457,7 +457,7 @@ def write_controlnet(folder: Path, base: Path, spec: FixtureSpec, seed: int) -> 
     controlnet = ControlNetModel.from_unet(unet)
     for i, module in enumerate((controlnet.controlnet_cond_embedding, controlnet.controlnet_down_blocks,
                                 controlnet.controlnet_mid_block)):
-        _randomize(module, seed + 40 + i)
+        randomize_weights(module, seed + 40 + i)
     controlnet.save_pretrained(folder)
 
 
@@ -480,7 +480,7 @@ def write_styleshot(folder: Path, base: Path, content_encoder: Path, spec: "Styl
     state = {}
     projections = style_projections(vision["projection_dim"], cross)
     if not full:
-        _randomize(projections, seed + 60)
+        randomize_weights(projections, seed + 60)
     state.update({f"style_image_proj_modules.{k}": v for k, v in projections.state_dict().items()})
     layer = 0
     for name in unet.attn_processors:
@@ -494,7 +494,7 @@ def write_styleshot(folder: Path, base: Path, content_encoder: Path, spec: "Styl
     if not full:  # from_unet zero-initialises these; trained ones are not zero
         for i, module in enumerate((controlnet.controlnet_cond_embedding, controlnet.controlnet_down_blocks,
                                     controlnet.controlnet_mid_block)):
-            _randomize(module, seed + 70 + i)
+            randomize_weights(module, seed + 70 + i)
     state.update({f"controlnet.{k}": v for k, v in controlnet.state_dict().items()})
     if spec.unet_copy:
         state.update({f"unet.{k}": v for k, v in unet.state_dict().items()})
@@ -503,7 +503,7 @@ def write_styleshot(folder: Path, base: Path, content_encoder: Path, spec: "Styl
     _seeded(seed + 80)
     encoder = style_aware_encoder(vision, spec.cnn_widths)
     if not full:
-        _randomize(encoder, seed + 80)
+        randomize_weights(encoder, seed + 80)
     encoder_state = encoder.state_dict()
     if spec.save_position_ids:
         embeddings = encoder.image_encoder.vision_model.embeddings
@@ -519,7 +519,7 @@ def write_lineart_model(path: Path, seed: int) -> None:
 
     torch.manual_seed(seed + 50)
     model = lineart_generator()
-    _randomize(model, seed + 50)
+    randomize_weights(model, seed + 50)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
 
@@ -727,7 +727,7 @@ def write_sdxl_base(folder: Path, spec: SdxlFixtureSpec, seed: int) -> None:
         # torch_dtype, float16 in SDXL base 1.0's config); loaders read fp32 either way
         module = module.float()
         if not spec.full_size:
-            _randomize(module, seed + i)
+            randomize_weights(module, seed + i)
         module.save_pretrained(folder / name)
         modules[name] = None  # full size: free each model (GBs) once written
     del torch
@@ -764,7 +764,7 @@ def write_sdxl_ip_adapter(folder: Path, spec: SdxlFixtureSpec, seed: int) -> Non
         _seeded(enc_seed)
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).float()
         if not spec.full_size:
-            _randomize(encoder, enc_seed)
+            randomize_weights(encoder, enc_seed)
         encoder.save_pretrained(path)
         del encoder
 

@@ -28,7 +28,7 @@ class DegenerateMaskWarning(UserWarning):
     """The product vector has no structure to split (zero or constant): nothing was masked."""
 
 
-def _as_batch(x, name: str) -> tuple[np.ndarray, bool]:
+def as_batch(x, name: str) -> tuple[np.ndarray, bool]:
     arr = np.asarray(x)
     if arr.ndim not in (1, 2) or arr.shape[-1] == 0:
         raise InputError(f"{name} must have shape [D] or [N, D]; got {arr.shape}")
@@ -50,8 +50,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def content_product(image_embeds, content_embeds) -> np.ndarray:
     """p = normalised image embedding times normalised content embedding, float64 [N, D] or [D]."""
-    e_i, single = _as_batch(image_embeds, "image_embeds")
-    e_c, _ = _as_batch(content_embeds, "content_embeds")
+    e_i, single = as_batch(image_embeds, "image_embeds")
+    e_c, _ = as_batch(content_embeds, "content_embeds")
     e_i, e_c = _broadcast_pair(e_i, e_c)
     p = _unit(e_i) * _unit(e_c)
     return p[0] if single else p
@@ -172,14 +172,14 @@ def condition_embeds(
         for methods other than ``maskst``).
     """
     method = parse_enum(Method, method, "method")
-    e_i, single = _as_batch(image_embeds, "image_embeds")
+    e_i, single = as_batch(image_embeds, "image_embeds")
     mask = np.zeros(e_i.shape, dtype=bool)
     if method.is_plain:  # ip-adapter (and styleshot, its StyleShot name)
         e_hat = e_i
     else:
         if content_embeds is None:
             raise InputError(f"method {method.value!r} needs content_embeds (the content text's embedding)")
-        e_c, _ = _as_batch(content_embeds, "content_embeds")
+        e_c, _ = as_batch(content_embeds, "content_embeds")
         e_i, e_c = _broadcast_pair(e_i, e_c)
         if method is Method.INSTANTSTYLE:
             e_hat = e_i - float(content_scale) * e_c

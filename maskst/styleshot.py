@@ -47,7 +47,7 @@ from PIL import Image
 
 from maskst.contract.wire import Method, parse_enum
 from maskst.errors import InputError
-from maskst.masking import MaskMode, _as_batch, condition_embeds
+from maskst.masking import MaskMode, as_batch, condition_embeds
 
 CROP = 512  # side of the square style crop
 LEVELS = (("high", 8, 128), ("middle", 16, 64), ("low", 32, 32))  # (name, patches, side)
@@ -189,14 +189,14 @@ def condition_style_embeds(style_embeds, content_embeds=None, method: str | Meth
         (e_hat float32 [3, P], mask bool [3, P]; all False unless ``maskst``).
     """
     method = parse_enum(Method, method, "method")
-    e, _ = _as_batch(style_embeds, "style_embeds")
+    e, _ = as_batch(style_embeds, "style_embeds")
     if e.shape[0] != len(CLASS_TOKENS):
         raise InputError(f"style_embeds has {e.shape[0]} rows; StyleShot gives {len(CLASS_TOKENS)}")
     if method.is_plain:
         return e.astype(np.float32), np.zeros(e.shape, dtype=bool)
     if content_embeds is None:
         raise InputError(f"method {method.value!r} needs content_embeds (the content text's embedding)")
-    e_c, _ = _as_batch(content_embeds, "content_embeds")
+    e_c, _ = as_batch(content_embeds, "content_embeds")
     if e_c.shape != (1, e.shape[1]):
         raise InputError(f"content_embeds has shape {list(e_c.shape)}; expected [1, {e.shape[1]}]")
     if method is Method.INSTANTSTYLE:

@@ -62,12 +62,12 @@ def test_blob_is_streamed_to_its_file_and_imported(tmp_path):
 
 
 def test_streamed_blob_is_the_in_memory_export_byte_for_byte(tmp_path):
-    from maskst.runtime.openvino_runner import _core, export_blob
+    from maskst.runtime.openvino_runner import export_blob, openvino_core
 
     _, path = _matmul_ir(tmp_path)
-    model = _core().read_model(str(path))
+    model = openvino_core().read_model(str(path))
     model.reshape({"x": [2, 8]})
-    compiled = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     blob = tmp_path / "matmul.blob"
     export_blob(compiled, blob)
     # the same compiled model exported into memory (OpenVINO's own io.BytesIO): header patched in place alike

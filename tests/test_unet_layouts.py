@@ -26,14 +26,14 @@ def relaid(tmp_path_factory):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from maskst.fixtures import PRESETS, _randomize, adapter_state_dict, save_adapter, write_fixtures
+    from maskst.fixtures import PRESETS, randomize_weights, adapter_state_dict, save_adapter, write_fixtures
 
     fixtures = write_fixtures(tmp_path_factory.mktemp("layout") / "fx", "tiny-wide", seed=3)
     config = json.loads((fixtures.base / "unet" / "config.json").read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")} | LAYOUT
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(config)
-    _randomize(unet, 11)
+    randomize_weights(unet, 11)
     shutil.rmtree(fixtures.base / "unet")
     unet.save_pretrained(fixtures.base / "unet")
     widths = [unet.get_submodule(name.removesuffix(".processor")).to_q.out_features

@@ -48,7 +48,7 @@ ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
 PROPERTIES_EXAMPLE = '{"SNIPPETS_MODE": "DISABLE"}'  # --paired-config's example, in its help and its errors
 
 
-def _random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feed = {}
     for port in model.inputs:
@@ -157,7 +157,7 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
     model = read_reshaped(core, path, shapes)
     read_ms = (time.perf_counter() - t0) * 1e3
     flops = count_model(model, path.stem, shapes).to_json() if count_flops else None
-    feed = _random_feed(model)
+    feed = random_feed(model)
     config = compile_config(precision, threads)
     t0 = time.perf_counter()
     compiled = core.compile_model(model, "CPU", config)
@@ -207,7 +207,7 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
     requests, feed = [], None
     for path, config in zip(paths, configs):
         model = read_reshaped(core, path, shapes)
-        feed = feed if feed is not None else _random_feed(model)
+        feed = feed if feed is not None else random_feed(model)
         try:
             requests.append(core.compile_model(model, "CPU", config).create_infer_request())
         except RuntimeError as exc:  # an unknown property or value: OpenVINO's own words name it

@@ -125,7 +125,7 @@ def _import_openvino():
 
 
 @functools.lru_cache(maxsize=1)
-def _core():
+def openvino_core():
     """One OpenVINO Core per process (it owns the plugin and its thread pools)."""
     return _import_openvino().Core()
 
@@ -142,7 +142,7 @@ def native_bf16(isa_cap: str | None = None) -> bool:
 
     cpu = cpu_info().capped(isa_cap)
     allowed = cpu.isa_cap is None or cpu.has(*BF16_FLAGS)
-    return allowed and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return allowed and "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @functools.lru_cache(maxsize=None)
@@ -336,7 +336,7 @@ class OpenVinoRunner(Runner):
 
     def _read_model(self):
         try:
-            return _core().read_model(str(self.path))
+            return openvino_core().read_model(str(self.path))
         except RuntimeError as exc:  # OpenVINO reports every read/convert failure as RuntimeError
             raise EngineError(f"{self.path} could not be read by OpenVINO ({exc}); rebuild it with maskst-export --force") from None
 
@@ -361,7 +361,7 @@ class OpenVinoRunner(Runner):
         with open(blob, "rb") as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         try:
-            compiled = _core().import_model(ov.Tensor(np.frombuffer(mapped, dtype=np.uint8), shared_memory=True),
+            compiled = openvino_core().import_model(ov.Tensor(np.frombuffer(mapped, dtype=np.uint8), shared_memory=True),
                                             "CPU", self.config)
         except RuntimeError:  # another OpenVINO build or a truncated file: compiled again below (the map is
             forget_blob(blob)  # unmapped when the last view of it goes; unlinking a mapped file is fine)
@@ -378,7 +378,7 @@ class OpenVinoRunner(Runner):
 
             compress_model_transformation(model)  # releases the fp32 weights (see the module docstring)
         try:
-            compiled = _core().compile_model(model, "CPU", self.config)
+            compiled = openvino_core().compile_model(model, "CPU", self.config)
         except RuntimeError as exc:
             raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
         del model
