@@ -42,6 +42,7 @@ import numpy as np
 from maskst.bench.bench import peak_rss_mib
 from maskst.contract.files import write_atomic
 from maskst.errors import InputError
+from maskst.runtime.openvino_rewrites import rewrite_for_static_shapes
 from maskst.runtime.output import check_writable
 
 ATTENTION_TYPES = ("MHA", "ScaledDotProductAttention", "ScaledAttn", "SDPA")
@@ -68,7 +69,8 @@ def random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def read_reshaped(core, path: Path, shapes: dict):
-    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}).
+    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}) and rewritten as the runner rewrites it
+    before compiling (:func:`maskst.runtime.openvino_rewrites.rewrite_for_static_shapes`).
 
     Names the model lacks are skipped, so that one ``--shapes`` serves several graphs (UNet and VAE). Every
     input must end static: an input left dynamic raises ``ValueError`` naming it and the names that matched
@@ -85,6 +87,7 @@ def read_reshaped(core, path: Path, shapes: dict):
             f"--shapes leaves inputs of {path.name} dynamic: {dynamic}; give each a static shape, "
             f'e.g. --shapes \'{{"{next(iter(dynamic))}": [...]}}\''
             + (f" (names {unmatched} are not inputs of this graph)" if unmatched else ""))
+    rewrite_for_static_shapes(model)
     return model
 
 

@@ -59,7 +59,8 @@ one with the ONNX weights as ``WEIGHTS_PATH``, and a hit would need the ONNX gra
 
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
 static), and recompiled (and cached) for new shapes; static shapes ran the UNet step at ~1.0 s
-against 1.2-2.4 s with dynamic shapes here. Outputs are OpenVINO's own output tensors, shared: like
+against 1.2-2.4 s with dynamic shapes here. Once static, the model gets the exact rewrites of
+:mod:`maskst.runtime.openvino_rewrites` (the region sum of a request without regions is dropped). Outputs are OpenVINO's own output tensors, shared: like
 the ONNX Runtime runner's buffers they stay valid until the next ``infer`` of the same runner.
 """
 
@@ -79,6 +80,7 @@ from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
 from maskst.runtime.blob_cache import evict_stale_blobs, forget_blob, graph_files, record_blob
+from maskst.runtime.openvino_rewrites import GRAPH_REWRITES, rewrite_for_static_shapes
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
 PRECISIONS = ("auto", "bf16", "f32")
@@ -349,6 +351,7 @@ class OpenVinoRunner(Runner):
 
         key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())},
                "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme,
+               "rewrites": list(GRAPH_REWRITES),
                "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
@@ -373,6 +376,7 @@ class OpenVinoRunner(Runner):
         model = self._read_model()
         # Static shapes for this call: no per-shape kernel preparation on the first inference.
         model.reshape(shapes)
+        rewrite_for_static_shapes(model)  # exact; what the static shapes make trivial (openvino_rewrites)
         if self.compress_weights:
             from openvino._offline_transformations import compress_model_transformation
 
