@@ -106,6 +106,28 @@ def test_ov_inspect_paired_config_compiles_one_graph_twice(tiny_engines, tmp_pat
         assert refused.value.code == 2
 
 
+def test_ov_inspect_paired_rewrites_compiles_one_graph_without_and_with_them(tiny_engines, tmp_path):
+    """--paired-rewrites: one graph without (A) and with (B) the runner's graph rewrites, alternated. With R = 1
+    the UNet's region sums are dropped; in f32 the outputs are bit for bit the same. Bad input is refused."""
+    from maskst.bench.ov_inspect import main
+    from maskst.engines.manifest import load_manifest
+
+    manifest = load_manifest(tiny_engines)
+    unet = str(manifest.graph_path("unet"))
+    shapes = json.dumps(_unet_shapes(manifest))
+    out = tmp_path / "paired-rewrites.json"
+    assert main([unet, "--paired-rewrites", "--shapes", shapes, "--precision", "f32", "--threads", "1",
+                 "--calls", "2", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["paired"]
+    assert result["models"] == [unet, unet] and result["rewrites"] == [False, True]
+    assert result["configs"][0] == result["configs"][1]
+    assert result["max_abs_diff"] == {"noise_pred": 0.0}
+    for bad in ([unet, "--paired-rewrites"], ["--paired-rewrites", "--paired-config", "{}"]):
+        with pytest.raises(SystemExit) as refused:
+            main([unet, *bad, "--shapes", shapes, "--calls", "1", "--warmup", "1"])
+        assert refused.value.code == 2
+
+
 def test_kernel_efficiency_counts_the_flops_of_int8_matmuls(tmp_path):
     """OpenVINO's low-precision passes rename a quantized MatMul "<name>/DequantizationMultiply"; the per-shape
     table still gives it its FLOPs. Two MatMuls on FakeQuantize'd activations, one unsigned (u8) and one signed (i8),

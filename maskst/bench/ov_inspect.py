@@ -19,6 +19,10 @@ differences B - A, and the largest element difference of each output between the
 those plus the CPU plugin properties in JSON (e.g. ``{"SNIPPETS_MODE": "DISABLE"}``); ``{}`` pairs the graph with
 itself, the A/A control that shows how large a difference the pairing calls noise.
 
+``--paired-rewrites MODEL``: the same pairing for one graph compiled without (A) and with (B) the graph rewrites
+the OpenVINO runner applies before compiling (:mod:`maskst.runtime.openvino_rewrites`); every other mode applies
+them, as the runner does.
+
 Reported per model: compile time, per-call times (median, min, max), the runtime model's node types
 (``layerType`` counts: are the attention blocks one ``MHA`` / ``ScaledDotProductAttention`` node, or
 ``MatMul`` + ``Softmax`` + ``MatMul``?), the time per ``layerType`` and per kernel (``exec_type`` from
@@ -68,9 +72,10 @@ def random_feed(model, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
-def read_reshaped(core, path: Path, shapes: dict):
-    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}) and rewritten as the runner rewrites it
-    before compiling (:func:`maskst.runtime.openvino_rewrites.rewrite_for_static_shapes`).
+def read_reshaped(core, path: Path, shapes: dict, rewrite: bool = True):
+    """The model at ``path`` reshaped to ``shapes`` ({input name: shape}) and, unless ``rewrite`` is false,
+    rewritten as the runner rewrites it before compiling
+    (:func:`maskst.runtime.openvino_rewrites.rewrite_for_static_shapes`).
 
     Names the model lacks are skipped, so that one ``--shapes`` serves several graphs (UNet and VAE). Every
     input must end static: an input left dynamic raises ``ValueError`` naming it and the names that matched
@@ -87,7 +92,8 @@ def read_reshaped(core, path: Path, shapes: dict):
             f"--shapes leaves inputs of {path.name} dynamic: {dynamic}; give each a static shape, "
             f'e.g. --shapes \'{{"{next(iter(dynamic))}": [...]}}\''
             + (f" (names {unmatched} are not inputs of this graph)" if unmatched else ""))
-    rewrite_for_static_shapes(model)
+    if rewrite:
+        rewrite_for_static_shapes(model)
     return model
 
 
@@ -192,7 +198,8 @@ def inspect_model(path: Path, shapes: dict, precision: str, threads: int | None,
 
 
 def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int | None, calls: int,
-                 warmup: int, extra_configs: list[dict] | None = None) -> dict:
+                 warmup: int, extra_configs: list[dict] | None = None,
+                 rewrites: tuple[bool, bool] = (True, True)) -> dict:
     """Two graphs with the same inputs, compiled in this process, called alternately ``calls`` times each (pair i
     runs A then B for even i, B then A for odd i) on one random feed: {"models", "configs" (each one's compile
     properties), "ms_samples" [per model], "ms_median", "ms_min", "paired_diff_ms" (B - A per pair),
@@ -200,7 +207,8 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
 
     ``extra_configs``: per graph, CPU plugin properties on top of :func:`compile_config` (one graph under two
     settings: the same path twice, ``[{}, {...}]``). An OpenVINO that refuses a property raises ``ValueError``
-    naming it."""
+    naming it. ``rewrites``: per graph, whether the runner's graph rewrites are applied (one graph without and
+    with them: the same path twice, ``(False, True)``)."""
     import openvino as ov
 
     from maskst.bench.bench import CpuShare
@@ -208,8 +216,8 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
     core = ov.Core()
     configs = [{**compile_config(precision, threads), **extra} for extra in (extra_configs or [{}, {}])]
     requests, feed = [], None
-    for path, config in zip(paths, configs):
-        model = read_reshaped(core, path, shapes)
+    for path, config, rewrite in zip(paths, configs, rewrites):
+        model = read_reshaped(core, path, shapes, rewrite)
         feed = feed if feed is not None else random_feed(model)
         try:
             requests.append(core.compile_model(model, "CPU", config).create_infer_request())
@@ -234,7 +242,8 @@ def paired_calls(paths: list[Path], shapes: dict, precision: str, threads: int |
             samples[j].append((time.perf_counter() - t0) * 1e3)
     load = share.stop()
     pairs = [b - a for a, b in zip(*samples)]
-    return {"models": [str(p) for p in paths], "configs": configs, "precision": precision, "threads": threads,
+    return {"models": [str(p) for p in paths], "configs": configs, "rewrites": list(rewrites),
+            "precision": precision, "threads": threads,
             "shapes": shapes,
             "ms_samples": [[round(t, 2) for t in one] for one in samples],
             "ms_median": [statistics.median(one) for one in samples], "ms_min": [min(one) for one in samples],
@@ -302,6 +311,9 @@ def main(argv=None) -> int:
     parser.add_argument("--paired-config", metavar="JSON", default=None,
                         help="one model compiled twice, as usual and with these CPU properties added, calls "
                              f"alternated: paired differences (e.g. '{PROPERTIES_EXAMPLE}'; {{}} is the A/A control)")
+    parser.add_argument("--paired-rewrites", action="store_true",
+                        help="one model compiled twice, without and with the runner's graph rewrites "
+                             "(maskst.runtime.openvino_rewrites), calls alternated: paired differences")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # worker: one model, JSON to stdout
     args = parser.parse_args(argv)
     try:
@@ -317,8 +329,14 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"no graph file at {', '.join(missing)}; give OpenVINO IR (.xml) or ONNX files, "
                      "e.g. the engines folder's unet.int8.xml")
-    extra_configs = None
-    if args.paired_config is not None:
+    extra_configs, rewrites = None, (True, True)
+    if args.paired_rewrites:
+        if args.paired or args.paired_config is not None or len(args.models) != 1:
+            parser.error(f"--paired-rewrites compiles one model twice; got {len(args.models)} model(s)"
+                         + (" and --paired" if args.paired else "")
+                         + (" and --paired-config" if args.paired_config is not None else ""))
+        args.models, extra_configs, rewrites = [args.models[0]] * 2, [{}, {}], (False, True)
+    elif args.paired_config is not None:
         if args.paired or len(args.models) != 1:
             parser.error(f"--paired-config compiles one model twice; got {len(args.models)} model(s)"
                          + (" and --paired" if args.paired else ""))
@@ -336,7 +354,7 @@ def main(argv=None) -> int:
             parser.error(f"--paired compares two models (a baseline, then the change); got {len(args.models)}")
         try:
             result = paired_calls(args.models, shapes, args.precision, args.threads, args.calls, args.warmup,
-                                  extra_configs)
+                                  extra_configs, rewrites)
         except ValueError as exc:
             parser.error(str(exc))
         for path, median, low in zip(args.models, result["ms_median"], result["ms_min"]):
