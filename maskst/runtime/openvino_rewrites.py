@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-GRAPH_REWRITES = ("unit_reductions",)
-
 # reductions whose value over one element is that element
 IDENTITY_REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"})
 
@@ -53,6 +51,11 @@ def drop_unit_reductions(model) -> int:
     return replaced
 
 
+# name (recorded in the blob key) -> rewrite (model in place -> nodes replaced), applied in this order
+REWRITES = {"unit_reductions": drop_unit_reductions}
+GRAPH_REWRITES = tuple(REWRITES)
+
+
 def rewrite_for_static_shapes(model) -> dict[str, int]:
     """Apply every rewrite of :data:`GRAPH_REWRITES` to ``model`` in place; {rewrite: nodes replaced}."""
-    return {"unit_reductions": drop_unit_reductions(model)}
+    return {name: rewrite(model) for name, rewrite in REWRITES.items()}

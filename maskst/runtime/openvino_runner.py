@@ -60,8 +60,9 @@ one with the ONNX weights as ``WEIGHTS_PATH``, and a hit would need the ONNX gra
 Shapes: each graph is compiled for the concrete shapes it is first called with (reshaped to
 static), and recompiled (and cached) for new shapes; static shapes ran the UNet step at ~1.0 s
 against 1.2-2.4 s with dynamic shapes here. Once static, the model gets the exact rewrites of
-:mod:`maskst.runtime.openvino_rewrites` (the region sum of a request without regions is dropped). Outputs are OpenVINO's own output tensors, shared: like
-the ONNX Runtime runner's buffers they stay valid until the next ``infer`` of the same runner.
+:mod:`maskst.runtime.openvino_rewrites` (the region sum of a request without regions is dropped).
+Outputs are OpenVINO's own output tensors, shared: like the ONNX Runtime runner's buffers they stay
+valid until the next ``infer`` of the same runner.
 """
 
 from __future__ import annotations
