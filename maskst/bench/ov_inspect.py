@@ -335,7 +335,7 @@ def main(argv=None) -> int:
             parser.error(f"--paired-rewrites compiles one model twice; got {len(args.models)} model(s)"
                          + (" and --paired" if args.paired else "")
                          + (" and --paired-config" if args.paired_config is not None else ""))
-        args.models, extra_configs, rewrites = [args.models[0]] * 2, [{}, {}], (False, True)
+        args.models, rewrites = [args.models[0]] * 2, (False, True)
     elif args.paired_config is not None:
         if args.paired or len(args.models) != 1:
             parser.error(f"--paired-config compiles one model twice; got {len(args.models)} model(s)"
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
             parser.error(f"--paired-config {args.paired_config!r} is not a JSON object; "
                          f"give {{property: value}}, e.g. '{PROPERTIES_EXAMPLE}'")
         args.models, extra_configs = [args.models[0]] * 2, [{}, extra]
-    if args.paired or extra_configs is not None:
+    if args.paired or args.paired_config is not None or args.paired_rewrites:
         if len(args.models) != 2:
             parser.error(f"--paired compares two models (a baseline, then the change); got {len(args.models)}")
         try:
