@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from maskst.bench.bench import STAGES, _targets
+from maskst.bench.bench import STAGES, _targets, format_table
 from maskst.bench.cli import bench_main, profile_main
 
 try:
@@ -65,6 +65,11 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
     assert "masking + projection" in result.output and "end to end" in result.output
     _check_limits(report, result.output)
+    # the saved report prints the same table again, and its chart is drawn from it
+    chart = tmp_path / "bench.png"
+    again = CliRunner().invoke(bench_main, ["--from-json", str(out), "--plot", str(chart)], catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.startswith(format_table(report))
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _check_limits(report: dict, output: str) -> None:
@@ -339,9 +344,11 @@ def test_bench_deepcache_contender_reports_its_deviation(tiny, tiny_deepcache_en
     args = _checkpoint_args(tiny, tiny_deepcache_engines) + [
         "--height", "64", "--width", "64", "--steps", "5", "--scheduler", "ddim", "--repeats", "1", "--warmup", "0",
         "--threads", "1", "--backends", "ort-cpu", "--deepcache-interval", "3", "--deepcache-backends", "ort-cpu",
-        "--ceiling-repeats", "0", "--no-cold-start", "--json", str(out), "--quiet"]
+        "--ceiling-repeats", "0", "--no-cold-start", "--json", str(out), "--plot", str(tmp_path / "bench.png"),
+        "--quiet"]
     result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"  # the run draws its chart (no ceilings: that panel says so)
     report = json.loads(out.read_text())
     name = "ort-cpu+deepcache3"
     assert set(report["end_to_end_ms"]) == {"reference", "ort-cpu", name}

@@ -169,6 +169,11 @@ def _command(program: str) -> str:
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch reference (no speedup column then).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write the full report here.")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a chart here (PNG; needs matplotlib): end to end per contender split by stage with its "
+                   "speedup, each graph's % of its precision's ceiling, and peak RSS against the reference.")
+@click.option("--from-json", "from_json", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Run nothing: print the table of a report written earlier by --json, and draw its --plot.")
 @click.option("--image-driven", is_flag=True,
               help="Image-driven requests: the bundled picture as control image (canny) through the engines' first "
                    "ControlNet (presets build engines with their ControlNet); adds the ControlNet-step row.")
@@ -188,8 +193,8 @@ def _command(program: str) -> str:
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
                height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
-               backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, image_driven,
-               deepcache_interval, deepcache_backends, cpu_isa_cap):
+               backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, plot_out, from_json,
+               image_driven, deepcache_interval, deepcache_backends, cpu_isa_cap):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
 
     Every contender gets the same request (prompt, bundled style image, content text, seed and
@@ -207,9 +212,21 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
                  --deepcache-interval 3 --json deepcache.json        # + openvino-bf16+deepcache3
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
+    maskst-bench --from-json real.json --plot real.png               # the table and a chart of a saved run
     """
     from maskst.bench.bench import BenchSettings, deepcache_contender, format_table, run_bench
 
+    if plot_out is not None:  # before any run: a bad chart path must not cost a benchmark
+        from maskst.contract.files import check_chart_path
+        from maskst.runtime.output import check_writable
+
+        check_writable(plot_out, "--plot")
+        check_chart_path(plot_out, "--plot")
+    if from_json is not None:
+        report = _saved_report(from_json)
+        click.echo(format_table(report))
+        _write_plot(report, plot_out)
+        return
     if backends is not None:
         names = [b.strip() for b in backends.split(",") if b.strip()]
         _check_backends(names)
@@ -259,8 +276,44 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
 
         write_atomic(json_out, json.dumps(report, indent=2), what="--json")
         click.echo(f"\nwrote {json_out}")
+    _write_plot(report, plot_out)
     if report["errors"]:
         sys.exit(1)
+
+
+def _write_plot(report: dict, path: Path | None) -> None:
+    if path is not None:
+        from maskst.bench.chart import draw_bench_chart
+
+        draw_bench_chart(report, path, what="--plot")
+        click.echo(f"wrote {path}")
+
+
+# what format_table reads from a report: a saved file without one of them is not a maskst-bench report it can print
+REPORT_KEYS = ("settings", "machine", "stages_ms", "end_to_end_ms", "speedup_vs_reference", "masking_projection_ms",
+               "peak_rss_mib", "load_ms", "first_request_ms", "cold_start_ms", "image_diff_vs_reference", "errors",
+               "targets", "manifest_verify_ms")
+
+
+def _saved_report(path: Path) -> dict:
+    """The report in ``path`` (written by --json), refused with the reason when it is not one; --from-json takes
+    no run options (they would be silently ignored), checked first."""
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.name not in ("from_json", "plot_out", "quiet")
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise InputError(f"--from-json {path} redraws a saved report and runs nothing: drop {', '.join(given)}")
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"--from-json {path}: not a readable JSON file ({exc}); give a report written by "
+                         "maskst-bench --json") from None
+    missing = [key for key in REPORT_KEYS if not isinstance(report, dict) or key not in report]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise InputError(f"--from-json {path}: not a maskst-bench report this version reads (no {shown}); give a "
+                         "report written by maskst-bench --json")
+    return report
 
 
 def _deepcache_backends(option: str | None, names: list[str]) -> list[str]:

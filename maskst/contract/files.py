@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from maskst.disk import free_gib, is_disk_full
-from maskst.errors import InputError
+from maskst.errors import BackendError, InputError
 
 
 def sha256(path: Path) -> str:
@@ -126,6 +126,18 @@ def write_atomic(path: Path, text: str, what: str = "output file") -> None:
     InputError on a failed write)."""
     with atomic_output(path, what) as f:
         f.write(text.encode("utf-8"))
+
+
+def check_chart_path(path: Path, what: str = "--plot") -> None:
+    """Refuse a chart path before any compute: charts are PNG files (a ``.png`` name) and need matplotlib
+    (BackendError naming the extra to install)."""
+    import importlib.util
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"{what} {path}: the chart is written as PNG; give a .png name, e.g. {path.with_suffix('.png')}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise BackendError(f'{what} needs matplotlib: pip install "maskst[bench]"')
 
 
 def save_figure(figure, path: Path, what: str = "chart") -> None:

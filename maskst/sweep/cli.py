@@ -150,12 +150,9 @@ def eval_main(engines, results_dir, json_path, csv_path, plot_path, backend, thr
         if path is not None:
             check_writable(path, flag)
     if plot_path is not None:  # checked before the scoring, which takes a while
-        from maskst.sweep.plot import require_matplotlib
+        from maskst.contract.files import check_chart_path
 
-        if plot_path.suffix.lower() != ".png":
-            raise InputError(f"--plot {plot_path}: the chart is written as PNG; give a .png name, "
-                             f"e.g. {plot_path.with_suffix('.png')}")
-        require_matplotlib()
+        check_chart_path(plot_path, "--plot")
     from maskst.sweep.executors import PipelineOptions
 
     report = evaluate(PipelineOptions(engines, backend=backend, threads=threads, verify_hashes=not skip_verify),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskst.contract.files import save_figure
-from maskst.errors import BackendError
 
 
 def _interval(stat: dict) -> tuple[float, float]:
@@ -20,18 +19,9 @@ def _interval(stat: dict) -> tuple[float, float]:
     return stat["mean"], (stat["ci95"][1] - stat["ci95"][0]) / 2
 
 
-def require_matplotlib() -> None:
-    """BackendError naming the fix when matplotlib is not installed (checked before the scoring, which takes a while)."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise BackendError('--plot needs matplotlib: pip install "maskst[bench]"')
-
-
 def plot_report(report: dict, path: Path, what: str = "--plot") -> None:
     """Write the chart of a :func:`maskst.sweep.evaluate.evaluate` report to ``path`` (PNG), atomically: a failed
     write (InputError naming ``what``) leaves the previous chart, if any."""
-    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
