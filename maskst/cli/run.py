@@ -154,10 +154,13 @@ def _check_save_control(save_control, batch, request: dict) -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder for --batch.")
 @click.option("--backend", default="ort-cpu", show_default=True, help=backends_help())
 @click.option("--compile-cache", type=click.Path(path_type=Path, file_okay=False),
-              help="OpenVINO compiled-model cache folder (default ~/.cache/maskst/openvino); blobs of graph "
-                   "files since re-exported or deleted are removed when a new blob is written.")
-@click.option("--no-compile-cache", is_flag=True, help="Do not cache OpenVINO compiled models (slower start, and more memory: without the cache a "
-                   "compiled model keeps the weights it was compiled from).")
+              help="Compiled-model cache folder: OpenVINO's compiled blobs there (default ~/.cache/maskst/openvino), "
+                   "ort-cpu's optimized graphs in its onnxruntime/ subfolder (default ~/.cache/maskst/onnxruntime); "
+                   "entries of graph files since re-exported or deleted are removed when a new one is written.")
+@click.option("--no-compile-cache", is_flag=True,
+              help="Do not cache compiled models: slower start (ort-cpu optimizes every graph again, about 20 s for a "
+                   "full-size UNet), and with OpenVINO more memory (without the cache a compiled model keeps the "
+                   "weights it was compiled from).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")
 @threads_option("Intra-op threads per session (default: all cores).")
 @click.option("--skip-verify", is_flag=True, help="Skip SHA-256 verification of the engine files (faster start).")

@@ -34,7 +34,9 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads per session (None: the library's default)
     allow_fallback: bool = False  # accept a GPU provider silently falling back to the CPU
     profile_prefix: str | None = None  # per-operator profiling (ONNX Runtime file prefix / OpenVINO counters)
-    compile_cache: Path | bool | None = None  # OpenVINO compiled-model cache: folder, None = default, False = off
+    # compiled-model caches: None = the defaults (~/.cache/maskst/openvino, ~/.cache/maskst/onnxruntime), False = off,
+    # a folder = OpenVINO's blobs there and ort-cpu's optimized graphs in its onnxruntime/ subfolder
+    compile_cache: Path | bool | None = None
 
 
 class Backend(abc.ABC):
@@ -111,9 +113,11 @@ class _OrtBackend(Backend):
     profiling = "onnxruntime per-operator JSON trace"
 
     def runner(self, manifest: Manifest, graph: str, options: RunnerOptions) -> Runner:
+        cache = options.compile_cache
         return OrtRunner(manifest.graph_spec(graph), manifest.graph_path(graph), backend=self.name,
                          threads=options.threads, allow_fallback=options.allow_fallback,
-                         profile_prefix=options.profile_prefix)
+                         profile_prefix=options.profile_prefix,
+                         cache_dir=Path(cache) / "onnxruntime" if isinstance(cache, (str, Path)) else cache)
 
     def require(self, allow_fallback: bool = False) -> None:
         super().require(allow_fallback)

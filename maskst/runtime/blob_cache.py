@@ -1,5 +1,6 @@
-"""The OpenVINO runner's compiled-model cache on disk: what each blob was compiled from, and the removal of blobs
-that can never be hit again.
+"""The compiled-model caches on disk (the OpenVINO runner's blobs, ONNX Runtime's optimized graphs:
+:mod:`maskst.runtime.ort_cache`): what each entry was made from, and the removal of entries that can never be hit
+again.
 
 A blob's cache key holds the path, size and modification time of the graph files it was compiled from
 (:meth:`maskst.runtime.openvino_runner.OpenVinoRunner.blob_path`), so a re-export (``maskst-export --force``,
@@ -20,6 +21,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".json"  # <name>.blob -> <name>.blob.json
+WEIGHTS_SUFFIX = ".data"  # an entry's external weights, if it has them (ONNX Runtime's <name>.onnx.data)
+
+
+def cpu_identity() -> dict:
+    """What a CPU-compiled entry depends on besides the model: the CPU model and its ISA flags."""
+    from maskst.hardware import cpu_info
+
+    cpu = cpu_info()
+    if cpu.model is None and not cpu.flags:  # not Linux
+        import platform
+
+        return {"processor": platform.processor()}
+    return {"model name": cpu.model, "flags": cpu.flags}
 
 
 def graph_files(path: Path) -> dict[str, list]:
@@ -42,9 +56,10 @@ def record_blob(blob: Path, files: dict[str, list]) -> None:
 
 
 def forget_blob(blob: Path) -> None:
-    """Remove ``blob`` and its record (a blob OpenVINO refused to import)."""
+    """Remove ``blob``, its record and its external weights (an entry the runtime refused to load)."""
     blob.unlink(missing_ok=True)
     Path(f"{blob}{RECORD_SUFFIX}").unlink(missing_ok=True)
+    Path(f"{blob}{WEIGHTS_SUFFIX}").unlink(missing_ok=True)
 
 
 def _unchanged(files: dict[str, list]) -> bool:
@@ -58,12 +73,13 @@ def _unchanged(files: dict[str, list]) -> bool:
     return True
 
 
-def evict_stale_blobs(cache_dir: Path) -> list[Path]:
-    """Remove the blobs under ``cache_dir`` (``<precision>/<name>.blob``) whose recorded graph files have changed
-    or gone, with their records; returns the blobs removed. A record that cannot be read (another process is
+def evict_stale_blobs(cache_dir: Path, suffix: str = ".blob") -> list[Path]:
+    """Remove the entries under ``cache_dir`` (``<folder>/<name><suffix>``: OpenVINO's ``<precision>/<name>.blob``,
+    ONNX Runtime's ``cpu/<name>.onnx``) whose recorded graph files have changed or gone, with their records and
+    weights; returns the entries removed. A record that cannot be read (another process is
     writing it) leaves its blob alone. Removing a blob another process has mapped is safe: the mapping stays valid."""
     removed = []
-    for record in Path(cache_dir).glob(f"*/*.blob{RECORD_SUFFIX}"):
+    for record in Path(cache_dir).glob(f"*/*{suffix}{RECORD_SUFFIX}"):
         try:
             files = json.loads(record.read_text())["files"]
             stale = not _unchanged(files)
@@ -72,6 +88,7 @@ def evict_stale_blobs(cache_dir: Path) -> list[Path]:
         if stale:
             blob = record.with_suffix("")
             forget_blob(blob)
+            Path(f"{blob}.lock").unlink(missing_ok=True)  # ort_cache's lock of an entry nobody can hit again
             removed.append(blob)
     if removed:
         log.info("compiled-model cache: removed %d blob(s) of graph files that changed or are gone", len(removed))

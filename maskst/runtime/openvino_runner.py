@@ -80,7 +80,7 @@ from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
-from maskst.runtime.blob_cache import evict_stale_blobs, forget_blob, graph_files, record_blob
+from maskst.runtime.blob_cache import cpu_identity, evict_stale_blobs, forget_blob, graph_files, record_blob
 from maskst.runtime.openvino_rewrites import GRAPH_REWRITES, rewrite_for_static_shapes
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
@@ -273,18 +273,6 @@ def export_blob(compiled, blob: Path) -> None:
         raise
 
 
-def _cpu_identity() -> dict:
-    """What a compiled CPU blob depends on besides the model: the CPU model and its ISA flags."""
-    from maskst.hardware import cpu_info
-
-    cpu = cpu_info()
-    if cpu.model is None and not cpu.flags:  # not Linux
-        import platform
-
-        return {"processor": platform.processor()}
-    return {"model name": cpu.model, "flags": cpu.flags}
-
-
 class OpenVinoRunner(Runner):
     """One graph compiled by OpenVINO for the CPU.
 
@@ -353,7 +341,7 @@ class OpenVinoRunner(Runner):
         key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())},
                "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme,
                "rewrites": list(GRAPH_REWRITES),
-               "openvino": _import_openvino().__version__, "cpu": _cpu_identity()}
+               "openvino": _import_openvino().__version__, "cpu": cpu_identity()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
 

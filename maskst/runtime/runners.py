@@ -96,10 +96,14 @@ class OrtRunner(Runner):
     The first provider in the list is the one asked for; if ONNX Runtime activates the session
     without it (it silently falls back to CPU when CUDA or TensorRT cannot load), that is a
     :class:`BackendError` unless ``allow_fallback`` is set.
+
+    ``cache_dir`` (``ort-cpu`` only): where the optimized graph is cached (:mod:`maskst.runtime.ort_cache`;
+    default :func:`~maskst.runtime.ort_cache.default_ort_cache_dir`, ``False`` disables it). ``loaded_from`` says
+    what the session was made from: ``"optimized"`` (the graph, optimized now) or ``"cache"``.
     """
 
     def __init__(self, spec: GraphSpec, path: Path, backend: str = "ort-cpu", threads: int | None = None,
-                 allow_fallback: bool = False, profile_prefix: str | None = None):
+                 allow_fallback: bool = False, profile_prefix: str | None = None, cache_dir: Path | bool | None = None):
         super().__init__(spec, path)
         if backend not in ORT_PROVIDERS:
             raise BackendError(f"backend={backend!r} is not an ONNX Runtime backend; choose one of {', '.join(ORT_PROVIDERS)}")
@@ -110,6 +114,13 @@ class OrtRunner(Runner):
         self.profile_prefix = profile_prefix
         self.session = None
         self._buffers: dict[tuple, dict[str, np.ndarray]] = {}
+        if backend != "ort-cpu" or cache_dir is False:
+            self.cache_dir = None  # GPU providers' sessions are not cached
+        else:
+            from maskst.runtime.ort_cache import default_ort_cache_dir
+
+            self.cache_dir = default_ort_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir)
+        self.loaded_from: str | None = None
 
     def _activate(self) -> None:
         import onnxruntime as ort
@@ -122,21 +133,39 @@ class OrtRunner(Runner):
                 "install the GPU build (pip install 'maskst[gpu]', after uninstalling onnxruntime) or pass "
                 "--allow-fallback to run on CPU"
             )
+        providers = [(p, PROVIDER_OPTIONS.get(p, {})) for p in self.providers if p in available]
+        self.session, self.loaded_from = self._cached_session(providers)
+        if self.session is None:
+            self.loaded_from = "optimized"
+            try:
+                self.session = ort.InferenceSession(str(self.path), self._session_options(), providers=providers)
+            except Exception as exc:  # onnxruntime raises its own pybind exception types (Fail, InvalidGraph, ...)
+                raise EngineError(f"{self.path} could not be loaded by ONNX Runtime ({exc}); rebuild it with "
+                                  "maskst-export --force") from None
+        active = self.session.get_providers()
+        if active[0] != wanted and not self.allow_fallback:
+            raise BackendError(f"{self.spec.name}: asked for {wanted} but ONNX Runtime activated {active}; pass --allow-fallback to accept")
+        self._binding = self.session.io_binding()
+
+    def _session_options(self):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
         if self.profile_prefix:
             options.enable_profiling = True
             options.profile_file_prefix = self.profile_prefix
-        try:
-            providers = [(p, PROVIDER_OPTIONS.get(p, {})) for p in self.providers if p in available]
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types (Fail, InvalidGraph, ...)
-            raise EngineError(f"{self.path} could not be loaded by ONNX Runtime ({exc}); rebuild it with maskst-export --force") from None
-        active = self.session.get_providers()
-        if active[0] != wanted and not self.allow_fallback:
-            raise BackendError(f"{self.spec.name}: asked for {wanted} but ONNX Runtime activated {active}; pass --allow-fallback to accept")
-        self._binding = self.session.io_binding()
+        return options
+
+    def _cached_session(self, providers) -> tuple[object | None, str | None]:
+        """(session, "cache") from the cache, or (session, "optimized") optimized now and stored there; (None, None)
+        without a cache or when storing failed (then the caller optimizes without it)."""
+        if self.cache_dir is None or not self.path.is_file():
+            return None, None  # a missing graph is reported by the plain session
+        from maskst.runtime.ort_cache import cached_session
+
+        return cached_session(self.cache_dir, self.spec.name, self.path, self._session_options, providers)
 
     def _deactivate(self) -> None:
         self.session = None
