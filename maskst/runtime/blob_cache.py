@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".json"  # <name>.blob -> <name>.blob.json
 WEIGHTS_SUFFIX = ".data"  # an entry's external weights, if it has them (ONNX Runtime's <name>.onnx.data)
+LOCK_SUFFIX = ".lock"  # an entry's writer lock, if its cache uses one (ONNX Runtime's; removed with a stale entry
+#                        only: removing the lock of an entry in use would let a second writer in)
+
+
+def key_digest(key: dict) -> str:
+    """The short name part of a cache entry: a digest of everything the entry depends on (JSON-able ``key``)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def cpu_identity() -> dict:
@@ -88,7 +97,7 @@ def evict_stale_blobs(cache_dir: Path, suffix: str = ".blob") -> list[Path]:
         if stale:
             blob = record.with_suffix("")
             forget_blob(blob)
-            Path(f"{blob}.lock").unlink(missing_ok=True)  # ort_cache's lock of an entry nobody can hit again
+            Path(f"{blob}{LOCK_SUFFIX}").unlink(missing_ok=True)  # nobody writes an entry that can never be hit
             removed.append(blob)
     if removed:
         log.info("compiled-model cache: removed %d blob(s) of graph files that changed or are gone", len(removed))

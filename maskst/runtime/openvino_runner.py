@@ -80,7 +80,8 @@ from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
-from maskst.runtime.blob_cache import cpu_identity, evict_stale_blobs, forget_blob, graph_files, record_blob
+from maskst.runtime.blob_cache import (cpu_identity, evict_stale_blobs, forget_blob, graph_files, key_digest,
+                                       record_blob)
 from maskst.runtime.openvino_rewrites import GRAPH_REWRITES, rewrite_for_static_shapes
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
@@ -335,15 +336,12 @@ class OpenVinoRunner(Runner):
         """The cache file of this graph compiled for ``shapes`` (None without a cache)."""
         if not self.cache_dir:
             return None
-        import hashlib
-        import json
-
         key = {"files": graph_files(self.path), "shapes": {k: list(v) for k, v in sorted(shapes.items())},
                "config": self.config, "f16_weights": self.compress_weights, "int8": self.int8_scheme,
                "rewrites": list(GRAPH_REWRITES),
                "openvino": _import_openvino().__version__, "cpu": cpu_identity()}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        return Path(self.cache_dir) / self.precision / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{digest}.blob"
+        return (Path(self.cache_dir) / self.precision
+                / f"{self.spec.name}{'-int8' if self.int8_scheme else ''}-{key_digest(key)}.blob")
 
     def _import_blob(self, blob: Path):
         """(compiled model, memory map of the blob) or None if OpenVINO refuses the blob (it is removed)."""

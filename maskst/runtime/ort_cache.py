@@ -18,21 +18,19 @@ graph optimized again; a failed write (full disk, read-only folder) only costs t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from maskst.runtime.blob_cache import cpu_identity, evict_stale_blobs, forget_blob, graph_files, record_blob
+from maskst.runtime.blob_cache import (LOCK_SUFFIX, WEIGHTS_SUFFIX, cpu_identity, evict_stale_blobs, forget_blob,
+                                       graph_files, key_digest, record_blob)
 
 log = logging.getLogger(__name__)
 
 ENTRY_SUFFIX = ".onnx"
 PROVIDER_FOLDER = "cpu"  # only the CPU provider's optimized graphs are cached
-LOCK_SUFFIX = ".lock"  # <graph>-<key>.onnx.lock: held while one process optimizes and stores the entry
 WEIGHTS_MIN_BYTES = 1024  # initializers at least this large go to the external data file (the rest stay inline)
 
 
@@ -47,8 +45,7 @@ def entry_path(cache_dir: Path, graph: str, path: Path) -> Path:
 
     key = {"files": graph_files(path), "onnxruntime": onnxruntime.__version__, "cpu": cpu_identity(),
            "level": "ORT_ENABLE_ALL"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return Path(cache_dir) / PROVIDER_FOLDER / f"{graph}-{digest}{ENTRY_SUFFIX}"
+    return Path(cache_dir) / PROVIDER_FOLDER / f"{graph}-{key_digest(key)}{ENTRY_SUFFIX}"
 
 
 def cached_session(cache_dir: Path, graph: str, source: Path, make_options, providers) -> tuple[object | None, str | None]:
@@ -99,8 +96,9 @@ def load_cached(entry: Path, make_options, providers):
 
 def optimize_and_store(source: Path, entry: Path, make_options, providers):
     """A session of ``source`` optimized at ``ORT_ENABLE_ALL``, its optimized graph written to ``entry`` on the way
-    (``make_options()``: the caller's fresh ``SessionOptions``); None when that failed, for a write or for the graph
-    itself (the caller then makes the session without the cache, which reports a bad graph; nothing is left)."""
+    (``make_options()``: the caller's fresh ``SessionOptions``). None when the session could not be made, for a
+    failed write or for the graph itself (the caller then makes it without the cache, which reports a bad graph);
+    the session without an entry when only moving the written files into place failed. Nothing partial is left."""
     import onnxruntime as ort
 
     folder = entry.parent
@@ -109,7 +107,7 @@ def optimize_and_store(source: Path, entry: Path, make_options, providers):
     except OSError as exc:
         log.info("ONNX Runtime cache: %s cannot be written (%s); not caching", folder, exc)
         return None
-    weights = Path(f"{entry}.data")
+    weights = Path(f"{entry}{WEIGHTS_SUFFIX}")
     options = make_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(staging / entry.name)
@@ -120,15 +118,20 @@ def optimize_and_store(source: Path, entry: Path, make_options, providers):
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                      str(WEIGHTS_MIN_BYTES))
     try:
-        session = ort.InferenceSession(str(source), options, providers=providers)
-        if (staging / weights.name).is_file():
-            os.replace(staging / weights.name, weights)  # weights first: the graph names them
-        os.replace(staging / entry.name, entry)
-        record_blob(entry, graph_files(source))
-    except Exception as exc:  # ONNX Runtime's pybind types (a failed write is a Fail) and OSError alike
-        log.info("ONNX Runtime cache: the optimized %s was not stored (%s); not caching", source.name, exc)
-        forget_blob(entry)
-        return None
+        try:
+            session = ort.InferenceSession(str(source), options, providers=providers)
+        except Exception as exc:  # ONNX Runtime's pybind types: a failed write (Fail) or a bad graph
+            log.info("ONNX Runtime cache: %s was not optimized and stored (%s); not caching", source.name, exc)
+            return None
+        try:  # the session is good from here: a failed move or record costs the entry, not the optimization
+            if (staging / weights.name).is_file():
+                os.replace(staging / weights.name, weights)  # weights first: the graph names them
+            os.replace(staging / entry.name, entry)
+            record_blob(entry, graph_files(source))
+        except OSError as exc:
+            log.info("ONNX Runtime cache: the optimized %s was not stored (%s)", source.name, exc)
+            forget_blob(entry)
+            return session
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     evict_stale_blobs(folder.parent, ENTRY_SUFFIX)  # entries of graph files since re-exported: never hit again
