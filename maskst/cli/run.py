@@ -158,7 +158,7 @@ def _check_save_control(save_control, batch, request: dict) -> None:
                    "ort-cpu's optimized graphs in its onnxruntime/ subfolder (default ~/.cache/maskst/onnxruntime); "
                    "entries of graph files since re-exported or deleted are removed when a new one is written.")
 @click.option("--no-compile-cache", is_flag=True,
-              help="Do not cache compiled models: slower start (ort-cpu optimizes every graph again, about 20 s for a "
+              help="Do not cache compiled models: slower start (ort-cpu optimizes every graph again, about 15 s for a "
                    "full-size UNet), and with OpenVINO more memory (without the cache a compiled model keeps the "
                    "weights it was compiled from).")
 @click.option("--allow-fallback", is_flag=True, help="Accept a GPU backend silently falling back to CPU.")

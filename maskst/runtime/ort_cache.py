@@ -1,11 +1,11 @@
 """ONNX Runtime's optimized graphs cached on disk, for the CPU provider (``ort-cpu``): a fast cold start.
 
 Creating an ONNX Runtime session at ``ORT_ENABLE_ALL`` runs its graph optimizations (constant folding, fusions, the
-NCHWc layout of convolutions) on every load. On the full-size SD 1.5 UNet (3.4 GB, 2 Zen 4 cores) that took 19.6 s
-of a 46 s cold start. ONNX Runtime can write the optimized graph out (``SessionOptions.optimized_model_filepath``,
-its initializers in an external data file); a later process loads that file with the optimizations off: 1.4 s and
-1.2 GB peak RSS instead of 13.9 s and 3.5 GB, the same outputs bit for bit and the same speed per call
-(docs/benchmarks.md, "Thirteenth session").
+NCHWc layout of convolutions) on every load. On the full-size SD 1.5 UNet (3.4 GB, 2 Zen 4 cores) that took 15.1 s
+and 3,456 MiB peak RSS, against 1.7 s at the basic level. ONNX Runtime can write the optimized graph out
+(``SessionOptions.optimized_model_filepath``, its initializers in an external data file); a later process loads that
+file with the optimizations off in 1.2 s and 1,180 MiB, with the same outputs bit for bit and the same speed per
+call (``python bench/issue15_ort_session_load.py``; docs/benchmarks.md, "Zen 4, thirteenth session").
 
 The optimized graph is only valid where it was made: the NCHWc transformer picks kernels for this CPU (ONNX Runtime
 warns so when it writes one), so the key holds the CPU model and ISA flags, the onnxruntime version and the source
