@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskst.bench.bench import end_to_end_goal, split_contender
+from maskst.bench.bench import UNET_PCT_GOAL, end_to_end_goal, split_contender
 from maskst.contract.files import save_figure
 
 ENCODER_STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner")
-UNET_PCT_GOAL = 70.0  # issue 15: the UNet step at >= 70% of its precision's measured ceiling
 
 
 def stage_split(report: dict, name: str) -> tuple[float, float, float] | None:

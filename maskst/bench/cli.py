@@ -172,8 +172,10 @@ def _command(program: str) -> str:
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a chart here (PNG; needs matplotlib): end to end per contender split by stage with its "
                    "speedup, each graph's % of its precision's ceiling, and peak RSS against the reference.")
-@click.option("--from-json", "from_json", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Run nothing: print the table of a report written earlier by --json, and draw its --plot.")
+@click.option("--from-json", "from_json", type=click.Path(path_type=Path, dir_okay=False, exists=True), multiple=True,
+              help="Run nothing: print the table of a report written earlier by --json, and draw its --plot. "
+                   "Repeated: the reports side by side, one row per run judged by today's targets (best speedup "
+                   "against its CPU kind's goal, UNet % of ceiling, DeepCache, peak RSS), and --plot charts them.")
 @click.option("--image-driven", is_flag=True,
               help="Image-driven requests: the bundled picture as control image (canny) through the engines' first "
                    "ControlNet (presets build engines with their ControlNet); adds the ControlNet-step row.")
@@ -213,6 +215,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     maskst-bench --base sd15/ --ip-adapter IP-Adapter/models/ip-adapter_sd15.safetensors \\
                  --content-encoder CLIP-ViT-H-14/ --json real.json
     maskst-bench --from-json real.json --plot real.png               # the table and a chart of a saved run
+    maskst-bench --from-json mon.json --from-json tue.json --plot runs.png   # several runs side by side
     """
     from maskst.bench.bench import BenchSettings, deepcache_contender, format_table, run_bench
 
@@ -222,10 +225,19 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
 
         check_writable(plot_out, "--plot")
         check_chart_path(plot_out, "--plot")
-    if from_json is not None:
-        report = _saved_report(from_json)
+    if len(from_json) == 1:
+        report = _saved_report(from_json[0])
         click.echo(format_table(report))
         _write_plot(report, plot_out)
+        return
+    if from_json:
+        from maskst.bench.runs import draw_runs_chart, format_runs_table, summarize
+
+        runs = [summarize(path.stem, _saved_report(path)) for path in from_json]  # every file checked before output
+        click.echo(format_runs_table(runs))
+        if plot_out is not None:
+            draw_runs_chart(runs, plot_out, what="--plot")
+            click.echo(f"wrote {plot_out}")
         return
     if backends is not None:
         names = [b.strip() for b in backends.split(",") if b.strip()]
