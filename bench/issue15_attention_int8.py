@@ -5,7 +5,7 @@ activation MatMuls (QK^T, PV) in the ignored scope; compiled bf16, 2 threads; ca
     python bench/issue15_attention_int8.py D HEADS TOKENS KEY_TOKENS PAIRS
     python bench/issue15_attention_int8.py 320 8 1024 1024 40     # the 32x32-level self-attention at 256 px
 
-Prints the runtime node types of both, their error against f32, and the paired median difference (docs/benchmarks.md,
+Prints the runtime node types of both, their error against f32, and the paired median difference (docs/benchmarks-history.md,
 "The same Zen 4 kind, a day later")."""
 import sys, time, json
 import numpy as np, torch, openvino as ov, nncf

@@ -9,7 +9,7 @@ trivial, OpenVINO's own transformations do not always remove.
   without regions has R = 1, and OpenVINO 2026.4 still ran each of the 16 sums as a ReduceSum kernel plus a
   reorder out of f32. On the full-size SD 1.5 UNet, int8 hybrid, 256 px, CFG batch 2, 2 Zen 4 cores, a call went
   from 585.6 to 573.7 ms (paired median difference -11.6 ms over 16 alternated pairs). The outputs were bit for
-  bit the same (docs/benchmarks.md, "Zen 4, eleventh session").
+  bit the same (docs/benchmarks-history.md, "Zen 4, twelfth session").
 
 :data:`GRAPH_REWRITES` names what is applied. It is part of the compiled-blob key
 (:meth:`maskst.runtime.openvino_runner.OpenVinoRunner.blob_path`), so blobs compiled before a rewrite existed

@@ -5,7 +5,7 @@ NCHWc layout of convolutions) on every load. On the full-size SD 1.5 UNet (3.4 G
 and 3,456 MiB peak RSS, against 1.7 s at the basic level. ONNX Runtime can write the optimized graph out
 (``SessionOptions.optimized_model_filepath``, its initializers in an external data file); a later process loads that
 file with the optimizations off in 1.2 s and 1,180 MiB, with the same outputs bit for bit and the same speed per
-call (``python bench/issue15_ort_session_load.py``; docs/benchmarks.md, "Zen 4, thirteenth session").
+call (``python bench/issue15_ort_session_load.py``; docs/benchmarks.md, "Results on an AMD EPYC Zen 4").
 
 The optimized graph is only valid where it was made: the NCHWc transformer picks kernels for this CPU (ONNX Runtime
 warns so when it writes one), so the key holds the CPU model and ISA flags, the onnxruntime version and the source
