@@ -138,7 +138,8 @@ class GenerationConfig:
                                       f"({_FAMILY_SIZES}).")
     width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
                                      f"({_FAMILY_SIZES}).")
-    num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance).")
+    num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance). More than the engines' "
+                                "--max-batch run as several batches, each on its slice of the request's noise.")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")
     regions: tuple[Region, ...] = _field((), "Regional multi-style: STYLE_IMAGE MASK_IMAGE CONTENT_TEXT (repeatable, "

@@ -33,6 +33,25 @@ def test_run_writes_png_with_generation_metadata(tiny_engines, style_image, tmp_
     assert np.asarray(Image.open(out)).shape == (64, 64, 3)
 
 
+def test_more_images_than_the_engines_batch_are_all_written(tiny_engines, style_image, tmp_path):
+    """--num-images 3 on engines exported with --max-batch 2: two batches, three PNGs, each with its index, the
+    request's values and the same image as a batch of one on its slice of the request's noise would give."""
+    from maskst.generation import initial_noise
+
+    out = tmp_path / "cat.png"
+    result = _run(_base_args(tiny_engines, style_image, out) + ["--json", "--num-images", "3", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    paths = json.loads(result.output.strip().splitlines()[-1])["images"]
+    assert len(paths) == 3 and len(set(paths)) == 3
+    metas = [json.loads(Image.open(p).text["maskst"]) for p in paths]
+    assert [m["image_index"] for m in metas] == [0, 1, 2] and {m["seed"] for m in metas} == {5}
+    np.save(tmp_path / "third.npy", initial_noise(5, (3, 4, 8, 8))[2:])
+    single = tmp_path / "single.png"
+    assert _run(_base_args(tiny_engines, style_image, single) + ["--init-latents", tmp_path / "third.npy"]).exit_code == 0
+    diff = np.abs(np.asarray(Image.open(paths[2])).astype(int) - np.asarray(Image.open(single)).astype(int))
+    assert diff.max() == 0  # the third image is the second batch's only image: the same request on the same noise
+
+
 def test_init_latents_reproduce_the_seed(tiny_engines, style_image, tmp_path):
     from maskst.generation import initial_noise
 
@@ -51,7 +70,7 @@ def test_init_latents_reproduce_the_seed(tiny_engines, style_image, tmp_path):
     ("--height", "60", "height=60 must be a positive multiple of 8"),
     ("--width", "70", "width=70 must be a positive multiple of 8"),
     ("--height", "512", "height 512 px is outside the engines' range [32, 128] px"),
-    ("--num-images", "3", "num_images=3 is outside the range"),
+    ("--num-images", "0", "num_images=0 must be a positive integer"),
     ("--theta", "1.5", "theta=1.5"),
     ("--target-block", "up_blocks.9", "target block 'up_blocks.9' matches no cross-attention layer"),
     ("--layer-scales", "1,2", "layer_scales has 2 values but the UNet has 4"),

@@ -169,3 +169,30 @@ def test_plus_adapter_matches_reference_and_refuses_masking(tiny, tmp_path, expo
         assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
         with pytest.raises(InputError, match="Plus"):
             pipe.generate(GenerationConfig.create(prompt="a cat", content="a dog", steps=2, height=64, width=64), style)
+
+
+def test_more_images_than_a_batch_holds_run_in_batches_and_match_the_reference(reference, pipeline, style_image):
+    """num_images above the engines' --max-batch (2 here): maskst runs a batch of 2 and one of 1 on slices of the
+    request's noise; the reference runs all 3 in one batch. Same tolerance as above."""
+    import dataclasses
+
+    assert pipeline.max_images == 2
+    config = GenerationConfig.create(prompt="a photo of a dog in the city", content="a ship", method="maskst",
+                                     mask_mode="kmeans", theta=0.6, steps=4, height=64, width=96, num_images=3, seed=7)
+    noise = initial_noise(7, (3, 4, 8, 12))
+    style = [load_image(style_image)]
+    steps = []
+    got = pipeline.generate(config, style, latents=noise, progress=lambda step, total: steps.append((step, total)))
+    want = reference.generate(config, style, latents=noise)
+    assert got.images.shape == want.images.shape == (3, 64, 96, 3)
+    np.testing.assert_array_equal(got.mask, want.mask)
+    diff = np.abs(got.images.astype(int) - want.images.astype(int))
+    assert diff.max() <= 2, f"max pixel difference {diff.max()}/255"
+    assert want.images.std() > 10
+    total = len(steps)  # one progress run over both batches: 1..2T of 2T
+    assert total % 2 == 0 and steps == [(i, total) for i in range(1, total + 1)]
+    # each batch is an ordinary request on its slice of the noise, and the seed's noise is the same noise
+    first = pipeline.generate(dataclasses.replace(config, num_images=2), style, latents=noise[:2])
+    np.testing.assert_array_equal(got.images[:2], first.images)
+    np.testing.assert_array_equal(pipeline.generate(config, style).images, got.images)
+    assert set(got.timings_ms) == set(first.timings_ms)

@@ -301,8 +301,8 @@ def test_eval_without_matplotlib_refuses_plot_before_scoring(tiny_engines, gener
 def test_a_request_refused_by_the_engines_leaves_no_progress_bar(tiny_engines, style_image, tmp_path):
     """The denoise bar starts with the first step; before, an empty 'denoise: 0step' bar stood above the error."""
     result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image,
-                     "--num-images", "3", "--steps", "2", "--height", "64", "--width", "64", "--out", tmp_path / "x.png")
-    assert result.exit_code == 2 and "num_images=3 is outside the range" in result.stderr
+                     "--steps", "2", "--height", "512", "--width", "64", "--out", tmp_path / "x.png")
+    assert result.exit_code == 2 and "height 512 px is outside the engines' range" in result.stderr
     assert "denoise" not in result.stderr and not list(tmp_path.iterdir())
     result = _invoke(run_main, "--engines", tiny_engines, "--prompt", "a cat", "--style", style_image,
                      "--steps", "2", "--height", "64", "--width", "64", "--out", tmp_path / "x.png")

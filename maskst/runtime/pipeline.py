@@ -184,6 +184,12 @@ class MaskstPipeline:
         """The IO spec of the UNet's inputs (``unet``; ``unet_deep`` has the same inputs)."""
         return self.runners[self.unet_graph].spec
 
+    @property
+    def max_images(self) -> int:
+        """The most images one denoising batch holds: the UNet's N range (``maskst-export --max-batch``; TensorRT
+        profiles and preallocated buffers are sized for it). :meth:`generate` runs larger requests in batches."""
+        return self.unet_spec.dim_range("N").max
+
     def deepcache_runners(self):
         """(unet_deep runner, unet_shallow runner), created and activated on first use (check_request has
         checked that the manifest has both graphs)."""
@@ -250,8 +256,9 @@ class MaskstPipeline:
         config.validate(self.vae_scale_factor)
         f = self.vae_scale_factor
         unet = self.unet_spec
-        # the UNet's h / w are latent sizes: the message multiplies them back to the pixels the user gave
-        unet.check_dims({"N": config.num_images, "h": config.height // f, "w": config.width // f},
+        # the UNet's h / w are latent sizes: the message multiplies them back to the pixels the user gave; more
+        # images than one batch holds run as several batches (generate), so only a batch's share is checked
+        unet.check_dims({"N": min(config.num_images, self.max_images), "h": config.height // f, "w": config.width // f},
                         what={"N": "num_images", "h": "height", "w": "width"}, scale={"h": (f, "px"), "w": (f, "px")})
         if config.regions:
             regional.check_region_count(config, self.max_regions, unet)
@@ -266,6 +273,33 @@ class MaskstPipeline:
         check_control_request(self.manifest, config)
         check_deepcache_request(self.manifest, config.deepcache_interval)
         return make_scheduler(config.scheduler or scheduler_name_from_config(self.scheduler_config), self.scheduler_config)
+
+    def _generate_in_batches(self, config: GenerationConfig, style_images, latents: np.ndarray | None,
+                             progress) -> GenerationResult:
+        """A request for more images than one batch holds (:attr:`max_images`), run as consecutive batches of at
+        most that many images, each on its slice of the request's initial noise [N, C, h, w]. Image i is thus the
+        image one batch of all N would make from the same noise, to float rounding (a batch's matrix products may
+        round differently at another batch size); everything but the noise is the same for every image of a
+        request. Timings are summed over the batches (``unet_step``: their mean); the progress callback sees one
+        run of ``batches x steps`` steps."""
+        self.check_request(config)  # the whole request refused before the first batch runs
+        f = self.vae_scale_factor
+        n, limit = config.num_images, self.max_images
+        shape = (n, self.latent_channels, config.height // f, config.width // f)
+        if latents is None:
+            latents = starting_noise(config, shape)
+        elif latents.shape != shape:
+            raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
+        starts = range(0, n, limit)
+        parts = []
+        for k, start in enumerate(starts):
+            batch = dataclasses.replace(config, num_images=min(limit, n - start), init_latents=None)
+            step = None if progress is None else (
+                lambda i, total, done=k: progress(done * total + i, len(starts) * total))
+            parts.append(self.generate(batch, style_images, latents[start:start + limit], step))
+        timings = {name: sum(p.timings_ms.get(name, 0.0) for p in parts) for name in parts[0].timings_ms}
+        timings["unet_step"] = float(np.mean([p.timings_ms["unet_step"] for p in parts]))
+        return dataclasses.replace(parts[0], images=np.concatenate([p.images for p in parts]), timings_ms=timings)
 
     # ---------------------------------------------------------------- stages
 
@@ -374,6 +408,8 @@ class MaskstPipeline:
         ``config.init_latents`` or the seed. ``progress``: optional callable(step, total).
         """
         config = self.resolve(config)
+        if config.num_images > self.max_images:
+            return self._generate_in_batches(config, style_images, latents, progress)
         scheduler = self.check_request(config)
         timings: dict[str, float] = {}
         clock = time.perf_counter
