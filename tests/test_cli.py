@@ -52,6 +52,20 @@ def test_more_images_than_the_engines_batch_are_all_written(tiny_engines, style_
     assert diff.max() == 0  # the third image is the second batch's only image: the same request on the same noise
 
 
+@pytest.mark.parametrize("limit", [1, 2, 4, 7])
+def test_image_batches_are_the_fewest_and_as_even_as_can_be(limit):
+    from types import SimpleNamespace
+
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    engines = SimpleNamespace(max_images=limit)
+    for n in range(1, 30):
+        sizes = MaskstPipeline.image_batches(engines, n)
+        assert sum(sizes) == n and max(sizes) <= limit and len(sizes) == -(-n // limit)
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert MaskstPipeline.image_batches(SimpleNamespace(max_images=4), 5) == [3, 2]  # not 4 + 1
+
+
 def test_init_latents_reproduce_the_seed(tiny_engines, style_image, tmp_path):
     from maskst.generation import initial_noise
 

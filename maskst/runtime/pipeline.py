@@ -190,6 +190,14 @@ class MaskstPipeline:
         profiles and preallocated buffers are sized for it). :meth:`generate` runs larger requests in batches."""
         return self.unet_spec.dim_range("N").max
 
+    def image_batches(self, num_images: int) -> list[int]:
+        """The batch sizes a request of ``num_images`` runs as: one batch when it fits (:attr:`max_images`), else
+        the fewest batches that hold it, as even as they can be (5 on engines built for 4: 3 + 2, so that no
+        batch falls below an engine's minimum when a larger one would not)."""
+        count = -(-num_images // self.max_images)
+        base, extra = divmod(num_images, count)
+        return [base + 1] * extra + [base] * (count - extra)
+
     def deepcache_runners(self):
         """(unet_deep runner, unet_shallow runner), created and activated on first use (check_request has
         checked that the manifest has both graphs)."""
@@ -257,9 +265,11 @@ class MaskstPipeline:
         f = self.vae_scale_factor
         unet = self.unet_spec
         # the UNet's h / w are latent sizes: the message multiplies them back to the pixels the user gave; more
-        # images than one batch holds run as several batches (generate), so only a batch's share is checked
-        unet.check_dims({"N": min(config.num_images, self.max_images), "h": config.height // f, "w": config.width // f},
-                        what={"N": "num_images", "h": "height", "w": "width"}, scale={"h": (f, "px"), "w": (f, "px")})
+        # images than one batch holds run as several batches (generate), so each batch's size is what is checked
+        for batch in sorted(set(self.image_batches(config.num_images))):
+            unet.check_dims({"N": batch, "h": config.height // f, "w": config.width // f},
+                            what={"N": "num_images" if batch == config.num_images else "a batch's num_images",
+                                  "h": "height", "w": "width"}, scale={"h": (f, "px"), "w": (f, "px")})
         if config.regions:
             regional.check_region_count(config, self.max_regions, unet)
         if config.method not in self.family.methods:
@@ -276,27 +286,28 @@ class MaskstPipeline:
 
     def _generate_in_batches(self, config: GenerationConfig, style_images, latents: np.ndarray | None,
                              progress) -> GenerationResult:
-        """A request for more images than one batch holds (:attr:`max_images`), run as consecutive batches of at
-        most that many images, each on its slice of the request's initial noise [N, C, h, w]. Image i is thus the
+        """A request for more images than one batch holds (:attr:`max_images`), run as consecutive batches
+        (:meth:`image_batches`), each on its slice of the request's initial noise [N, C, h, w]. Image i is thus the
         image one batch of all N would make from the same noise, to float rounding (a batch's matrix products may
         round differently at another batch size); everything but the noise is the same for every image of a
         request. Timings are summed over the batches (``unet_step``: their mean); the progress callback sees one
         run of ``batches x steps`` steps."""
         self.check_request(config)  # the whole request refused before the first batch runs
         f = self.vae_scale_factor
-        n, limit = config.num_images, self.max_images
+        n = config.num_images
         shape = (n, self.latent_channels, config.height // f, config.width // f)
         if latents is None:
             latents = starting_noise(config, shape)
         elif latents.shape != shape:
             raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
-        starts = range(0, n, limit)
-        parts = []
-        for k, start in enumerate(starts):
-            batch = dataclasses.replace(config, num_images=min(limit, n - start), init_latents=None)
+        sizes = self.image_batches(n)
+        parts, start = [], 0
+        for k, size in enumerate(sizes):
+            batch = dataclasses.replace(config, num_images=size, init_latents=None)
             step = None if progress is None else (
-                lambda i, total, done=k: progress(done * total + i, len(starts) * total))
-            parts.append(self.generate(batch, style_images, latents[start:start + limit], step))
+                lambda i, total, done=k: progress(done * total + i, len(sizes) * total))
+            parts.append(self.generate(batch, style_images, latents[start:start + size], step))
+            start += size
         timings = {name: sum(p.timings_ms.get(name, 0.0) for p in parts) for name in parts[0].timings_ms}
         timings["unet_step"] = float(np.mean([p.timings_ms["unet_step"] for p in parts]))
         return dataclasses.replace(parts[0], images=np.concatenate([p.images for p in parts]), timings_ms=timings)
@@ -405,7 +416,8 @@ class MaskstPipeline:
         """Run one request. ``style_images``: PIL images (default: load ``config.style``).
 
         ``latents``: diffusers' initial noise [N, C, h, w] before the init sigma; default from
-        ``config.init_latents`` or the seed. ``progress``: optional callable(step, total).
+        ``config.init_latents`` or the seed. ``progress``: optional callable(step, total). A request for more
+        images than the engines' batch holds runs as several batches (:meth:`image_batches`).
         """
         config = self.resolve(config)
         if config.num_images > self.max_images:
