@@ -128,8 +128,8 @@ class GenerationConfig:
     layer_scales: tuple[float, ...] | None = _field(None, "Explicit comma-separated scale per cross-attention layer "
                                                           "(overrides --scale and --target-block).")
     steps: int = _field(30, "Denoising steps.")
-    guidance: float = _field(7.5, "Classifier-free guidance scale (>= 1; at 1 the image is the prompt's prediction "
-                                  "alone, as in diffusers, though the UNet still runs both halves).")
+    guidance: float = _field(7.5, "Classifier-free guidance scale (>= 0). At or below 1 guidance is off, as in diffusers: "
+                                  "the image is the prompt's prediction alone (the UNet still runs both halves).")
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64); on StyleShot engines also of the style patches' "
@@ -244,10 +244,9 @@ class GenerationConfig:
                 raise InputError(f"{name}={value} must be a finite number within float32's range (|x| < 3.4e38)")
         if self.layer_scales is not None and not all(_finite32(v) for v in self.layer_scales):
             raise InputError(f"layer_scales={list(self.layer_scales)} must be finite numbers, one per cross-attention layer")
-        if self.guidance < 1.0:
-            raise InputError(
-                f"guidance={self.guidance}: maskst always runs classifier-free guidance; use a value >= 1"
-            )
+        if self.guidance < 0.0:
+            raise InputError(f"guidance={self.guidance} must be >= 0 (at or below 1 guidance is off, as in diffusers; "
+                             "7.5 is the usual value)")
         if (not isinstance(self.deepcache_interval, int) or isinstance(self.deepcache_interval, bool)
                 or not 1 <= self.deepcache_interval <= MAX_INTERVAL):
             raise InputError(f"--deepcache-interval {self.deepcache_interval!r} must be an integer in [1, {MAX_INTERVAL}] "
@@ -284,6 +283,12 @@ class GenerationConfig:
                 raise InputError("region scales given twice (region_scales and a region's own 'scale'); give one")
             if not all(_finite32(v) for v in self.region_scales):
                 raise InputError(f"region_scales={list(self.region_scales)} must be finite numbers")
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance applies: diffusers' rule, ``guidance_scale > 1``. Without it the image is
+        the prompt's (positive half's) prediction alone."""
+        return self.guidance > 1.0
 
     @property
     def regional(self) -> bool:

@@ -218,7 +218,7 @@ class ReferencePipeline:
             embeds = torch.from_numpy(np.stack([np.stack([self.negative_embeds(e) for e in e_hat]), e_hat]))
         else:
             embeds = torch.from_numpy(np.stack([self.negative_embeds(e_hat), e_hat])[:, None])  # [2, 1, ...], negative first
-        if not config.guidance > 1:  # diffusers skips guidance at 1 and takes the embeds as the positive half alone
+        if not config.guided:  # diffusers skips guidance at <= 1 and takes the embeds as the positive half alone
             embeds = embeds[1:]
         with torch.no_grad(), _deepcache(self.pipe, config.deepcache_interval):
             out = self.pipe(

@@ -312,8 +312,8 @@ class StyleShotReference:
             if config.control_image:
                 if len(config.control_image) != 1:
                     raise InputError("StyleShot has one content-fusion encoder: give one control image")
-                # StyleShot's style_embeddings_input; diffusers runs the positive half alone at guidance 1
-                self.fusion.style_context = torch.cat([uncond_n, cond_n]) if config.guidance > 1 else cond_n
+                # StyleShot's style_embeddings_input; diffusers runs the positive half alone at guidance <= 1
+                self.fusion.style_context = torch.cat([uncond_n, cond_n]) if config.guided else cond_n
                 kwargs = {"image": reference_control_image(config.control_image[0], config.control_preprocess_of(0),
                                                            config.height, config.width, self.lineart),
                           "controlnet_conditioning_scale": config.control_scale_of(0)}

@@ -16,6 +16,7 @@ BAD_VALUES = [
     ({"scale": "1"}, "scale='1'"),
     ({"guidance": None}, "guidance=null"),
     ({"guidance": 1e308}, "float32"),  # finite in Python, infinite in the graphs
+    ({"guidance": -1.0}, "guidance=-1.0 must be >= 0 (at or below 1 guidance is off, as in diffusers"),
     ({"style": 5}, "style=5"),
     ({"style": [5]}, "style=5 must be a file path"),
     ({"style": None}, "style=null"),

@@ -100,6 +100,21 @@ def test_guidance_one_matches_diffusers_without_guidance(reference, pipeline, st
     assert np.abs(guided.images.astype(int) - want.images.astype(int)).max() > 10  # guidance mattered here
 
 
+@pytest.mark.parametrize("guidance", [0.0, 0.5])
+def test_guidance_below_one_is_off_as_in_diffusers(reference, pipeline, style_image, guidance):
+    """diffusers runs no classifier-free guidance at guidance_scale <= 1 (its do_classifier_free_guidance), so 0 and
+    0.5 are the prompt's prediction alone there; maskst gives the same image, and the same as at 1, bit for bit."""
+    request = dict(prompt="a photo of a dog in the city", content="a ship", steps=3, height=64, width=64,
+                   num_images=2, seed=5)
+    style = [load_image(style_image)]
+    want = reference.generate(GenerationConfig.create(**request, guidance=guidance), style)
+    got = pipeline.generate(GenerationConfig.create(**request, guidance=guidance), style)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
+    at_one = pipeline.generate(GenerationConfig.create(**request, guidance=1.0), style)
+    np.testing.assert_array_equal(got.images, at_one.images)
+    assert not GenerationConfig.create(**request, guidance=1.0).guided and GenerationConfig.create(**request).guided
+
+
 def test_scale_method_and_layers_change_without_reexport(pipeline, style_image):
     style = [load_image(style_image)]
     base = dict(prompt="a cat", content="a house", steps=3, height=64, width=64, seed=1)

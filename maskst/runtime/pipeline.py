@@ -500,7 +500,8 @@ class MaskstPipeline:
                 cached[FEATURE] = feature
                 noise = self.run_graph(SHALLOW_GRAPH, cached, check_inputs=i == 1)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
-            guided = uncond_pred + guidance * (text_pred - uncond_pred)
+            # diffusers' rule (GenerationConfig.guided): at guidance <= 1 the prompt's prediction alone
+            guided = uncond_pred + guidance * (text_pred - uncond_pred) if config.guided else text_pred
             latents = scheduler.step(guided, t, latents)
             for callback in callbacks:
                 callback.on_step_end(i + 1, len(scheduler.timesteps), float(t), latents)
