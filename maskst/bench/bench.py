@@ -1240,6 +1240,12 @@ def format_table(report: dict) -> str:
     return "\n\n".join(out)
 
 
+def machine_name(machine: dict) -> str:
+    """A report's machine in a few words: "AMD EPYC, 2 cores" (what the charts and the runs table call it)."""
+    return (f"{machine.get('cpu_model') or machine.get('processor') or 'unknown CPU'}, "
+            f"{machine.get('physical_cores') or machine.get('cpu_count') or '?'} cores")
+
+
 def describe_machine(machine: dict) -> str:
     """One line: CPU model, cores, the ISA flags the kernels used, and a --cpu-isa-cap emulation said plainly."""
     text = (f"machine: {machine.get('cpu_model') or machine.get('processor')}, "

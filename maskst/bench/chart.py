@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskst.bench.bench import UNET_PCT_GOAL, end_to_end_goal, split_contender
-from maskst.contract.files import save_figure
+from maskst.bench.bench import UNET_PCT_GOAL, end_to_end_goal, machine_name, split_contender
+from maskst.contract.files import agg_pyplot, save_figure
 
 ENCODER_STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner")
 
@@ -134,10 +134,7 @@ def _memory(axis, report: dict, names: list[str], colors: dict) -> None:
 def draw_bench_chart(report: dict, path: Path, what: str = "--plot") -> None:
     """Write the chart of a maskst-bench report to ``path`` (PNG) atomically: a failed write (InputError naming
     ``what``) leaves the previous chart, if any."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     names = list(dict.fromkeys([*(report.get("stages_ms") or {}), *(report.get("errors") or {})]))
     palette = [plt.get_cmap("tab10")(i) for i in range(10) if i != 7]  # tab10's 7 is a grey: the reference's
@@ -150,8 +147,7 @@ def draw_bench_chart(report: dict, path: Path, what: str = "--plot") -> None:
     _memory(axes[2], report, names, colors)
     machine = report.get("machine") or {}
     cached = [n for n in names if split_contender(n)[1] > 1]
-    notes = [f"{machine.get('cpu_model') or machine.get('processor') or 'unknown CPU'}, "
-             f"{machine.get('physical_cores') or machine.get('cpu_count') or '?'} cores; kernels' ISA: "
+    notes = [f"{machine_name(machine)}; kernels' ISA: "
              f"{', '.join(machine.get('isa_flags') or ['-'])}"
              + (f" (EMULATED: oneDNN capped at {machine['cpu_isa_cap']})" if machine.get("cpu_isa_cap") else "")]
     if cached:

@@ -218,6 +218,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
     maskst-bench --from-json mon.json --from-json tue.json --plot runs.png   # several runs side by side
     """
     from maskst.bench.bench import BenchSettings, deepcache_contender, format_table, run_bench
+    from maskst.bench.chart import draw_bench_chart  # at the start: a long run ends with the code it started with
 
     if plot_out is not None:  # before any run: a bad chart path must not cost a benchmark
         from maskst.contract.files import check_chart_path
@@ -226,18 +227,18 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         check_writable(plot_out, "--plot")
         check_chart_path(plot_out, "--plot")
     if len(from_json) == 1:
+        _refuse_run_options(from_json[0])
         report = _saved_report(from_json[0])
         click.echo(format_table(report))
-        _write_plot(report, plot_out)
+        _write_plot(plot_out, lambda path: draw_bench_chart(report, path, what="--plot"))
         return
     if from_json:
         from maskst.bench.runs import draw_runs_chart, format_runs_table, summarize
 
+        _refuse_run_options(from_json[0])
         runs = [summarize(path.stem, _saved_report(path)) for path in from_json]  # every file checked before output
         click.echo(format_runs_table(runs))
-        if plot_out is not None:
-            draw_runs_chart(runs, plot_out, what="--plot")
-            click.echo(f"wrote {plot_out}")
+        _write_plot(plot_out, lambda path: draw_runs_chart(runs, path, what="--plot"))
         return
     if backends is not None:
         names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -288,16 +289,15 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
 
         write_atomic(json_out, json.dumps(report, indent=2), what="--json")
         click.echo(f"\nwrote {json_out}")
-    _write_plot(report, plot_out)
+    _write_plot(plot_out, lambda path: draw_bench_chart(report, path, what="--plot"))
     if report["errors"]:
         sys.exit(1)
 
 
-def _write_plot(report: dict, path: Path | None) -> None:
+def _write_plot(path: Path | None, draw) -> None:
+    """``draw(path)`` (a chart writer) and say so, when --plot was given."""
     if path is not None:
-        from maskst.bench.chart import draw_bench_chart
-
-        draw_bench_chart(report, path, what="--plot")
+        draw(path)
         click.echo(f"wrote {path}")
 
 
@@ -307,14 +307,17 @@ REPORT_KEYS = ("settings", "machine", "stages_ms", "end_to_end_ms", "speedup_vs_
                "targets", "manifest_verify_ms")
 
 
-def _saved_report(path: Path) -> dict:
-    """The report in ``path`` (written by --json), refused with the reason when it is not one; --from-json takes
-    no run options (they would be silently ignored), checked first."""
+def _refuse_run_options(path: Path) -> None:
+    """--from-json takes no run options (they would be silently ignored): InputError naming those given."""
     ctx = click.get_current_context()
     given = [p.opts[0] for p in ctx.command.params if p.name not in ("from_json", "plot_out", "quiet")
              and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
     if given:
         raise InputError(f"--from-json {path} redraws a saved report and runs nothing: drop {', '.join(given)}")
+
+
+def _saved_report(path: Path) -> dict:
+    """The report in ``path`` (written by --json), refused with the reason when it is not one."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from maskst.contract.files import save_figure, write_atomic
+from maskst.contract.files import agg_pyplot, save_figure, write_atomic
 from maskst.runtime.backends import parse_backend
 from maskst.runtime.pipeline import PipelineCallback
 from maskst.bench.bench import BenchSettings, request_inputs, peak_rss_mib, say, clear_request_caches
@@ -185,10 +185,7 @@ def chrome_trace(spans: list[dict], ops: list[dict], window: tuple[int, int], ba
 
 def chart(summary: dict, path: Path) -> None:
     """PNG: stage totals (left) and the top op types (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     stages = summary["stages"]
     by_type = summary["ops_by_type"]

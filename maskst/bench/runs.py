@@ -22,8 +22,8 @@ import math
 import os
 from pathlib import Path
 
-from maskst.bench.bench import DEEPCACHE_GOAL, UNET_PCT_GOAL, end_to_end_goal, evaluate_targets
-from maskst.contract.files import save_figure
+from maskst.bench.bench import DEEPCACHE_GOAL, UNET_PCT_GOAL, end_to_end_goal, evaluate_targets, machine_name
+from maskst.contract.files import agg_pyplot, save_figure
 
 MET, NOT_MET, NO_GOAL = "#55a868", "#c44e52", "#4c72b0"  # bar colours: met, not met, no goal for this CPU kind
 
@@ -84,8 +84,7 @@ def summarize(label: str, report: dict) -> RunSummary:
     """The summary of one report (a dict as ``maskst-bench --json`` wrote it; checked by the caller)."""
     machine = report.get("machine") or {}
     goal, machine_class = end_to_end_goal(machine.get("isa_flags"))
-    text = (f"{machine.get('cpu_model') or machine.get('processor') or 'unknown CPU'}, "
-            f"{machine.get('physical_cores') or machine.get('cpu_count') or '?'} cores")
+    text = machine_name(machine)
     if machine.get("cpu_isa_cap"):
         text += f" (EMULATED: oneDNN capped at {machine['cpu_isa_cap']})"
     targets = evaluate_targets(report)
@@ -93,14 +92,15 @@ def summarize(label: str, report: dict) -> RunSummary:
                  {})
     unet = targets.get("unet_step_at_least_70pct_of_ceiling") or {}
     cached = targets.get(f"deepcache_speedup_at_least_{DEEPCACHE_GOAL:g}x") or {}
-    rss = {n: v for n, v in (report.get("peak_rss_mib") or {}).items() if n != "reference"}
+    peaks = report.get("peak_rss_mib") or {}
+    rss = {n: v for n, v in peaks.items() if n != "reference"}
     worst = max(rss, key=rss.get) if rss else None
     return RunSummary(label=label, created=report.get("created"), machine=text, machine_class=machine_class, goal=goal,
                       best=speed.get("backend"), speedup=speed.get("speedup"), unet_backend=unet.get("backend"),
                       unet_precision=unet.get("precision"), unet_pct=unet.get("pct"),
                       deepcache_backend=cached.get("backend"), deepcache_speedup=cached.get("speedup"),
                       rss_backend=worst, rss_mib=rss.get(worst),
-                      rss_reference_mib=(report.get("peak_rss_mib") or {}).get("reference"))
+                      rss_reference_mib=peaks.get("reference"))
 
 
 def _shown(value: float, digits: int, goal: float | None) -> str:
@@ -173,10 +173,7 @@ def draw_runs_chart(runs: list[RunSummary], path: Path, what: str = "--plot") ->
     """Write the chart of several runs to ``path`` (PNG) atomically: three panels of one bar per run, green where
     the run met the target, red where not, blue where the issue sets no goal for its CPU kind; the end-to-end
     panel marks each run's own goal (a tick on its bar), the others their single goal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(17, max(3.5, 1.8 + 0.42 * len(runs))), sharey=True)
     prefix, labels = short_labels([r.label for r in runs])

@@ -140,6 +140,17 @@ def check_chart_path(path: Path, what: str = "--plot") -> None:
         raise BackendError(f'{what} needs matplotlib: pip install "maskst[bench]"')
 
 
+def agg_pyplot():
+    """matplotlib's pyplot on the Agg backend (charts are files: no display on servers). The caller has checked that
+    matplotlib is installed (:func:`check_chart_path`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(figure, path: Path, what: str = "chart") -> None:
     """Save a matplotlib figure as PNG to ``path`` atomically (:func:`atomic_output`), then close it (pyplot keeps
     every open figure alive)."""

@@ -293,14 +293,8 @@ class MaskstPipeline:
         request. Timings are summed over the batches (``unet_step``: their mean); the progress callback sees one
         run of ``batches x steps`` steps."""
         self.check_request(config)  # the whole request refused before the first batch runs
-        f = self.vae_scale_factor
-        n = config.num_images
-        shape = (n, self.latent_channels, config.height // f, config.width // f)
-        if latents is None:
-            latents = starting_noise(config, shape)
-        elif latents.shape != shape:
-            raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
-        sizes = self.image_batches(n)
+        latents = self._initial_latents(config, latents)
+        sizes = self.image_batches(config.num_images)
         parts, start = [], 0
         for k, size in enumerate(sizes):
             batch = dataclasses.replace(config, num_images=size, init_latents=None)
@@ -311,6 +305,17 @@ class MaskstPipeline:
         timings = {name: sum(p.timings_ms.get(name, 0.0) for p in parts) for name in parts[0].timings_ms}
         timings["unet_step"] = float(np.mean([p.timings_ms["unet_step"] for p in parts]))
         return dataclasses.replace(parts[0], images=np.concatenate([p.images for p in parts]), timings_ms=timings)
+
+    def _initial_latents(self, config: GenerationConfig, latents: np.ndarray | None) -> np.ndarray:
+        """The request's initial noise [N, C, h, w] before the init sigma: ``latents`` checked against the request's
+        shape, else ``config.init_latents`` or the seed's (:func:`starting_noise`)."""
+        f = self.vae_scale_factor
+        shape = (config.num_images, self.latent_channels, config.height // f, config.width // f)
+        if latents is None:
+            return starting_noise(config, shape)
+        if latents.shape != shape:
+            raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
+        return latents
 
     # ---------------------------------------------------------------- stages
 
@@ -427,11 +432,7 @@ class MaskstPipeline:
         clock = time.perf_counter
         f = self.vae_scale_factor
         n, h, w = config.num_images, config.height // f, config.width // f
-        shape = (n, self.latent_channels, h, w)
-        if latents is None:
-            latents = starting_noise(config, shape)
-        elif latents.shape != shape:
-            raise InputError(f"latents have shape {list(latents.shape)}; this request needs {list(shape)}")
+        latents = self._initial_latents(config, latents)
         if config.regions and style_images is not None:
             raise InputError("a regional request reads each region's style image from --region; pass no style_images")
         if style_images is None and not config.style and not config.regions:
@@ -482,7 +483,7 @@ class MaskstPipeline:
             _, shallow = self.deepcache_runners()
             shallow_inputs = [t.name for t in shallow.spec.inputs if t.name != FEATURE]
             feature = None
-        guidance = np.float32(config.guidance)
+        guidance = np.float32(config.guidance) if config.guided else None  # None: diffusers' rule, guidance off
         t0 = clock()
         for i, t in enumerate(scheduler.timesteps):
             sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
@@ -500,8 +501,7 @@ class MaskstPipeline:
                 cached[FEATURE] = feature
                 noise = self.run_graph(SHALLOW_GRAPH, cached, check_inputs=i == 1)["noise_pred"]
             uncond_pred, text_pred = noise[:n], noise[n:]
-            # diffusers' rule (GenerationConfig.guided): at guidance <= 1 the prompt's prediction alone
-            guided = uncond_pred + guidance * (text_pred - uncond_pred) if config.guided else text_pred
+            guided = text_pred if guidance is None else uncond_pred + guidance * (text_pred - uncond_pred)
             latents = scheduler.step(guided, t, latents)
             for callback in callbacks:
                 callback.on_step_end(i + 1, len(scheduler.timesteps), float(t), latents)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskst.contract.files import save_figure
+from maskst.contract.files import agg_pyplot, save_figure
 
 
 def _interval(stat: dict) -> tuple[float, float]:
@@ -22,10 +22,7 @@ def _interval(stat: dict) -> tuple[float, float]:
 def plot_report(report: dict, path: Path, what: str = "--plot") -> None:
     """Write the chart of a :func:`maskst.sweep.evaluate.evaluate` report to ``path`` (PNG), atomically: a failed
     write (InputError naming ``what``) leaves the previous chart, if any."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
     from matplotlib.patches import Patch
 
     summary = report["summary"]
