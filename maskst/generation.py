@@ -129,7 +129,7 @@ class GenerationConfig:
                                                           "(overrides --scale and --target-block).")
     steps: int = _field(30, "Denoising steps.")
     guidance: float = _field(7.5, "Classifier-free guidance scale (>= 0). At or below 1 guidance is off, as in diffusers: "
-                                  "the image is the prompt's prediction alone (the UNet still runs both halves).")
+                                  "the UNet runs the prompt's half alone and the image is its prediction.")
     scheduler: str | None = _field(None, f"{', '.join(SCHEDULER_NAMES)} (or a diffusers class name); "
                                          "default: the base model's scheduler.")
     seed: int = _field(0, "Seed of the initial noise (numpy PCG64); on StyleShot engines also of the style patches' "
@@ -138,7 +138,7 @@ class GenerationConfig:
                                       f"({_FAMILY_SIZES}).")
     width: int | None = _field(None, "Image width in pixels (a multiple of 8). Default: the engines' model family's "
                                      f"({_FAMILY_SIZES}).")
-    num_images: int = _field(1, "Images per request (the UNet runs twice as many: guidance). More than the engines' "
+    num_images: int = _field(1, "Images per request (with guidance the UNet runs twice as many rows). More than the engines' "
                                 "--max-batch run as several batches, each on its slice of the request's noise.")
     init_latents: Path | None = _field(None, "Initial noise .npy [N, 4, H/8, W/8] before the scheduler's init sigma "
                                              "(diffusers' `latents`); overrides --seed.")

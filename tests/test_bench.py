@@ -6,6 +6,7 @@ documented structure and sane values, and that OpenVINO at fp32 matches ONNX Run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -230,8 +231,11 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
 
     config = GenerationConfig.create(prompt="a photo of a cat", style=(style_image,), content="a house", steps=2,
                                      height=64, width=64, seed=3)
+    unguided = dataclasses.replace(config, guidance=1.0)  # the UNet at B = N: a shape of its own
     with MaskstPipeline(tiny_engines, backend="ort-cpu", threads=1) as ort_pipeline:
         expected = ort_pipeline.generate(config)
+        expected_unguided = ort_pipeline.generate(unguided)
+
     class UnetLoadedFirst(PipelineCallback):  # the pipeline loads the UNet before any encoder runs (memory)
         seen: dict = {}
 
@@ -247,6 +251,10 @@ def test_openvino_fp32_matches_onnxruntime(tiny_engines, style_image, tmp_path, 
         # prepared for exactly the shapes of its calls: one compiled model, loaded before the first encoder call
         assert len(ov_pipeline.runners["unet"].compile_ms) == 1
         assert UnetLoadedFirst.seen["text_encoder"] == 1 and UnetLoadedFirst.seen["image_encoder"] == 1
+        got_unguided = ov_pipeline.generate(unguided)
+        assert len(ov_pipeline.runners["unet"].compile_ms) == 2  # compiled for [1, ...] as well as [2, ...]
+    assert np.abs(got_unguided.images.astype(int) - expected_unguided.images).max() <= 1
+    assert np.abs(got_unguided.images.astype(int) - got.images).max() > 10  # guidance mattered here
     np.testing.assert_array_equal(got.mask, expected.mask)
     assert np.abs(got.images.astype(int) - expected.images).max() <= 1
     np.testing.assert_array_equal(again.images, got.images)

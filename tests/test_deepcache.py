@@ -137,6 +137,21 @@ def test_deepcache_matches_the_published_deepcache_reference(reference, pipeline
     assert np.abs(full.images.astype(int) - want.images.astype(int)).max() > 10
 
 
+def test_deepcache_without_guidance_matches_the_reference(reference, pipeline, style_image):
+    """At guidance 1 (off, diffusers' rule) the deep and shallow graphs run the prompt's half alone (B = N), the
+    cached feature included, and match the published helper on diffusers' unguided run."""
+    config = GenerationConfig.create(prompt="a photo of a dog in the city", content="a ship", steps=7, height=72,
+                                     width=120, scheduler="unipc", num_images=2, seed=7, deepcache_interval=3,
+                                     guidance=1.0)
+    noise = initial_noise(7, (2, 4, 9, 15))
+    style = [load_image(style_image)]
+    want = reference.generate(config, style, latents=noise)
+    got = pipeline.generate(config, style, latents=noise)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 1
+    guided = reference.generate(GenerationConfig.create(**{**_fields(config), "guidance": 5.0}), style, latents=noise)
+    assert np.abs(guided.images.astype(int) - want.images.astype(int)).max() > 10  # guidance mattered here
+
+
 def _fields(config):
     import dataclasses
 

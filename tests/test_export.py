@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from maskst.contract.spec import DimRange
 from maskst.errors import EngineError, InputError
 from maskst.masking import MaskMode, Method, condition_embeds
 
@@ -75,13 +76,39 @@ def test_profile_and_dynamic_axes_derive_from_one_spec(tiny_engines):
 
     spec = load_manifest(tiny_engines).graph_spec("unet")
     profile = spec.profile()
-    assert profile["sample"] == ((2, 4, 4, 4), (2, 4, 8, 8), (4, 4, 16, 16))  # B = 2N, latent = size / 8
+    # B = 2N with guidance, N without (min 1), latent = size / 8
+    assert profile["sample"] == ((1, 4, 4, 4), (2, 4, 8, 8), (4, 4, 16, 16))
     assert profile["ip_scale"] == ((4, 1), (4, 1), (4, 4))  # R regions: 1..max_regions (default 4)
     assert profile["region_mask_2"] == ((1, 2, 2), (1, 4, 4), (4, 8, 8))  # ceil(h / 2)
     assert spec.dynamic_axes()["noise_pred"] == {0: "B", 2: "h", 3: "w"}
     with pytest.raises(InputError, match=r"dimension h=32 is outside the engine profile \[4, 16\]"):
         spec.check_feed({**spec.sample_inputs({"N": 1, "h": 8, "w": 8}),
                          "sample": np.zeros((2, 4, 32, 8), np.float32)})
+
+
+def test_batch_is_twice_the_images_with_guidance_and_the_images_without(tiny_engines):
+    """The UNet's B is 2 N (both guidance halves) or N (guidance off); an older manifest without the optional
+    factor keeps B = 2 N only."""
+    from maskst.contract.spec import GraphSpec
+    from maskst.engines.manifest import load_manifest
+
+    spec = load_manifest(tiny_engines).graph_spec("unet")  # N in [1, 2]
+    assert spec.optional_factors == ("B",) and spec.dim_range("B") == DimRange(1, 2, 4)
+    assert spec.resolve({"N": 2, "h": 8, "w": 8})["B"] == 4  # the default: guided
+    assert spec.resolve({"N": 3, "B": 3, "h": 8, "w": 8})["B"] == 3
+    with pytest.raises(InputError, match=r"dimension B=3 must be N=2 or 2 x N = 4"):
+        spec.resolve({"N": 2, "B": 3})
+    for rows in (1, 3, 4):  # an odd batch is a batch without guidance
+        feed = spec.sample_inputs({"N": rows, "B": rows, "h": 8, "w": 8})
+        spec.check_feed(feed)
+        assert spec.dims_of(feed)["B"] == rows and spec.shapes(spec.dims_of(feed))["noise_pred"][0] == rows
+    with pytest.raises(InputError, match=r"dimension B=5 is outside the engine profile \[1, 4\]"):
+        spec.check_feed(spec.sample_inputs({"N": 5, "B": 5, "h": 8, "w": 8}))
+    older = {key: value for key, value in spec.to_json().items() if key != "optional_factors"}
+    older = GraphSpec.from_json(older)
+    assert older.optional_factors == () and older.dim_range("B") == DimRange(2, 2, 4)
+    with pytest.raises(InputError, match=r"dimension B=3 must be a multiple of 2"):
+        older.check_feed(spec.sample_inputs({"N": 3, "B": 3, "h": 8, "w": 8}))
 
 
 def test_existing_folder_needs_force_and_force_replaces_only_when_complete(tiny, tmp_path, export_fn, monkeypatch):

@@ -75,18 +75,19 @@ def engines16(fixture_paths, tmp_path_factory):
 
 
 def test_profile_derivation_with_derived_batch(engines32):
-    unet = engines32.graph_spec("unet")  # N in [1, 2], opt 1; h, w in [8, 16], opt 8; B = 2N
+    # N in [1, 2], opt 1; h, w in [8, 16], opt 8; B = 2N with guidance, N without: [1, 4], opt 2
+    unet = engines32.graph_spec("unet")
     profile = unet.profile()
-    assert profile["sample"] == ((2, 4, 8, 8), (2, 4, 8, 8), (4, 4, 16, 16))
-    assert profile["text_embeddings"][0][0] == 2 and profile["text_embeddings"][2][0] == 4
-    assert profile["ip_tokens"] == ((2, 1, 4, 32), (2, 1, 4, 32), (4, 4, 4, 32))  # [B, R, k, C], R in [1, 4]
+    assert profile["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 16, 16))
+    assert profile["text_embeddings"][0][0] == 1 and profile["text_embeddings"][2][0] == 4
+    assert profile["ip_tokens"] == ((1, 1, 4, 32), (2, 1, 4, 32), (4, 4, 4, 32))  # [B, R, k, C], R in [1, 4]
     assert profile["timestep"] == ((1,), (1,), (1,))  # fixed shapes: min = opt = max
     assert set(profile) == {t.name for t in unet.inputs}  # inputs only; outputs follow from them
     text = engines32.graph_spec("text_encoder")  # B is a free dim here: [1, 2 * max_batch], opt 2
     assert text.profile()["input_ids"] == ((1, 77), (2, 77), (4, 77))
     vae = engines32.graph_spec("vae_decoder")  # H = 8h in outputs: buffers at the max
     assert vae.max_shapes()["images"] == (2, 3, 128, 128)
-    assert trt_engines.profile_shapes(unet)["sample"] == [[2, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
+    assert trt_engines.profile_shapes(unet)["sample"] == [[1, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
     # the manifest stores the spec; the profile derived after a JSON round trip is identical
     assert GraphSpec.from_json(json.loads(json.dumps(unet.to_json()))).profile() == profile
 
@@ -386,7 +387,7 @@ def test_out_of_profile_shapes_are_refused_before_launch(engines32):
     assert trt_engines.shape_violations(unet, {k: v.shape for k, v in feed.items()}) == []
     big = {**{k: v.shape for k, v in feed.items()}, "sample": (2, 4, 32, 32)}
     [problem] = trt_engines.shape_violations(unet, big)
-    assert "'sample'" in problem and "[2, 4, 32, 32]" in problem and "[2, 4, 8, 8]" in problem and "[4, 4, 16, 16]" in problem
+    assert "'sample'" in problem and "[2, 4, 32, 32]" in problem and "[1, 4, 8, 8]" in problem and "[4, 4, 16, 16]" in problem
     feed["sample"] = np.zeros((2, 4, 32, 32), np.float32)
     with pytest.raises(InputError, match=r"'sample'.*h=32.*\[8, 16\]"):
         unet.check_feed(feed)
@@ -811,7 +812,7 @@ def test_trt_path_end_to_end_on_a_fake_tensorrt(engines16, tmp_path, monkeypatch
         assert section["strongly_typed"] and not section["builder_fp16"]
     assert section["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0], "total_memory": 80 << 30}
     assert section["hardware_compatibility"] == "none" and section["version_compatible"] is False
-    assert section["plans"]["unet"]["profile"]["sample"] == [[2, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
+    assert section["plans"]["unet"]["profile"]["sample"] == [[1, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
     assert section["parity"]["checked"] and all(r["passed"] for r in section["parity"]["results"])
     assert section["memory"]["shared_activation_bytes"] == max(p["activation_bytes"] for p in section["plans"].values())
     write_manifest(folder, {**data, "tensorrt": section})

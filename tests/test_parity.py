@@ -11,6 +11,7 @@ import pytest
 
 from maskst.generation import GenerationConfig, initial_noise
 from maskst.images import load_image
+from maskst.runtime.pipeline import PipelineCallback
 
 CASES = [("maskst", "kmeans"), ("maskst", "quantile"), ("instantstyle", "kmeans"), ("ip-adapter", "kmeans")]
 
@@ -113,6 +114,59 @@ def test_guidance_below_one_is_off_as_in_diffusers(reference, pipeline, style_im
     at_one = pipeline.generate(GenerationConfig.create(**request, guidance=1.0), style)
     np.testing.assert_array_equal(got.images, at_one.images)
     assert not GenerationConfig.create(**request, guidance=1.0).guided and GenerationConfig.create(**request).guided
+
+
+class _UNetBatches(PipelineCallback):
+    """The batch (rows of ``sample``) of every UNet call."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_infer_inputs(self, graph, feed):
+        if graph == "unet":
+            self.rows.append(feed["sample"].shape[0])
+
+
+def test_guidance_off_runs_the_positive_half_alone(pipeline, style_image):
+    """As diffusers, a request without guidance (<= 1) runs the UNet on its N images, not on 2 N rows of which half
+    would be thrown away; with guidance it runs both halves."""
+    style = [load_image(style_image)]
+    request = dict(prompt="a cat", content="a house", steps=2, height=64, width=64, seed=1)
+    seen = _UNetBatches()
+    pipeline.add_callback(seen)
+    try:
+        for guidance, images in [(1.0, 1), (0.0, 2), (7.5, 1), (5.0, 2)]:
+            seen.rows.clear()
+            pipeline.generate(GenerationConfig.create(**request, guidance=guidance, num_images=images), style)
+            assert seen.rows and set(seen.rows) == {images * (2 if guidance > 1 else 1)}, (guidance, images, seen.rows)
+    finally:
+        pipeline.callbacks.remove(seen)
+
+
+def test_engines_without_the_unguided_batch_run_both_halves(reference, wide_engines, style_image, tmp_path):
+    """Engines exported before the UNet took B = N (no ``optional_factors`` in their specs) still serve a request
+    without guidance: both halves run and the positive one is the prediction, as diffusers' image."""
+    import json
+    import shutil
+
+    from maskst.runtime.pipeline import MaskstPipeline
+
+    older = tmp_path / "engines"
+    shutil.copytree(wide_engines, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    for entry in manifest["graphs"].values():
+        entry["spec"].pop("optional_factors", None)
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    config = GenerationConfig.create(prompt="a photo of a dog in the city", content="a ship", steps=3, height=64,
+                                     width=64, num_images=2, seed=5, guidance=0.0)
+    style = [load_image(style_image)]
+    seen = _UNetBatches()
+    with MaskstPipeline(older, callbacks=[seen]) as pipe:
+        assert not pipe.unguided_batch
+        got = pipe.generate(config, style)
+    assert seen.rows and set(seen.rows) == {4}  # 2 images x both halves
+    want = reference.generate(config, style)
+    assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 2
 
 
 def test_scale_method_and_layers_change_without_reexport(pipeline, style_image):

@@ -54,6 +54,8 @@ EDITS = {  # edit -> what the error must name
     "spec without inputs": (lambda d: d["graphs"]["unet"]["spec"].pop("inputs"), "graphs.unet.spec is not a graph IO spec"),
     "spec dim range reversed": (lambda d: d["graphs"]["unet"]["spec"]["dims"]["h"].update(min=99),
                                 "graphs.unet.spec is not a graph IO spec"),
+    "optional factor not derived": (lambda d: d["graphs"]["unet"]["spec"].update(optional_factors=["h"]),
+                                    'graphs.unet.spec.optional_factors is ["h"]; expected names of derived dimensions (B)'),
     "vae_scale_factor 0": (lambda d: d["model"].update(vae_scale_factor=0), "model.vae_scale_factor is 0"),
     "max_regions a string": (lambda d: d["model"].update(max_regions="4"), "model.max_regions is '4'"),
     "layers cut": (lambda d: _cut_layers(d, False), "model.cross_attention_layers lists 1 layers but "

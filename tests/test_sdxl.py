@@ -205,7 +205,8 @@ def test_sdxl_engines_manifest_and_graph_specs(sdxl_engines):
     assert manifest.graph_spec("text_encoder").outputs[0].shape == ("B", 77, 32)
     # TensorRT profiles derive from the spec: every UNet input, sizes in latents
     profile = unet.profile()
-    assert profile["time_ids"] == ((2, 6), (2, 6), (4, 6)) and profile["sample"][2] == (4, 4, 128, 128)  # max_batch 2
+    # max_batch 2; B = 2N with guidance, N (min 1) without
+    assert profile["time_ids"] == ((1, 6), (2, 6), (4, 6)) and profile["sample"][2] == (4, 4, 128, 128)
     for folder in ("tokenizer", "tokenizer_2"):
         assert (sdxl_engines / folder / "vocab.json").is_file()
 
@@ -390,8 +391,9 @@ def test_sdxl_trt_plans_on_a_fake_tensorrt(sdxl_fp16, tmp_path, monkeypatch):
                                       plan_builder=_fake_plan_builder(trt), plan_checker=_check_fake_plans)
     assert set(section["plans"]) == set(data["graphs"])
     profile = section["plans"]["unet"]["profile"]
-    assert profile["time_ids"] == [[2, 6], [2, 6], [4, 6]] and profile["text_embeds"] == [[2, 40], [2, 40], [4, 40]]
-    assert profile["sample"] == [[2, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
+    # B = 2N with guidance, N without: min 1
+    assert profile["time_ids"] == [[1, 6], [2, 6], [4, 6]] and profile["text_embeds"] == [[1, 40], [2, 40], [4, 40]]
+    assert profile["sample"] == [[1, 4, 8, 8], [2, 4, 8, 8], [4, 4, 16, 16]]
     assert section["parity"]["checked"] and all(r["passed"] for r in section["parity"]["results"])
     write_manifest(folder, {**data, "tensorrt": section})
     config = GenerationConfig.create(prompt="a cat", style=(DEMO_STYLE,), content="a house", steps=3, height=64,

@@ -63,14 +63,15 @@ def test_sdxl_image_matches_diffusers(pair, style_image, method, mode):
     assert want.images.std() > 10  # a real image, not a constant
 
 
-@pytest.mark.parametrize("negative", ["", "blurry, low quality"])
-def test_sdxl_setting_of_the_paper_matches_diffusers(pair, style_image, negative):
+@pytest.mark.parametrize("negative,guidance", [("", 7.5), ("blurry, low quality", 7.5), ("", 1.0)])
+def test_sdxl_setting_of_the_paper_matches_diffusers(pair, style_image, negative, guidance):
     """MaskST's SDXL setting: style block only (up_blocks.0.attentions.1), quantile theta 0.8, scale 1.0,
-    the base's own scheduler (Euler); an empty negative prompt is zeros (force_zeros_for_empty_prompt)."""
+    the base's own scheduler (Euler); an empty negative prompt is zeros (force_zeros_for_empty_prompt). At guidance 1
+    (off) the UNet runs the prompt's half alone, with its pooled text embeds and time ids."""
     adapter, pipe, reference = pair
     config = GenerationConfig.create(prompt="a cat", content="a house", method="maskst", mask_mode="quantile",
                                      theta=0.8, scale=1.0, target_blocks=["up_blocks.0.attentions.1"], steps=3,
-                                     height=64, width=64, seed=3, negative_prompt=negative)
+                                     height=64, width=64, seed=3, negative_prompt=negative, guidance=guidance)
     style = [load_image(style_image)]
     got = pipe.generate(config, style)
     want = reference.generate(config, style)

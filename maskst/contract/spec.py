@@ -59,6 +59,10 @@ class GraphSpec:
     # dim -> (base dim, divisor): ceil(base / divisor), the size after k stride-2 convolutions (padding 1) as
     # in a UNet's down path, e.g. a UNet level's grid or a ControlNet residual at latent stride 4: ceil(h / 4)
     divided: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    # derived dims that may also equal their base: the UNet's batch B is 2 N with classifier-free guidance (negative
+    # half, then positive) and N without (diffusers' rule at guidance <= 1: the positive half alone). Their range
+    # runs from the base's min to factor x its max; a value is checked against the base only where both are given.
+    optional_factors: tuple[str, ...] = ()
     atol: float = 1e-4  # parity tolerances against the PyTorch module, per output
     rtol: float = 1e-3
 
@@ -67,9 +71,19 @@ class GraphSpec:
     def resolve(self, dims: dict[str, int]) -> dict[str, int]:
         """Fill derived dimensions (e.g. B = 2 N, H = 8 h) from the free ones; a free dimension given
         neither directly nor through a derived one takes its range's ``opt`` (e.g. the regions axis R
-        for callers that do not use regions)."""
+        for callers that do not use regions). An optional factor's dimension (:attr:`optional_factors`) given
+        with its base must be the base or factor x the base (``{"N": 3, "B": 3}``: three images without guidance);
+        given alone, the base is the guided reading where it divides (B = 4: N = 2), else the dimension itself
+        (B = 3: N = 3), either of which resolves again to the same values."""
         out = dict(dims)
         for name, (base, factor) in self.derived.items():
+            if name in self.optional_factors and name in out:
+                if base in out and out[name] not in (out[base], out[base] * factor):
+                    raise InputError(f"{self.name}: dimension {name}={out[name]} must be {base}={out[base]} or "
+                                     f"{factor} x {base} = {out[base] * factor}")
+                # given alone (a feed's B): either reading is valid; take the guided one where it divides
+                out.setdefault(base, out[name] // factor if out[name] % factor == 0 else out[name])
+                continue
             if base not in out and name in out:
                 if out[name] % factor:
                     raise InputError(f"{self.name}: dimension {name}={out[name]} must be a multiple of {factor}")
@@ -95,7 +109,7 @@ class GraphSpec:
             return DimRange(*(-(-v // divisor) for v in (r.min, r.opt, r.max)))
         base, factor = self.derived[name]
         r = self.dims[base]
-        return DimRange(r.min * factor, r.opt * factor, r.max * factor)
+        return DimRange(r.min * (1 if name in self.optional_factors else factor), r.opt * factor, r.max * factor)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """torch.onnx.export ``dynamic_axes`` for every tensor with a symbolic dimension."""
@@ -206,6 +220,7 @@ class GraphSpec:
             dims={k: DimRange(**v) for k, v in data["dims"].items()},
             derived={k: tuple(v) for k, v in data.get("derived", {}).items()},
             divided={k: tuple(v) for k, v in data.get("divided", {}).items()},
+            optional_factors=tuple(data.get("optional_factors", ())),  # engines written before: B = 2 N only
             atol=data["atol"],
             rtol=data["rtol"],
         )

@@ -297,6 +297,10 @@ def _graph_spec(check: _Checker, raw, field: str) -> GraphSpec:
                         check=lambda v: (len(v) == 2 and isinstance(v[0], str) and v[0] in spec.dims
                                         and _is_kind(v[1], (int,)) and v[1] > 0),
                         expected=f"[a dimension of dims ({', '.join(spec.dims)}), an integer > 0]")
+    for dim in spec.optional_factors:
+        if dim not in spec.derived:
+            raise check.fail(f"{field}.optional_factors", list(spec.optional_factors),
+                             f"names of derived dimensions ({', '.join(spec.derived) or 'none'})")
     known = set(spec.dims) | set(spec.derived) | set(spec.divided)
     for tensor in spec.inputs + spec.outputs:
         where = f"{field} tensor {tensor.name!r} shape"

@@ -9,7 +9,8 @@ connection exactly as it was (``x + 0 == x`` in floating point).
 
 ``controlnet_<i>`` (one per ``--controlnet`` folder, in the order given):
 
-* inputs: ``sample`` float32 [B, 4, h, w] (the scaled latent model input, both CFG halves),
+* inputs: ``sample`` float32 [B, 4, h, w] (the scaled latent model input: both CFG halves,
+  B = 2N, or the positive half alone, B = N, without guidance),
   ``timestep`` float32 [1], ``text_embeddings`` float32 [B, 77, C] (the ControlNet reads the text
   embeddings only: with IP-Adapter the UNet alone gets the image tokens, as in diffusers),
   ``controlnet_cond`` float32 [B, 3, H, W] (the control image in [0, 1], not normalised, H = 8h),
@@ -88,7 +89,8 @@ class ControlNetGraph:
         inputs = {t.name: t for t in base.inputs}
         f = ckpt.vae_scale_factor
         outputs, divided = _residual_specs(self.info.down, self.info.mid)
-        return GraphSpec(
+        return dataclasses.replace(  # the UNet's dims, batch rule (B = 2 N or N) and tolerances
+            base,
             name=self.NAME,
             inputs=(inputs["sample"], inputs["timestep"], _context_spec(base, self.info.context),
                     TensorSpec("controlnet_cond", "float32", ("B", self.info.conditioning_channels, "H", "W"),
@@ -98,7 +100,6 @@ class ControlNetGraph:
             dims=dict(base.dims),
             derived={**base.derived, "H": ("h", f), "W": ("w", f)},
             divided=divided,
-            atol=base.atol, rtol=base.rtol,
         )
 
     def _load(self, ckpt: CheckpointSet, state: dict):
@@ -158,8 +159,7 @@ class UNetWithResiduals:
     def spec(self, ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
         base = unet.spec(ckpt, options)
         residuals, divided = _residual_specs(*unet_residuals(ckpt.unet_config))
-        return GraphSpec(name=base.name, inputs=base.inputs + residuals, outputs=base.outputs, dims=base.dims,
-                         derived=base.derived, divided={**base.divided, **divided}, atol=base.atol, rtol=base.rtol)
+        return dataclasses.replace(base, inputs=base.inputs + residuals, divided={**base.divided, **divided})
 
     def build_module(self, ckpt: CheckpointSet, state: dict, options: ExportOptions):
         import torch

@@ -1,6 +1,7 @@
 """unet: UNet2DConditionModel with IP-Adapter decoupled cross-attention, image tokens as their own input.
 
-Inputs: sample float32 [B, 4, h, w] (B = 2N: negative half first), timestep float32 [1],
+Inputs: sample float32 [B, 4, h, w] (B = 2N with classifier-free guidance, negative half first; B = N, the
+positive half alone, with guidance off), timestep float32 [1],
 text_embeddings float32 [B, 77, C], then the family's added conditions (``ModelFamily.unet_added_inputs``;
 SD 1.5 none, SDXL ``text_embeds`` float32 [B, 1280] and ``time_ids`` float32 [B, 6], passed as diffusers'
 ``added_cond_kwargs``), ip_tokens float32 [B, R, k, C] (R style regions, 1..max_regions; R = 1 without
@@ -51,22 +52,30 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
         outputs=(TensorSpec("noise_pred", "float32", ("B", out_channels, "h", "w")),),
         dims={"N": options.batch_range(), "h": latent, "w": latent, "R": DimRange(1, 1, options.max_regions)},
         derived={"B": ("N", 2)},
+        optional_factors=("B",),  # B = N: guidance off (diffusers' rule at <= 1) runs the positive half alone
         divided=divided,
         atol=1e-4, rtol=1e-3,
     )
 
 
 def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:
-    """The non-regional feed (R = 1, all-ones masks) and regional feeds at several R: masks that are
-    soft (as downsampled pixel masks are), zero in places, and one region with scale 0."""
+    """The non-regional feed (R = 1, all-ones masks), the same at the smallest batch without guidance (B = N: an odd
+    batch the guided runs never make) and regional feeds at several R: masks that are soft (as downsampled pixel
+    masks are), zero in places, and one region with scale 0."""
     import numpy as np
 
+    def non_regional(feed_dims: dict[str, int], seed: int) -> dict:
+        feed = graph.sample_inputs({**feed_dims, "R": 1}, seed=seed)
+        for t in graph.inputs:
+            if t.name.startswith("region_mask_"):
+                feed[t.name] = np.ones_like(feed[t.name])
+        return feed
+
     r_max = graph.dims["R"].max
-    single = graph.sample_inputs({**dims, "R": 1}, seed=1)
-    for t in graph.inputs:
-        if t.name.startswith("region_mask_"):
-            single[t.name] = np.ones_like(single[t.name])
-    feeds = [single]
+    feeds = [non_regional(dims, seed=1)]
+    if "B" in graph.optional_factors:
+        fewest = graph.dims["N"].min
+        feeds.append(non_regional({**dims, "N": fewest, "B": fewest}, seed=2))
     for count in sorted({2, 3, r_max} & set(range(2, r_max + 1))):
         feed = graph.sample_inputs({**dims, "R": count}, seed=10 + count)
         for t in graph.inputs:

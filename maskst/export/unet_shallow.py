@@ -16,6 +16,8 @@ stride (``region_mask_1`` [R, h, w]); last ``deep_feature`` float32 [B, block_ou
 
 from __future__ import annotations
 
+import dataclasses
+
 from maskst.checkpoints import CheckpointSet
 from maskst.contract.spec import GraphSpec, TensorSpec
 from maskst.deepcache import SHALLOW_GRAPH, FEATURE, cache_point
@@ -49,8 +51,8 @@ def spec(ckpt: CheckpointSet, options: ExportOptions) -> GraphSpec:
     wanted = set(input_names(ckpt))
     inputs = tuple(t for t in base.inputs if t.name in wanted) + (feature_spec(ckpt),)
     used = {d for t in inputs for d in t.shape if isinstance(d, str)}
-    return GraphSpec(name=NAME, inputs=inputs, outputs=base.outputs, dims=base.dims, derived=base.derived,
-                     divided={k: v for k, v in base.divided.items() if k in used}, atol=base.atol, rtol=base.rtol)
+    return dataclasses.replace(base, name=NAME, inputs=inputs,
+                               divided={k: v for k, v in base.divided.items() if k in used})
 
 
 def parity_feeds(graph: GraphSpec, dims: dict[str, int]) -> list[dict]:

@@ -9,7 +9,7 @@ Per request (:meth:`ControlStage.prepare`): each control image is loaded, resize
 size and preprocessed (:mod:`maskst.control`; lineart on the ``lineart`` graph), cached by file
 identity, preprocessing and size like style embeddings, and turned into ``controlnet_cond`` float32
 [2N, 3, H, W] (the same image for every image and both guidance halves, as diffusers' ``prepare_image``
-with ``guess_mode=False``). Per step (:meth:`ControlFeeds.residuals`): every ControlNet graph runs on
+with ``guess_mode=False``; [N, 3, H, W] with guidance off). Per step (:meth:`ControlFeeds.residuals`): every ControlNet graph runs on
 the UNet inputs its manifest entry lists (``reads``: ``sample`` / ``timestep`` / ``text_embeddings``,
 or for StyleShot's content-fusion encoder ``ip_tokens``, the style tokens) and its residuals are
 summed in order (diffusers' ``MultiControlNetModel``). A request without control image on a UNet that takes residuals
@@ -83,7 +83,7 @@ class ControlFeeds:
     stage: "ControlStage"
     names: tuple[str, ...]  # the UNet's residual inputs (empty: a UNet without them)
     zeros: dict[str, np.ndarray]  # residual inputs without control (all zeros)
-    # (graph, controlnet_cond [2N, 3, H, W], scale [1], the UNet inputs the graph reads)
+    # (graph, controlnet_cond [B, 3, H, W] (B = 2N, or N without guidance), scale [1], the UNet inputs it reads)
     conds: list[tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]]
     images: tuple[np.ndarray, ...]  # uint8 [H, W, 3]: what conditioned the result, per control image
 
@@ -92,7 +92,7 @@ class ControlFeeds:
         return bool(self.conds)
 
     def residuals(self, unet_feed: dict[str, np.ndarray], check_inputs: bool = False) -> dict[str, np.ndarray]:
-        """{residual name: float32 [2N, c, h/s, w/s]} for one UNet call (``unet_feed``: that call's inputs,
+        """{residual name: float32 [B, c, h/s, w/s]} for one UNet call (``unet_feed``: that call's inputs,
         which each ControlNet reads by name: ``sample``, ``timestep``, ``text_embeddings`` or ``ip_tokens``):
         the sum over this request's ControlNets, or zeros. One ControlNet: its output buffers themselves
         (valid until its next call)."""
@@ -160,11 +160,12 @@ class ControlStage:
                 self._cache.popitem(last=False)
         return rgb
 
-    def zero_residuals(self, n: int, h: int, w: int) -> dict[str, np.ndarray]:
-        """All-zero residual inputs for a UNet that takes them (read only, shared across requests)."""
-        key = (n, h, w)
+    def zero_residuals(self, n: int, h: int, w: int, rows: int) -> dict[str, np.ndarray]:
+        """All-zero residual inputs for a UNet that takes them (read only, shared across requests); ``rows``: the
+        UNet's batch rows per image (2 with guidance, 1 without)."""
+        key = (n, rows, h, w)
         if key not in self._zeros:
-            shapes = self.unet_spec.shapes({"N": n, "h": h, "w": w})
+            shapes = self.unet_spec.shapes({"N": n, "B": rows * n, "h": h, "w": w})
             zeros = {}
             for name in self.residual_names:
                 array = np.zeros(shapes[name], np.float32)
@@ -173,15 +174,16 @@ class ControlStage:
             self._zeros[key] = zeros
         return self._zeros[key]
 
-    def prepare(self, config, n: int, h: int, w: int) -> ControlFeeds:
+    def prepare(self, config, n: int, h: int, w: int, rows: int) -> ControlFeeds:
         """The control inputs of one request (``check_control_request`` has passed): preprocessed control
-        images, ``controlnet_cond`` per ControlNet, zero residuals for a request without control image."""
+        images, ``controlnet_cond`` per ControlNet, zero residuals for a request without control image. ``rows``:
+        the UNet's batch rows per image (2: both guidance halves; 1: guidance off, the positive half alone)."""
         conds, images = [], []
         for index, path in enumerate(config.control_image):
             rgb = self.control_image(path, config.control_preprocess_of(index), config.height, config.width)
             images.append(rgb)
-            cond = np.ascontiguousarray(np.repeat(control_tensor(rgb), 2 * n, axis=0))
+            cond = np.ascontiguousarray(np.repeat(control_tensor(rgb), rows * n, axis=0))
             conds.append((self.controlnets[index], cond, np.array([config.control_scale_of(index)], np.float32),
                           self.reads[index]))
-        return ControlFeeds(self, self.residual_names, self.zero_residuals(n, h, w) if self.residual_names else {},
+        return ControlFeeds(self, self.residual_names, self.zero_residuals(n, h, w, rows) if self.residual_names else {},
                             conds, tuple(images))

@@ -172,6 +172,10 @@ class MaskstPipeline:
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
         self.control = ControlStage(self.manifest, self.unet_spec, self.run_graph)
+        # the denoising graphs (batch B derived from N) take B = N, the positive half alone, when guidance is off;
+        # engines exported before that rule take B = 2 N only and run both halves
+        batched = [self.manifest.graph_spec(name) for name in exported]
+        self.unguided_batch = all("B" in spec.optional_factors for spec in batched if "B" in spec.derived)
 
     def __enter__(self):
         return self
@@ -198,6 +202,12 @@ class MaskstPipeline:
         base, extra = divmod(num_images, count)
         return [base + 1] * extra + [base] * (count - extra)
 
+    def guidance_rows(self, config: GenerationConfig) -> int:
+        """UNet batch rows per image: 2 with classifier-free guidance (negative half, then positive), 1 without
+        (diffusers' rule at guidance <= 1: ``config.guided``), as diffusers runs it; 2 on engines exported before
+        the UNet took B = N (:attr:`unguided_batch`), which then take the positive half's prediction alone."""
+        return 2 if config.guided or not self.unguided_batch else 1
+
     def deepcache_runners(self):
         """(unet_deep runner, unet_shallow runner), created and activated on first use (check_request has
         checked that the manifest has both graphs)."""
@@ -208,7 +218,7 @@ class MaskstPipeline:
                 self.runners[name] = runner
         return self.runners[DEEP_GRAPH], self.runners[SHALLOW_GRAPH]
 
-    def prepare_denoiser(self, config: GenerationConfig, n: int, h: int, w: int) -> None:
+    def prepare_denoiser(self, config: GenerationConfig, n: int, h: int, w: int, rows: int) -> None:
         """Load the denoising graphs of a request (N images, latent h x w) for its shapes, before any encoder runs.
 
         The UNet is the largest graph, and a backend that compiles per input shape (OpenVINO) holds its weights
@@ -216,8 +226,9 @@ class MaskstPipeline:
         moment, 3.5 GB after); loading it first keeps that moment from stacking on the encoders' resident
         weights. Later requests of the same shapes find it loaded; ONNX Runtime has nothing to do here.
         Graphs with dimensions of their own (ControlNet residual inputs) are loaded at their first call.
+        ``rows``: the UNet's batch rows per image (:meth:`guidance_rows`).
         """
-        dims = {"N": n, "h": h, "w": w, "R": max(1, len(config.regions))}
+        dims = {"N": n, "B": rows * n, "h": h, "w": w, "R": max(1, len(config.regions))}
         runners = self.deepcache_runners() if config.deepcache_interval > 1 else (self.runners[self.unet_graph],)
         for runner in runners:
             if set(runner.spec.dims) <= set(dims):
@@ -442,10 +453,11 @@ class MaskstPipeline:
         callbacks = self.callbacks + ([_Progress(progress)] if progress is not None else [])
 
         t0 = clock()
-        control = self.control.prepare(config, n, h, w)  # control images first (a bad file fails before any encoder)
+        rows = self.guidance_rows(config)  # the UNet's batch: [negative] * N + [prompt] * N, or the prompt's N alone
+        control = self.control.prepare(config, n, h, w, rows)  # control images first (a bad file fails before any encoder)
         if control.active:
             timings["control_preprocess"] = (clock() - t0) * 1e3
-        self.prepare_denoiser(config, n, h, w)  # largest graph first (memory; a no-op once loaded)
+        self.prepare_denoiser(config, n, h, w, rows)  # largest graph first (memory; a no-op once loaded)
         t0 = clock()
         text = self.prompt_inputs(config.prompt, config.negative_prompt)
         timings["text_encoder"] = (clock() - t0) * 1e3
@@ -460,15 +472,16 @@ class MaskstPipeline:
             timings["content_encoder"] = (clock() - t0) * 1e3
         t0 = clock()
         tokens, mask = self.condition(e_i, e_c, method, config.mask_mode, config.theta, config.content_scale)
-        uncond = self.uncond_tokens()
+        uncond = self.uncond_tokens() if rows == 2 else None  # the negative half's tokens, with guidance only
         timings["image_conditioner"] = (clock() - t0) * 1e3
         _check_finite("image_conditioner", tokens)
 
-        # [neg]*N + [prompt]*N; the family's size inputs (SDXL time_ids) are the same for both halves
-        text_inputs = {name: np.repeat(value, n, axis=0) for name, value in text.items()}
-        size_inputs = {name: np.repeat(row, 2 * n, axis=0)
+        # [neg]*N + [prompt]*N (rows 2) or [prompt]*N (rows 1); the family's size inputs (SDXL time_ids) are the
+        # same for every row
+        text_inputs = {name: np.repeat(value[2 - rows:], n, axis=0) for name, value in text.items()}
+        size_inputs = {name: np.repeat(row, rows * n, axis=0)
                        for name, row in self.family.size_inputs(config.height, config.width).items()}
-        ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [2N, R, k, C]; R = 1 without regions
+        ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [rows N, R, k, C]
         scheduler.set_timesteps(config.steps)
         latents = latents.astype(np.float32) * np.float32(scheduler.init_noise_sigma)
         unet = self.runners[self.unet_graph]
@@ -476,7 +489,7 @@ class MaskstPipeline:
                 **regional.unet_region_feed(config, self.layer_names, self.layer_strides, h, w, pixels)}
         feed.update(control.zeros)
 
-        unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * 2),
+        unet.spec.check_feed({**feed, "sample": np.concatenate([latents] * rows),
                               "timestep": np.zeros(1, np.float32)})  # once; the loop skips the checks
         interval = config.deepcache_interval
         if interval > 1:  # DeepCache: unet_deep on full steps, unet_shallow (reusing its feature) on the others
@@ -486,7 +499,7 @@ class MaskstPipeline:
         guidance = np.float32(config.guidance) if config.guided else None  # None: diffusers' rule, guidance off
         t0 = clock()
         for i, t in enumerate(scheduler.timesteps):
-            sample = scheduler.scale_model_input(np.concatenate([latents] * 2), t)
+            sample = scheduler.scale_model_input(np.concatenate([latents] * rows) if rows > 1 else latents, t)
             feed["sample"] = sample.astype(np.float32, copy=False)
             feed["timestep"] = np.array([t], dtype=np.float32)
             if control.active:
@@ -500,8 +513,8 @@ class MaskstPipeline:
                 cached = {name: feed[name] for name in shallow_inputs}
                 cached[FEATURE] = feature
                 noise = self.run_graph(SHALLOW_GRAPH, cached, check_inputs=i == 1)["noise_pred"]
-            uncond_pred, text_pred = noise[:n], noise[n:]
-            guided = text_pred if guidance is None else uncond_pred + guidance * (text_pred - uncond_pred)
+            text_pred = noise[(rows - 1) * n:]  # the prompt's half (rows 2), or the whole batch (rows 1)
+            guided = text_pred if guidance is None else noise[:n] + guidance * (text_pred - noise[:n])
             latents = scheduler.step(guided, t, latents)
             for callback in callbacks:
                 callback.on_step_end(i + 1, len(scheduler.timesteps), float(t), latents)

@@ -56,9 +56,12 @@ def unet_region_feed(config: GenerationConfig, layer_names, strides, latent_h: i
     return {"ip_scale": region_layer_scales(layer_names, config), **masks}
 
 
-def ip_tokens_feed(uncond: np.ndarray, tokens: np.ndarray, num_images: int) -> np.ndarray:
-    """float32 [2N, R, k, C]: the negative half ImageProj(0) for every region, then each region's tokens."""
+def ip_tokens_feed(uncond: np.ndarray | None, tokens: np.ndarray, num_images: int) -> np.ndarray:
+    """float32 [2N, R, k, C]: the negative half ImageProj(0) for every region, then each region's tokens; without
+    ``uncond`` (guidance off) [N, R, k, C], the positive half alone."""
     regions = tokens.shape[0]
-    negative = np.broadcast_to(uncond[None], (num_images, regions) + uncond.shape[1:])
     positive = np.broadcast_to(tokens[None], (num_images,) + tokens.shape)
+    if uncond is None:
+        return np.ascontiguousarray(positive, dtype=np.float32)
+    negative = np.broadcast_to(uncond[None], (num_images, regions) + uncond.shape[1:])
     return np.ascontiguousarray(np.concatenate([negative, positive]), dtype=np.float32)
