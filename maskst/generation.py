@@ -331,6 +331,12 @@ class GenerationConfig:
 SEED_LIMIT = 2**63  # seeds are int64-sized: numpy's PCG64 and torch's manual_seed (StyleShot's shuffle) take them
 
 
+def request_default(name: str):
+    """The default of one request field (:class:`GenerationConfig`): tools whose own options follow a request
+    field (``maskst-bench --guidance``) read it here, so it is written once."""
+    return GenerationConfig.__dataclass_fields__[name].default
+
+
 def is_seed(value) -> bool:
     """The one seed rule (requests, sweep --seeds, fixtures): an integer (not a bool) in [0, 2**63)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT

@@ -73,6 +73,24 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a whole maskst-bench CLI run (worker processes)
+def test_bench_without_guidance_runs_every_contender_unguided(tiny, tiny_engines, tmp_path):
+    """--guidance 1: guidance off for the reference and maskst alike (one UNet row per image), the same image."""
+    out = tmp_path / "bench.json"
+    args = _checkpoint_args(tiny, tiny_engines) + [
+        "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--backends", "ort-cpu", "--ceiling-repeats", "0", "--no-cold-start", "--guidance", "1", "--json", str(out),
+        "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["guidance"] == 1.0 and "1 image(s), guidance 1, median" in result.output
+    assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    if HAVE_OPENVINO:  # the UNet shapes the FLOP worker counted: the contender's calls
+        unet = [c["shapes"]["sample"] for c in report["flop_counts"] if c["graph"] == "unet"]
+        assert unet == [[1, 4, 8, 8]]
+
+
 def _check_limits(report: dict, output: str) -> None:
     """The machine, its ceilings, the FLOP counts and the per-graph efficiency (structure and sanity only)."""
     machine = report["machine"]

@@ -56,7 +56,7 @@ import warnings
 from pathlib import Path
 
 from maskst import __version__
-from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, request_default
 from maskst.hardware import ISA_CAP_VARIABLES, cpu_info
 from maskst.runtime.pipeline import PipelineCallback
 
@@ -313,13 +313,14 @@ class BenchSettings:
     seed: int = 0
     scheduler: str | None = None
     image_driven: bool = False  # plus a control image (the bundled picture, canny) through the first ControlNet
+    guidance: float = request_default("guidance")  # <= 1: off, every contender runs the prompt's half alone
 
     def config(self, **override):
         from maskst.generation import GenerationConfig
 
         values = dict(prompt=self.prompt, style=(DEMO_STYLE,), content=self.content, steps=self.steps,
                       height=self.height, width=self.width, num_images=self.num_images, seed=self.seed,
-                      scheduler=self.scheduler)
+                      scheduler=self.scheduler, guidance=self.guidance)
         if self.image_driven:
             values.update(control_image=(DEMO_STYLE,), control_preprocess="canny")
         values.update(override)
@@ -524,7 +525,7 @@ def _run_reference(job: dict) -> dict:
         with torch.no_grad():
             t0 = clock()
             pipe.encode_prompt(prompt=config.prompt, device="cpu", num_images_per_prompt=1,
-                               do_classifier_free_guidance=True, negative_prompt=config.negative_prompt or None)
+                               do_classifier_free_guidance=config.guided, negative_prompt=config.negative_prompt or None)
             out["text_encoder"] = (clock() - t0) * 1e3
             t0 = clock()
             ref.encode_images(images)
@@ -1233,7 +1234,8 @@ def format_table(report: dict) -> str:
     if targets:
         out.append("targets:\n  " + "\n  ".join(targets))
     s = report["settings"]
-    out.append(f"{s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), "
+    guidance = f"guidance {s['guidance']:g}, " if "guidance" in s else ""  # reports before it: the default
+    out.append(f"{s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), {guidance}"
                f"median of {s['repeats']} after {s['warmup']} warm-up; manifest SHA-256 check "
                f"{_fmt(report['manifest_verify_ms'])} ms (not in cold start: it uses --skip-verify)")
     out.append(describe_machine(report["machine"]))

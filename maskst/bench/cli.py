@@ -12,7 +12,7 @@ import click
 from maskst.cli.common import EXIT_CODES_HELP, run_cli, threads_option
 from maskst.errors import InputError
 from maskst.families import FAMILIES, IP_ADAPTER_LAYOUT
-from maskst.generation import DEMO_CONTENT, DEMO_PROMPT
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, request_default
 from maskst.hardware import ISA_CAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -65,7 +65,10 @@ def _request_options(func):
         click.option("--width", type=int, default=256, show_default=True, help="Image width (px)."),
         click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps."),
         click.option("--num-images", type=int, default=1, show_default=True,
-                     help="Images per request (the UNet runs twice as many: guidance)."),
+                     help="Images per request (with guidance the UNet runs twice as many rows)."),
+        click.option("--guidance", type=float, default=request_default("guidance"), show_default=True,
+                     help="Classifier-free guidance scale; at or below 1 guidance is off and every contender runs "
+                          "the prompt's half alone (as diffusers)."),
         click.option("--prompt", default=DEMO_PROMPT, show_default=True),
         click.option("--content", default=DEMO_CONTENT, show_default=True, help="Content text that is masked out."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -194,7 +197,8 @@ def _command(program: str) -> str:
                    "and memory, not another CPU: the report's machine records the cap and the real flags.")
 @run_cli
 def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family, cache_dir,
-               height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, repeats, warmup,
+               height, width, steps, num_images, guidance, prompt, content, seed, scheduler, threads, quiet, repeats,
+               warmup,
                backends, rounds, ceiling_repeats, no_reference, no_cold_start, json_out, plot_out, from_json,
                image_driven, deepcache_interval, deepcache_backends, cpu_isa_cap):
     """Benchmark maskst's backends against the PyTorch reference (diffusers + IP-Adapter, fp32).
@@ -252,7 +256,7 @@ def bench_main(base, ip_adapter, image_encoder, content_encoder, engines, random
         check_writable(json_out, "--json")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=repeats,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler, image_driven=image_driven)
+                             scheduler=scheduler, image_driven=image_driven, guidance=guidance)
     settings.config()  # every request value checked before any model loads
     if deepcache_interval is not None:
         if deepcache_interval < 2:
@@ -365,7 +369,8 @@ def _check_backends(names: list[str]) -> None:
               help="Folder for profile.txt, profile.json, trace.json (chrome://tracing / Perfetto) and profile.png.")
 @run_cli
 def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset, family,
-                 cache_dir, height, width, steps, num_images, prompt, content, seed, scheduler, threads, quiet, backend, warmup,
+                 cache_dir, height, width, steps, num_images, guidance, prompt, content, seed, scheduler, threads, quiet, backend,
+                 warmup,
                  top, out_dir):
     """Profile one generation: stage timeline, top operators, a trace file and a chart.
 
@@ -385,7 +390,7 @@ def profile_main(base, ip_adapter, image_encoder, content_encoder, engines, rand
         raise InputError(f"--top {top} must be >= 1 and --warmup {warmup} >= 0")
     settings = BenchSettings(height=height, width=width, steps=steps, num_images=num_images, repeats=1,
                              warmup=warmup, threads=threads, prompt=prompt, content=content, seed=seed,
-                             scheduler=scheduler)
+                             scheduler=scheduler, guidance=guidance)
     settings.config()
     models = resolve_models(base, ip_adapter, image_encoder, content_encoder, engines, random_full_size, preset,
                             cache_dir, progress=not quiet, family=family)

@@ -364,20 +364,22 @@ class MaskstPipeline:
             self._content_cache[text] = embeds
         return self._content_cache[text]
 
-    def prompt_inputs(self, prompt: str, negative: str) -> dict[str, np.ndarray]:
+    def prompt_inputs(self, prompt: str, negative: str | None) -> dict[str, np.ndarray]:
         """The UNet's text inputs of a (negative, prompt) pair, negative first, cached for recent pairs:
         ``{UNet input: float32 [2, ...]}`` from the family's prompt encoders (SD 1.5:
         ``text_embeddings`` [2, 77, 768]; SDXL: ``text_embeddings`` [2, 77, 2048] (both encoders,
         concatenated) and ``text_embeds`` [2, 1280]). An empty negative prompt is all zeros when the
-        manifest says ``force_zeros_for_empty_prompt`` (as diffusers does for SDXL)."""
+        manifest says ``force_zeros_for_empty_prompt`` (as diffusers does for SDXL). ``negative`` None (guidance
+        off): the prompt's inputs alone, [1, ...], as diffusers encodes no negative prompt then."""
         key = (prompt, negative)
         if key not in self._prompt_cache:
-            zero_negative = self.zero_empty_negative and negative == ""
+            zero_negative = negative is not None and self.zero_empty_negative and negative == ""
+            texts = [("prompt", prompt)] if negative is None or zero_negative else [("negative prompt", negative),
+                                                                                      ("prompt", prompt)]
             parts: dict[str, list[np.ndarray]] = {}
             for encoder in self.family.prompt_encoders:
                 graph = encoder.graph
                 length = self.runners[graph].spec.inputs[0].shape[1]
-                texts = [("prompt", prompt)] if zero_negative else [("negative prompt", negative), ("prompt", prompt)]
                 ids = np.concatenate([tokenize(self.tokenizers[graph], [text], what, length) for what, text in texts])
                 out = self.run_graph(graph, {"input_ids": ids})
                 for output, unet_input in encoder.outputs:
@@ -459,7 +461,7 @@ class MaskstPipeline:
             timings["control_preprocess"] = (clock() - t0) * 1e3
         self.prepare_denoiser(config, n, h, w, rows)  # largest graph first (memory; a no-op once loaded)
         t0 = clock()
-        text = self.prompt_inputs(config.prompt, config.negative_prompt)
+        text = self.prompt_inputs(config.prompt, config.negative_prompt if rows == 2 else None)  # [rows, ...]
         timings["text_encoder"] = (clock() - t0) * 1e3
         if config.regions:  # R styles, each with its own content text: R rows of one conditioner call
             e_i, e_c, region_methods = regional.encode_regions(self, config, timings)
@@ -478,7 +480,7 @@ class MaskstPipeline:
 
         # [neg]*N + [prompt]*N (rows 2) or [prompt]*N (rows 1); the family's size inputs (SDXL time_ids) are the
         # same for every row
-        text_inputs = {name: np.repeat(value[2 - rows:], n, axis=0) for name, value in text.items()}
+        text_inputs = {name: np.repeat(value, n, axis=0) for name, value in text.items()}
         size_inputs = {name: np.repeat(row, rows * n, axis=0)
                        for name, row in self.family.size_inputs(config.height, config.width).items()}
         ip_tokens = regional.ip_tokens_feed(uncond, tokens, n)  # [rows N, R, k, C]
