@@ -478,7 +478,7 @@ def test_bench_measures_image_driven_requests(wide_control_engines, wide_engines
     for name in ("reference", "ort-cpu"):
         assert CONTROL_STAGE in report["stages_ms"][name]  # the ControlNet stage is reported (its value is a timing)
     assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
-    assert "ControlNet step (CFG batch)" in result.output and "end to end, image-driven" in result.output
+    assert "ControlNet step (one call)" in result.output and "end to end, image-driven" in result.output
     result = CliRunner().invoke(bench_main, ["--engines", str(wide_engines), "--image-driven", "--quiet"])
     assert result.exit_code == 2 and "have no ControlNet" in result.output
 

@@ -17,13 +17,15 @@ caches); the unconditional image tokens (a constant of the adapter) stay cached.
 ======================  ==============================================  ==================================
 stage                   maskst                                          reference (diffusers, eager fp32)
 ======================  ==============================================  ==================================
-text_encoder            text encoder(s), negative + prompt (SDXL: both  ``pipe.encode_prompt``
+text_encoder            text encoder(s), negative + prompt (the prompt  ``pipe.encode_prompt``
+                        alone at ``--guidance`` <= 1; SDXL: both
                         encoders, one call each)
 image_encoder           CLIP preprocessing + image encoder              ``encode_images`` (the same)
 content_encoder         text tower of the content text (SDXL bigG:      ``encode_content``
                         text_encoder_2's pooled output)
 image_conditioner       masking + projection (one fused graph call)     numpy masking + ImageProjection
-unet_step               one UNet call, batch 2N (CFG), median of calls  unet forward, median of calls
+unet_step               one UNet call (batch 2N with guidance, N at     unet forward, median of calls
+                        ``--guidance`` <= 1), median of calls
 vae_decoder             VAE decode + uint8 conversion                   ``vae.decode``
 ======================  ==============================================  ==================================
 
@@ -65,10 +67,10 @@ STAGES = ("text_encoder", "image_encoder", "content_encoder", "image_conditioner
 STAGE_LABELS = {
     "text_encoder": "text encoder(s)", "image_encoder": "image encoder (CLIP)",
     "content_encoder": "content encoder (CLIP text)", "image_conditioner": "masking + projection",
-    "unet_step": "UNet step (CFG batch)", "vae_decoder": "VAE decode",
+    "unet_step": "UNet step (one call)", "vae_decoder": "VAE decode",
 }
-CONTROL_STAGE = "controlnet_step"  # image-driven runs (--image-driven): one ControlNet call, batch 2N
-STAGE_LABELS[CONTROL_STAGE] = "ControlNet step (CFG batch)"
+CONTROL_STAGE = "controlnet_step"  # image-driven runs (--image-driven): one ControlNet call, batch 2N (or N)
+STAGE_LABELS[CONTROL_STAGE] = "ControlNet step (one call)"
 QUIET_CORES = 0.1  # a generation is "quiet" when other processes used less than this many cores meanwhile
 MICRO_REPEATS = 200  # calls of the conditioner alone: one call is far below timer noise of a generation
 # Engines built for benchmarks accept sizes 128..1024 px (64..512 for the tiny presets), up to 4 images.
