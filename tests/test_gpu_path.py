@@ -819,8 +819,11 @@ def test_trt_path_end_to_end_on_a_fake_tensorrt(engines16, tmp_path, monkeypatch
 
     config = GenerationConfig.create(prompt="a cat", style=(DEFAULT_STYLE,), content="a house", steps=4,
                                      height=64, width=64, seed=1)
+    unguided = GenerationConfig.create(prompt="a cat", style=(DEFAULT_STYLE,), content="a house", steps=4,
+                                       height=64, width=64, seed=1, guidance=1.0)  # B = N: the profile's min
     with MaskstPipeline(folder, threads=1) as pipeline:
         expected = pipeline.generate(config).images
+        expected_unguided = pipeline.generate(unguided).images
     with MaskstPipeline(folder, backend="trt") as pipeline:
         unet = pipeline.runners["unet"]
         assert all(r.arena is unet.arena for r in pipeline.runners.values())  # one stream, one activation block
@@ -829,6 +832,7 @@ def test_trt_path_end_to_end_on_a_fake_tensorrt(engines16, tmp_path, monkeypatch
         steps = trt.replays + 1  # PNDM: steps + 1 timesteps; the first one captures
         np.testing.assert_array_equal(pipeline.generate(config).images, expected)
         assert trt.replays == 2 * steps - 1  # second request: every step replays the captured graph
+        np.testing.assert_array_equal(pipeline.generate(unguided).images, expected_unguided)
         feed = unet.spec.sample_inputs({"N": 1, "h": 8, "w": 8})
         feed["sample"] = np.zeros((2, 4, 40, 40), np.float32)
         with pytest.raises(InputError, match=r"'sample' has shape \[2, 4, 40, 40\].*max \[4, 4, 16, 16\]"):
