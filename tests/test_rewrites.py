@@ -100,3 +100,8 @@ def test_bench_cache_refuses_engines_of_another_graph_revision(tiny_engines):
                              wanted)
     assert not engines_match({**recorded, "engines_manifest": "0" * 16}, manifest, wanted)
     assert not engines_match(recorded, manifest, {**wanted, "export_options": {"precision": "fp16"}})
+    # a set whose UNet takes only B = 2N (before guidance off ran one row per image) is rebuilt too
+    graphs = {name: {**entry, "spec": {k: v for k, v in entry["spec"].items() if k != "optional_factors"}}
+              for name, entry in manifest.data["graphs"].items()}
+    two_rows = Manifest(manifest.folder, {**manifest.data, "graphs": graphs})
+    assert manifest.unguided_batch and not two_rows.unguided_batch and not engines_match(recorded, two_rows, wanted)

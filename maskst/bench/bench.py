@@ -224,12 +224,14 @@ def engines_match(recorded: dict, manifest, wanted: dict) -> bool:
     ones this version would build: ``recorded`` (the cache marker) names them by digest and matches ``wanted``
     ({"fixture": ..., "export_options": ...}); an int8 set from before ``--int8`` quantized the DeepCache graphs
     does not (openvino-int8 refuses it), nor does a set from an older graph revision (the same contract, other
-    nodes: a benchmark of this version would time the graphs an earlier one exported)."""
+    nodes: a benchmark of this version would time the graphs an earlier one exported), nor one whose UNet takes
+    only B = 2N (exported before guidance off ran one row per image: ``--guidance 1`` would time both halves)."""
     from maskst.engines.int8 import missing_int8_graphs
 
     return (recorded.get("engines_manifest") == manifest.digest
             and all(recorded.get(key) == value for key, value in wanted.items())
-            and not missing_int8_graphs(manifest.data) and current_graph_revision(manifest))
+            and not missing_int8_graphs(manifest.data) and current_graph_revision(manifest)
+            and manifest.unguided_batch)
 
 
 def current_graph_revision(manifest) -> bool:

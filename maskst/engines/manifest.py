@@ -57,6 +57,13 @@ class Manifest:
     def graph_spec(self, name: str) -> GraphSpec:
         return GraphSpec.from_json(self.data["graphs"][name]["spec"])
 
+    @property
+    def unguided_batch(self) -> bool:
+        """Whether every graph whose batch B derives from N (the denoising graphs) also takes B = N, one row per image
+        without classifier-free guidance (``GraphSpec.optional_factors``); engines exported before take 2N only."""
+        specs = [self.graph_spec(name) for name in self.data["graphs"]]
+        return all("B" in spec.optional_factors for spec in specs if "B" in spec.derived)
+
     def graph_path(self, name: str) -> Path:
         return self.folder / self.data["graphs"][name]["file"]
 

@@ -172,10 +172,9 @@ class MaskstPipeline:
         self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
         self._uncond_tokens: np.ndarray | None = None
         self.control = ControlStage(self.manifest, self.unet_spec, self.run_graph)
-        # the denoising graphs (batch B derived from N) take B = N, the positive half alone, when guidance is off;
-        # engines exported before that rule take B = 2 N only and run both halves
-        batched = [self.manifest.graph_spec(name) for name in exported]
-        self.unguided_batch = all("B" in spec.optional_factors for spec in batched if "B" in spec.derived)
+        # the denoising graphs take B = N, the positive half alone, when guidance is off; engines exported before
+        # that rule take B = 2 N only and run both halves
+        self.unguided_batch = self.manifest.unguided_batch
 
     def __enter__(self):
         return self
