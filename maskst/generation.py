@@ -286,9 +286,8 @@ class GenerationConfig:
 
     @property
     def guided(self) -> bool:
-        """Whether classifier-free guidance applies: diffusers' rule, ``guidance_scale > 1``. Without it the image is
-        the prompt's (positive half's) prediction alone."""
-        return self.guidance > 1.0
+        """Whether classifier-free guidance applies (:func:`guidance_applies`)."""
+        return guidance_applies(self.guidance)
 
     @property
     def regional(self) -> bool:
@@ -329,6 +328,12 @@ class GenerationConfig:
 
 
 SEED_LIMIT = 2**63  # seeds are int64-sized: numpy's PCG64 and torch's manual_seed (StyleShot's shuffle) take them
+
+
+def guidance_applies(guidance: float) -> bool:
+    """Whether classifier-free guidance applies at this scale: diffusers' rule, ``guidance_scale > 1``. Without it the
+    image is the prompt's (positive half's) prediction alone."""
+    return guidance > 1.0
 
 
 def request_default(name: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
     assert _finite_nonneg(report["cold_start_ms"]["ort-cpu"])  # measured and recorded (no speed bound)
     assert report["command"].startswith("maskst-bench ") and f"--json {out}" in report["command"]
     assert report["settings"]["steps"] == 2 and report["settings"]["height"] == 64
+    assert report["unet_rows_per_image"] == {"reference": 2, "ort-cpu": 2}  # the default guidance: both halves
     assert report["versions"]["onnxruntime"]
     # the fp32 ONNX Runtime path draws the reference's image (DESIGN section 7)
     assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
@@ -86,9 +88,24 @@ def test_bench_without_guidance_runs_every_contender_unguided(tiny, tiny_engines
     report = json.loads(out.read_text())
     assert report["settings"]["guidance"] == 1.0 and "1 image(s), guidance 1, median" in result.output
     assert report["image_diff_vs_reference"]["ort-cpu"]["max_abs"] <= 2
+    assert report["unet_rows_per_image"] == {"reference": 1, "ort-cpu": 1} and "ran both guidance halves" not in result.output
     if HAVE_OPENVINO:  # the UNet shapes the FLOP worker counted: the contender's calls
         unet = [c["shapes"]["sample"] for c in report["flop_counts"] if c["graph"] == "unet"]
         assert unet == [[1, 4, 8, 8]]
+    # engines exported before the UNet took B = N run both halves: the report says so
+    older = tmp_path / "older"
+    shutil.copytree(tiny_engines, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    for entry in manifest["graphs"].values():
+        entry["spec"].pop("optional_factors", None)
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--engines", str(older), "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1", "--warmup",
+            "0", "--threads", "1", "--backends", "ort-cpu", "--ceiling-repeats", "0", "--no-cold-start", "--no-reference",
+            "--guidance", "1", "--json", str(out), "--quiet"]
+    result = CliRunner().invoke(bench_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["unet_rows_per_image"] == {"ort-cpu": 2}
+    assert "note: ort-cpu ran both guidance halves of a request without guidance" in result.output
 
 
 def _check_limits(report: dict, output: str) -> None:

@@ -58,7 +58,7 @@ import warnings
 from pathlib import Path
 
 from maskst import __version__
-from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, request_default
+from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, guidance_applies, request_default
 from maskst.hardware import ISA_CAP_VARIABLES, cpu_info
 from maskst.runtime.pipeline import PipelineCallback
 
@@ -588,7 +588,8 @@ def _run_reference(job: dict) -> dict:
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
             "masked_elements": int(result.mask.sum()), "peak_rss_mib": peak_rss_mib(),
             "threads": torch.get_num_threads(), "graph_calls": graph_calls,
-            "graph_precision": {g: {"runtime": "torch", "precision": "f32"} for g in graph_calls}}
+            "graph_precision": {g: {"runtime": "torch", "precision": "f32"} for g in graph_calls},
+            "unet_rows_per_image": 2 if config.guided else 1}  # diffusers' do_classifier_free_guidance
 
 
 def clear_request_caches(pipeline) -> None:
@@ -659,7 +660,8 @@ def _run_maskst(job: dict) -> dict:
     np.save(job["images_out"], result.images)
     return {"load_ms": load_ms, "first_request_ms": first_ms, "runs": runs, "masking_projection_ms": _median(micro),
             "masked_elements": result.masked_elements, "peak_rss_mib": peak_rss_mib(), "runners": runners,
-            "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions}
+            "graph_calls": recorder.summary(settings.repeats), "graph_precision": precisions,
+            "unet_rows_per_image": pipeline.guidance_rows(config)}  # 2 unguided: engines exported before B = N
 
 
 def _run_cold_start(job: dict) -> dict:
@@ -1083,6 +1085,9 @@ def _report(models, settings, results, cold, diffs, verify_ms, started, command,
         "deepcache_speedup_vs_full": {n: end_to_end[split_contender(n)[0]] / v for n, v in end_to_end.items()
                                       if split_contender(n)[1] > 1 and end_to_end.get(split_contender(n)[0]) and v},
         "masked_elements": {n: r["masked_elements"] for n, r in ok.items()},
+        # UNet batch rows per image: 2 with guidance (both halves), 1 without; a maskst contender at 2 without
+        # guidance ran engines exported before the UNet took B = N (both halves, one thrown away)
+        "unet_rows_per_image": {n: r["unet_rows_per_image"] for n, r in ok.items() if "unet_rows_per_image" in r},
         "runners": {n: r["runners"] for n, r in ok.items() if "runners" in r},
         "runs": {n: r["runs"] for n, r in ok.items()},
         # other processes' CPU use during the timed generations (cores' worth, median over generations)
@@ -1211,6 +1216,10 @@ def format_table(report: dict) -> str:
     lines.append("| other processes' load (cores) | " + " | ".join(_fmt(others.get(n)) for n in names) + " |")
     lines.append("| load (ms) | " + " | ".join(_fmt(report["load_ms"].get(n)) for n in names) + " |")
     lines.append("| first request (ms) | " + " | ".join(_fmt(report["first_request_ms"].get(n)) for n in names) + " |")
+    rows = report.get("unet_rows_per_image") or {}  # reports before it: not shown
+    if rows:
+        lines.append("| UNet batch rows per image (2: both guidance halves) | "
+                     + " | ".join(_fmt(rows.get(n)) for n in names) + " |")
     lines.append("| cold start to 1st UNet step (ms) | "
                  + " | ".join(_fmt(report["cold_start_ms"].get(n)) for n in names) + " |")
     diffs = report["image_diff_vs_reference"]
@@ -1238,6 +1247,12 @@ def format_table(report: dict) -> str:
     if targets:
         out.append("targets:\n  " + "\n  ".join(targets))
     s = report["settings"]
+    rows = report.get("unet_rows_per_image") or {}
+    unguided = not guidance_applies(s.get("guidance", request_default("guidance")))
+    both = [n for n, r in rows.items() if unguided and r > 1]  # engines that take B = 2N only
+    if both:
+        out.append(f"note: {', '.join(both)} ran both guidance halves of a request without guidance (their engines "
+                   "were exported before the UNet took one row per image; re-export them for the unguided speed)")
     guidance = f"guidance {s['guidance']:g}, " if "guidance" in s else ""  # reports before it: the default
     out.append(f"{s['height']}x{s['width']}, {s['steps']} steps, {s['num_images']} image(s), {guidance}"
                f"median of {s['repeats']} after {s['warmup']} warm-up; manifest SHA-256 check "
