@@ -85,6 +85,25 @@ def export_checkpoints():
     return _export_checkpoints
 
 
+def _two_row_copy(engines: Path, out: Path) -> Path:
+    """A copy of an engines folder as exported before the UNet took B = N (guidance off): no ``optional_factors`` in
+    its graph specs, so its denoising graphs take B = 2N only."""
+    import json
+    import shutil
+
+    shutil.copytree(engines, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["graphs"].values():
+        entry["spec"].pop("optional_factors", None)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_row_copy():
+    return _two_row_copy
+
+
 @pytest.fixture(scope="session")
 def sdxl_tiny(tmp_path_factory):
     """SdxlFixturePaths of the 'sdxl-tiny' preset (SDXL development dimensions)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -76,7 +75,7 @@ def test_bench_writes_report_with_required_keys(tiny, tiny_engines, tmp_path):
 
 
 @pytest.mark.slow  # a whole maskst-bench CLI run (worker processes)
-def test_bench_without_guidance_runs_every_contender_unguided(tiny, tiny_engines, tmp_path):
+def test_bench_without_guidance_runs_every_contender_unguided(tiny, tiny_engines, tmp_path, two_row_copy):
     """--guidance 1: guidance off for the reference and maskst alike (one UNet row per image), the same image."""
     out = tmp_path / "bench.json"
     args = _checkpoint_args(tiny, tiny_engines) + [
@@ -93,12 +92,7 @@ def test_bench_without_guidance_runs_every_contender_unguided(tiny, tiny_engines
         unet = [c["shapes"]["sample"] for c in report["flop_counts"] if c["graph"] == "unet"]
         assert unet == [[1, 4, 8, 8]]
     # engines exported before the UNet took B = N run both halves: the report says so
-    older = tmp_path / "older"
-    shutil.copytree(tiny_engines, older)
-    manifest = json.loads((older / "manifest.json").read_text())
-    for entry in manifest["graphs"].values():
-        entry["spec"].pop("optional_factors", None)
-    (older / "manifest.json").write_text(json.dumps(manifest))
+    older = two_row_copy(tiny_engines, tmp_path / "older")
     args = ["--engines", str(older), "--height", "64", "--width", "64", "--steps", "2", "--repeats", "1", "--warmup",
             "0", "--threads", "1", "--backends", "ort-cpu", "--ceiling-repeats", "0", "--no-cold-start", "--no-reference",
             "--guidance", "1", "--json", str(out), "--quiet"]

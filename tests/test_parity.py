@@ -143,20 +143,13 @@ def test_guidance_off_runs_the_positive_half_alone(pipeline, style_image):
         pipeline.callbacks.remove(seen)
 
 
-def test_engines_without_the_unguided_batch_run_both_halves(reference, wide_engines, style_image, tmp_path):
+def test_engines_without_the_unguided_batch_run_both_halves(reference, wide_engines, style_image, tmp_path,
+                                                            two_row_copy):
     """Engines exported before the UNet took B = N (no ``optional_factors`` in their specs) still serve a request
     without guidance: both halves run and the positive one is the prediction, as diffusers' image."""
-    import json
-    import shutil
-
     from maskst.runtime.pipeline import MaskstPipeline
 
-    older = tmp_path / "engines"
-    shutil.copytree(wide_engines, older)
-    manifest = json.loads((older / "manifest.json").read_text())
-    for entry in manifest["graphs"].values():
-        entry["spec"].pop("optional_factors", None)
-    (older / "manifest.json").write_text(json.dumps(manifest))
+    older = two_row_copy(wide_engines, tmp_path / "engines")
     config = GenerationConfig.create(prompt="a photo of a dog in the city", content="a ship", steps=3, height=64,
                                      width=64, num_images=2, seed=5, guidance=0.0)
     style = [load_image(style_image)]
