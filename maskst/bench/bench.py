@@ -1216,7 +1216,7 @@ def format_table(report: dict) -> str:
     lines.append("| other processes' load (cores) | " + " | ".join(_fmt(others.get(n)) for n in names) + " |")
     lines.append("| load (ms) | " + " | ".join(_fmt(report["load_ms"].get(n)) for n in names) + " |")
     lines.append("| first request (ms) | " + " | ".join(_fmt(report["first_request_ms"].get(n)) for n in names) + " |")
-    rows = report.get("unet_rows_per_image") or {}  # reports before it: not shown
+    rows = report.get("unet_rows_per_image") or {}  # reports before it: neither the row nor the note
     if rows:
         lines.append("| UNet batch rows per image (2: both guidance halves) | "
                      + " | ".join(_fmt(rows.get(n)) for n in names) + " |")
@@ -1247,9 +1247,8 @@ def format_table(report: dict) -> str:
     if targets:
         out.append("targets:\n  " + "\n  ".join(targets))
     s = report["settings"]
-    rows = report.get("unet_rows_per_image") or {}
     unguided = not guidance_applies(s.get("guidance", request_default("guidance")))
-    both = [n for n, r in rows.items() if unguided and r > 1]  # engines that take B = 2N only
+    both = [n for n, r in rows.items() if r > 1] if unguided else []  # engines that take B = 2N only
     if both:
         out.append(f"note: {', '.join(both)} ran both guidance halves of a request without guidance (their engines "
                    "were exported before the UNet took one row per image; re-export them for the unguided speed)")

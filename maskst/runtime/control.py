@@ -9,10 +9,10 @@ Per request (:meth:`ControlStage.prepare`): each control image is loaded, resize
 size and preprocessed (:mod:`maskst.control`; lineart on the ``lineart`` graph), cached by file
 identity, preprocessing and size like style embeddings, and turned into ``controlnet_cond`` float32
 [2N, 3, H, W] (the same image for every image and both guidance halves, as diffusers' ``prepare_image``
-with ``guess_mode=False``; [N, 3, H, W] with guidance off). Per step (:meth:`ControlFeeds.residuals`): every ControlNet graph runs on
-the UNet inputs its manifest entry lists (``reads``: ``sample`` / ``timestep`` / ``text_embeddings``,
-or for StyleShot's content-fusion encoder ``ip_tokens``, the style tokens) and its residuals are
-summed in order (diffusers' ``MultiControlNetModel``). A request without control image on a UNet that takes residuals
+with ``guess_mode=False``; [N, 3, H, W] with guidance off). Per step (:meth:`ControlFeeds.residuals`):
+every ControlNet graph runs on the UNet inputs its manifest entry lists (``reads``: ``sample`` /
+``timestep`` / ``text_embeddings``, or for StyleShot's content-fusion encoder ``ip_tokens``, the style
+tokens) and its residuals are summed in order (diffusers' ``MultiControlNetModel``). A request without control image on a UNet that takes residuals
 feeds zeros once (the skips stay exactly as without ControlNet).
 """
 

@@ -372,7 +372,7 @@ class MaskstPipeline:
         off): the prompt's inputs alone, [1, ...], as diffusers encodes no negative prompt then."""
         key = (prompt, negative)
         if key not in self._prompt_cache:
-            zero_negative = negative is not None and self.zero_empty_negative and negative == ""
+            zero_negative = self.zero_empty_negative and negative == ""
             texts = [("prompt", prompt)] if negative is None or zero_negative else [("negative prompt", negative),
                                                                                       ("prompt", prompt)]
             parts: dict[str, list[np.ndarray]] = {}
