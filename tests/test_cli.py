@@ -174,3 +174,20 @@ def test_odd_style_images_through_the_cli(tiny_engines, tmp_path, name, exit_cod
     assert out.exists() == (exit_code == 0)
     if exit_code:
         assert name in result.output and "Traceback" not in result.output
+
+
+def test_compile_cache_limit_through_the_cli(tiny_engines, style_image, tmp_path):
+    """--compile-cache-limit reaches the OpenVINO cache (a limit below one blob: each blob written removes every
+    other, so the last one is left), is refused at 0 and beside --no-compile-cache, before any work."""
+    pytest.importorskip("openvino")
+    cache, out = tmp_path / "cache", tmp_path / "cat.png"
+    args = _base_args(tiny_engines, style_image, out) + ["--backend", "openvino-f32", "--compile-cache", cache]
+    result = _run(args + ["--compile-cache-limit", "1e-9"])
+    assert result.exit_code == 0, result.output
+    assert len(list(cache.rglob("*.blob"))) == 1  # 1 byte: every blob written removed the ones before it
+    out.unlink()
+    for extra, message in ((["--compile-cache-limit", "0"], "0.0 is not in the range x>0"),
+                           (["--compile-cache-limit", "2", "--no-compile-cache"], "turns off; give one of the two")):
+        result = _run(args + extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not out.exists()

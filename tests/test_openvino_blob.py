@@ -135,3 +135,71 @@ def test_blobs_of_a_re_exported_graph_are_removed_when_its_new_blob_is_written(t
     path.unlink()  # a graph deleted: its blob goes at the next write
     run(other_spec, other_path, feeds[1])
     assert not new.exists() and kept.is_file()
+
+
+def test_a_blob_that_cannot_be_written_costs_only_the_cache(tmp_path):
+    """A cache write that fails (here the blob's name is taken by a folder; a full disk fails the same way, with an
+    OSError) runs the compiled model, leaves nothing partial, and a later run compiles again."""
+    from maskst.runtime.openvino_runner import OpenVinoRunner
+
+    spec, path = _matmul_ir(tmp_path)
+    cache = tmp_path / "cache"
+    feed = {"x": np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)}
+    with OpenVinoRunner(spec, path, precision="f32", cache_dir=False, threads=1) as runner:
+        expected = runner.infer(feed)["y"].copy()
+    probe = OpenVinoRunner(spec, path, precision="f32", cache_dir=cache, threads=1)
+    taken = probe.blob_path({"x": [2, 8]})
+    (taken / "something").mkdir(parents=True)
+    for _ in range(2):
+        with OpenVinoRunner(spec, path, precision="f32", cache_dir=cache, threads=1) as runner:
+            np.testing.assert_array_equal(runner.infer(feed)["y"], expected)
+            assert list(runner.loaded_from.values()) == ["compiled"]
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == sorted(
+        [taken.parent.relative_to(cache), taken.relative_to(cache), (taken / "something").relative_to(cache)])
+
+
+def test_the_cache_limit_removes_the_least_recently_used_blobs(tmp_path):
+    """With a limit, writing a blob removes the least recently used others until the cache fits; a cache hit counts
+    as a use (the record's mtime). Three input shapes, room for two: the shape used longest ago goes."""
+    import os
+
+    from maskst.runtime.blob_cache import _entry_bytes
+    from maskst.runtime.openvino_runner import OpenVinoRunner
+
+    spec, path = _matmul_ir(tmp_path)
+    cache = tmp_path / "cache"
+
+    def run(rows: int, limit: int | None = None):
+        with OpenVinoRunner(spec, path, precision="f32", cache_dir=cache, threads=1, cache_limit_bytes=limit) as runner:
+            runner.infer({"x": np.ones((rows, 8), np.float32)})
+            return runner.blob_path({"x": [rows, 8]}), next(iter(runner.loaded_from.values()))
+
+    one, _ = run(1)
+    two, _ = run(2)
+    for age, blob in ((200, one), (100, two)):  # one used before two, well apart (file times may be coarse)
+        past = (blob.stat().st_mtime_ns - age * 10**9,) * 2
+        os.utime(f"{blob}.json", ns=past)
+    assert run(1) == (one, "cache")  # one is now the most recently used
+    limit = int(2.5 * max(_entry_bytes(one), _entry_bytes(two)))  # room for two entries of this size
+    three, source = run(3, limit)
+    assert source == "compiled"
+    assert sorted(cache.rglob("*.blob")) == sorted([one, three])  # two, the least recently used, is gone
+    assert not two.with_name(f"{two.name}.json").exists()
+    run(4, 1)  # a limit below one entry: every other entry goes, the one just written stays
+    assert [p.name for p in cache.rglob("*.blob")] == [run(4)[0].name]
+
+
+def test_the_cache_limit_reaches_every_runner_and_is_checked(tiny_engines, tmp_path):
+    from maskst.engines.manifest import load_manifest
+    from maskst.errors import InputError
+    from maskst.runtime.backends import RunnerOptions, parse_backend
+
+    manifest = load_manifest(tiny_engines)
+    options = RunnerOptions(compile_cache=tmp_path, compile_cache_limit_gb=1.5)
+    for backend in ("openvino", "openvino-f32", "openvino-bf16", "ort-cpu"):
+        runner = parse_backend(backend).runner(manifest, "unet", options)
+        assert runner.cache_limit_bytes == 1_500_000_000, backend
+    assert parse_backend("openvino").runner(manifest, "unet", RunnerOptions()).cache_limit_bytes is None
+    for bad in (0, -2.0, float("nan")):
+        with pytest.raises(InputError, match="compile cache limit"):
+            RunnerOptions(compile_cache_limit_gb=bad)

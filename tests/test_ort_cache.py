@@ -131,3 +131,19 @@ def test_processes_starting_together_store_one_entry(graph_copy, tmp_path):
     assert [w.exitcode for w in workers] == [0, 0]
     assert sorted(queue.get(timeout=5) for _ in workers) == ["cache", "optimized"]
     assert len(_entries(tmp_path / "cache")) == 1
+
+
+def test_the_cache_limit_keeps_the_most_recently_used_entries(graph_copy, tmp_path):
+    """ort-cpu's entries obey the same limit as OpenVINO's blobs: a graph stored under a limit too small for two
+    removes the other graph's entry (used longer ago); the entry just stored stays."""
+    spec, path = graph_copy
+    cache, feed = tmp_path / "cache", _feed(spec)
+    _run(spec, path, cache, feed)
+    [first] = _entries(cache)
+    other = path.with_name("unet_other.onnx")  # a second graph (another file name: another key; it names the same
+    shutil.copy2(path, other)                  # weights file beside it, if any)
+    with OrtRunner(spec, other, threads=1, cache_dir=cache, cache_limit_bytes=1) as runner:
+        assert runner.loaded_from == "optimized"
+    [kept] = _entries(cache)
+    assert kept != first and not any(Path(f"{first}{suffix}").exists() for suffix in ("", ".data", ".json"))
+    assert _run(spec, other, cache, feed)[0] == "cache"

@@ -157,6 +157,11 @@ def _check_save_control(save_control, batch, request: dict) -> None:
               help="Compiled-model cache folder: OpenVINO's compiled blobs there (default ~/.cache/maskst/openvino), "
                    "ort-cpu's optimized graphs in its onnxruntime/ subfolder (default ~/.cache/maskst/onnxruntime); "
                    "entries of graph files since re-exported or deleted are removed when a new one is written.")
+@click.option("--compile-cache-limit", "compile_cache_limit_gb", type=click.FloatRange(min=0, min_open=True),
+              metavar="GB",
+              help="The most disk each compiled-model cache may take (GB): after a new entry is written, the least "
+                   "recently used go. OpenVINO writes one blob per graph and input shape (~1.7 GB for a full-size "
+                   "UNet in bf16, 3.5 GB in f32). [default: no limit]")
 @click.option("--no-compile-cache", is_flag=True,
               help="Do not cache compiled models: slower start (ort-cpu optimizes every graph again, about 15 s for a "
                    "full-size UNet), and with OpenVINO more memory (without the cache a compiled model keeps the "
@@ -168,8 +173,8 @@ def _check_save_control(save_control, batch, request: dict) -> None:
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result line instead of text.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @run_cli
-def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_compile_cache, allow_fallback, threads, skip_verify,
-         cache_dir, json_out, quiet, **request):
+def main(engines, out, save_control, batch, out_dir, backend, compile_cache, compile_cache_limit_gb, no_compile_cache,
+         allow_fallback, threads, skip_verify, cache_dir, json_out, quiet, **request):
     """Generate PROMPT in the style of --style without copying its --content (MaskST).
 
     \b
@@ -180,6 +185,9 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
                --region stars.png right.png "a village" --region-scales 1.0,0.6 --out city.png
     """
     embedded = engines is None
+    if no_compile_cache and compile_cache_limit_gb is not None:
+        raise InputError(f"--compile-cache-limit {compile_cache_limit_gb:g} limits a cache that --no-compile-cache "
+                         f"turns off; give one of the two")
     if batch is not None and out_dir is None:
         raise InputError("--batch needs --out-dir (one PNG per job and results.jsonl go there)")
     if batch is not None:
@@ -227,6 +235,7 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, no_
     with MaskstPipeline(engines, backend=backend, verify_hashes=not skip_verify, threads=threads,
                         allow_fallback=allow_fallback,
                         compile_cache=False if no_compile_cache else compile_cache,
+                        compile_cache_limit_gb=compile_cache_limit_gb,
                         deepcache=interval if isinstance(interval, int) and interval > 1 else False) as pipeline:
         if batch is not None:
             sys.exit(_run_batch(pipeline, batch, out_dir, defaults, quiet))

@@ -37,6 +37,20 @@ class RunnerOptions:
     # compiled-model caches: None = the defaults (~/.cache/maskst/openvino, ~/.cache/maskst/onnxruntime), False = off,
     # a folder = OpenVINO's blobs there and ort-cpu's optimized graphs in its onnxruntime/ subfolder
     compile_cache: Path | bool | None = None
+    # the most each of those caches may take on disk, in GB (1e9 bytes): the least recently used entries are removed
+    # after a new one is written; None = no limit (OpenVINO writes one blob per input shape: ~1.7 GB for a
+    # full-size bf16 UNet, 3.5 GB in f32)
+    compile_cache_limit_gb: float | None = None
+
+    def __post_init__(self):
+        limit = self.compile_cache_limit_gb
+        if limit is not None and not limit > 0:
+            raise InputError(f"compile cache limit {limit!r} GB: give a size above 0 (GB), or none for no limit")
+
+    @property
+    def cache_limit_bytes(self) -> int | None:
+        """:attr:`compile_cache_limit_gb` in bytes (None: no limit)."""
+        return None if self.compile_cache_limit_gb is None else int(self.compile_cache_limit_gb * 1e9)
 
 
 class Backend(abc.ABC):
@@ -117,7 +131,8 @@ class _OrtBackend(Backend):
         return OrtRunner(manifest.graph_spec(graph), manifest.graph_path(graph), backend=self.name,
                          threads=options.threads, allow_fallback=options.allow_fallback,
                          profile_prefix=options.profile_prefix,
-                         cache_dir=Path(cache) / "onnxruntime" if isinstance(cache, (str, Path)) else cache)
+                         cache_dir=Path(cache) / "onnxruntime" if isinstance(cache, (str, Path)) else cache,
+                         cache_limit_bytes=options.cache_limit_bytes)
 
     def require(self, allow_fallback: bool = False) -> None:
         super().require(allow_fallback)
@@ -231,7 +246,7 @@ class _OpenVinoBackend(Backend):
             return BACKENDS[choice]().runner(manifest, graph, options)
         return OpenVinoRunner(manifest.graph_spec(graph), manifest.graph_path(graph), precision=choice,
                               cache_dir=options.compile_cache, threads=options.threads,
-                              profile=options.profile_prefix is not None)
+                              profile=options.profile_prefix is not None, cache_limit_bytes=options.cache_limit_bytes)
 
 
 @register
@@ -307,7 +322,7 @@ class OpenVinoInt8Backend(_OpenVinoBackend):
                 f"explicitly: --backend {self.spec}:{graph}=auto")
         # the IR's int8 weights are what it computes from: no f16 weight compression on top
         return OpenVinoRunner(manifest.graph_spec(graph), located.xml, precision=int8_float_precision(),
-                              cache_dir=options.compile_cache,
+                              cache_dir=options.compile_cache, cache_limit_bytes=options.cache_limit_bytes,
                               threads=options.threads, profile=options.profile_prefix is not None,
                               compress_weights=False, int8_scheme=graph_scheme(graph, set_scheme).value)
 

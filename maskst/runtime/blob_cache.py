@@ -9,6 +9,12 @@ a benchmark's engines rebuilt for a new graph revision) makes every blob of the 
 until its disk filled. Each blob therefore gets a record ``<blob>.json`` of those files, and writing a new blob
 removes the blobs whose files have changed or gone. Blobs of other OpenVINO versions or CPUs are kept (they are
 hit again when that version or machine comes back); so are blobs without a record.
+
+Entries of files that have not changed still add up: OpenVINO writes one blob per input shape (a full-size UNet at
+256 px, at 512 px and for two images are three blobs of 1.7 GB in bf16, 3.5 GB in f32). A size limit
+(``maskst-run --compile-cache-limit``; none by default, as OpenVINO's and ONNX Runtime's own caches) keeps each
+cache under it by removing the least recently used entries after a new one is written (:func:`trim_to_limit`):
+a hit marks its entry used (:func:`mark_used`, the record's modification time).
 """
 
 from __future__ import annotations
@@ -101,4 +107,53 @@ def evict_stale_blobs(cache_dir: Path, suffix: str = ".blob") -> list[Path]:
             removed.append(blob)
     if removed:
         log.info("compiled-model cache: removed %d blob(s) of graph files that changed or are gone", len(removed))
+    return removed
+
+
+def mark_used(blob: Path) -> None:
+    """Record a hit on ``blob``: its record's modification time is the entry's last use (what :func:`trim_to_limit`
+    orders by). A record that cannot be touched (a read-only cache) only leaves the order as it was."""
+    try:
+        os.utime(f"{blob}{RECORD_SUFFIX}")
+    except OSError:
+        pass  # the entry stays usable; it is only ordered by its previous use
+
+
+def _entry_bytes(blob: Path) -> int:
+    total = 0
+    for path in (blob, Path(f"{blob}{WEIGHTS_SUFFIX}"), Path(f"{blob}{RECORD_SUFFIX}")):
+        try:
+            total += path.stat().st_size
+        except OSError:
+            pass  # not there (an entry without external weights) or removed meanwhile by another process
+    return total
+
+
+def trim_to_limit(cache_dir: Path, limit_bytes: int, keep: Path, suffix: str = ".blob") -> list[Path]:
+    """Remove the least recently used entries under ``cache_dir`` (laid out as for :func:`evict_stale_blobs`) until
+    the recorded entries take at most ``limit_bytes``; never ``keep`` (the entry just written, which may alone be
+    larger than the limit). Returns the entries removed. Entries without a record are not counted (as there).
+    An entry another process has mapped stays valid for it (the mapping outlives the file); its writer lock is
+    left in place (only a stale entry's lock goes: another writer may hold this one)."""
+    entries = []
+    for record in Path(cache_dir).glob(f"*/*{suffix}{RECORD_SUFFIX}"):
+        try:
+            used = record.stat().st_mtime_ns
+        except OSError:
+            continue  # removed meanwhile
+        blob = record.with_suffix("")
+        entries.append((used, blob, _entry_bytes(blob)))
+    total = sum(size for _, _, size in entries)
+    removed = []
+    for _, blob, size in sorted(entries, key=lambda entry: entry[0]):
+        if total <= limit_bytes:
+            break
+        if blob == keep:
+            continue
+        forget_blob(blob)
+        total -= size
+        removed.append(blob)
+    if removed:
+        log.info("compiled-model cache: removed %d least recently used entr%s to stay under %.1f GB", len(removed),
+                 "y" if len(removed) == 1 else "ies", limit_bytes / 1e9)
     return removed

@@ -39,8 +39,10 @@ cache hit never reads the ONNX graph (OpenVINO's own cache read and hashed the w
 instead of 14 GB peak for the pipeline) and the model's weights stay file-backed. A blob OpenVINO refuses
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
 precision and input shape in bf16: each blob is recorded with the graph files it came from, and writing a blob
-removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`); delete the folder to
-reclaim the rest. After a model's first import the blob's pages are handed back to the kernel
+removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`). The blobs of other shapes
+add up (three shapes of the full-size set filled 22 GB in bf16): ``maskst-run --compile-cache-limit GB`` removes the
+least recently used after each write (:func:`~maskst.runtime.blob_cache.trim_to_limit`); without it, delete the
+folder to reclaim them. A blob that cannot be written (a full disk) costs only the cache: the compiled model runs. After a model's first import the blob's pages are handed back to the kernel
 (:func:`release_pages`; OpenVINO repacks the weights while importing, so nothing reads the blob after that): the
 process keeps only OpenVINO's repacked weights (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
 once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
@@ -69,6 +71,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import mmap
 import os
 import time
@@ -81,9 +84,11 @@ from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
 from maskst.runtime.blob_cache import (cpu_identity, evict_stale_blobs, forget_blob, graph_files, key_digest,
-                                       record_blob)
+                                       mark_used, record_blob, trim_to_limit)
 from maskst.runtime.openvino_rewrites import GRAPH_REWRITES, rewrite_for_static_shapes
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "f32")
 # The default split of the ``openvino`` backend (see the module docstring for why).
@@ -283,16 +288,19 @@ class OpenVinoRunner(Runner):
     per-node timings (``PERF_COUNT``) for :meth:`profiling_info`. ``compress_weights``: f16 weights
     for graphs that run in bf16 (see the module docstring; default on). ``int8_scheme``: ``path`` is an int8 IR
     of that scheme (``maskst-export --int8``: ``hybrid``, ``weights``, ``weights-matmul``): its quantized
-    parts run in int8, the rest in ``precision``.
+    parts run in int8, the rest in ``precision``. ``cache_limit_bytes``: the most the cache's blobs may take
+    (the least recently used go after a new one is written; None: no limit).
     """
 
     backend = "openvino"
 
     def __init__(self, spec: GraphSpec, path: Path, precision: str = "auto", cache_dir: Path | bool | None = None,
-                 threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8_scheme: str | None = None):
+                 threads: int | None = None, profile: bool = False, compress_weights: bool = True, int8_scheme: str | None = None,
+                 cache_limit_bytes: int | None = None):
         super().__init__(spec, path)
         self.int8_scheme = int8_scheme
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        self.cache_limit_bytes = cache_limit_bytes
         self.precision = resolve_precision(precision, self.cache_dir)
         self.threads = threads
         self.profile = profile
@@ -359,7 +367,10 @@ class OpenVinoRunner(Runner):
         return compiled, mapped
 
     def _compile(self, shapes: dict[str, list[int]], blob: Path | None):
-        """Read, reshape to static ``shapes``, (f16 weights,) compile; write the blob if caching."""
+        """Read, reshape to static ``shapes``, (f16 weights,) compile; write the blob if caching.
+
+        Returns (compiled model, whether ``blob`` now holds it). A blob that cannot be written (a full disk, a
+        read-only folder) costs only the cache: the compiled model runs, nothing partial is left."""
         model = self._read_model()
         # Static shapes for this call: no per-shape kernel preparation on the first inference.
         model.reshape(shapes)
@@ -373,11 +384,25 @@ class OpenVinoRunner(Runner):
         except RuntimeError as exc:
             raise BackendError(f"{self.spec.name}: OpenVINO could not compile {self.path} for the CPU ({exc})") from None
         del model
-        if blob is not None:
-            export_blob(compiled, blob)
+        if blob is None:
+            return compiled, False
+        try:
+            export_blob(compiled, blob)  # nothing is left of a failed export (export_blob)
+        except OSError as exc:
+            log.warning("compiled-model cache: %s could not be written (%s); %s runs without the cache",
+                        blob, exc, self.spec.name)
+            return compiled, False
+        try:
             record_blob(blob, graph_files(self.path))
-            evict_stale_blobs(blob.parent.parent)  # blobs of graph files since re-exported: never hit again
-        return compiled
+        except OSError as exc:
+            log.warning("compiled-model cache: the record of %s could not be written (%s); %s runs without the cache",
+                        blob, exc, self.spec.name)
+            blob.unlink(missing_ok=True)  # a blob without its record would never be evicted
+            return compiled, False
+        evict_stale_blobs(blob.parent.parent)  # blobs of graph files since re-exported: never hit again
+        if self.cache_limit_bytes is not None:
+            trim_to_limit(blob.parent.parent, self.cache_limit_bytes, keep=blob)
+        return compiled, True
 
     def _compiled_for(self, feed: dict[str, np.ndarray]):
         key = tuple((name, feed[name].shape) for name in sorted(feed))
@@ -389,15 +414,16 @@ class OpenVinoRunner(Runner):
             imported = self._import_blob(blob) if blob is not None and blob.is_file() else None
             if imported is not None:
                 (compiled, mapped), source = imported, "cache"
+                mark_used(blob)
             else:
-                compiled, mapped, source = self._compile(shapes, blob), None, "compiled"
-                if blob is not None:
+                (compiled, stored), mapped, source = self._compile(shapes, blob), None, "compiled"
+                if stored:
                     # the compiled model holds the weights it was compiled from (f16 copies, or the fp32 graph's
                     # mapping); imported from the blob just written they are file pages that can be released
                     del compiled
                     imported = self._import_blob(blob)
                     if imported is None:  # refused right after export: run compiled, without the cache
-                        compiled, mapped = self._compile(shapes, None), None
+                        (compiled, _), mapped = self._compile(shapes, None), None
                     else:
                         compiled, mapped = imported
             if mapped is not None:

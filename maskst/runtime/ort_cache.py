@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from maskst.runtime.blob_cache import (LOCK_SUFFIX, WEIGHTS_SUFFIX, cpu_identity, evict_stale_blobs, forget_blob,
-                                       graph_files, key_digest, record_blob)
+                                       graph_files, key_digest, mark_used, record_blob, trim_to_limit)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,11 @@ def entry_path(cache_dir: Path, graph: str, path: Path) -> Path:
     return Path(cache_dir) / PROVIDER_FOLDER / f"{graph}-{key_digest(key)}{ENTRY_SUFFIX}"
 
 
-def cached_session(cache_dir: Path, graph: str, source: Path, make_options, providers) -> tuple[object | None, str | None]:
+def cached_session(cache_dir: Path, graph: str, source: Path, make_options, providers,
+                   limit_bytes: int | None = None) -> tuple[object | None, str | None]:
     """(session, "cache") loaded from the cache, or (session, "optimized") made from ``source`` now and stored;
-    (None, None) when the cache cannot be used (the caller then makes its session without it).
+    (None, None) when the cache cannot be used (the caller then makes its session without it). ``limit_bytes``:
+    after storing, the least recently used entries go until the cache takes at most that (None: no limit).
 
     One process at a time optimizes and stores an entry (a lock file beside it): the others wait, then load what it
     stored, rather than each writing its own copy of the weights (Ray sweep workers starting together)."""
@@ -59,6 +61,7 @@ def cached_session(cache_dir: Path, graph: str, source: Path, make_options, prov
     entry = entry_path(cache_dir, graph, source)
     session = load_cached(entry, make_options, providers)
     if session is not None:
+        mark_used(entry)
         return session, "cache"
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +73,9 @@ def cached_session(cache_dir: Path, graph: str, source: Path, make_options, prov
     try:
         session = load_cached(entry, make_options, providers)  # stored by another process while this one waited
         if session is not None:
+            mark_used(entry)
             return session, "cache"
-        session = optimize_and_store(source, entry, make_options, providers)
+        session = optimize_and_store(source, entry, make_options, providers, limit_bytes)
         return (session, "optimized") if session is not None else (None, None)
     finally:
         lock.release()
@@ -94,7 +98,7 @@ def load_cached(entry: Path, make_options, providers):
         return None
 
 
-def optimize_and_store(source: Path, entry: Path, make_options, providers):
+def optimize_and_store(source: Path, entry: Path, make_options, providers, limit_bytes: int | None = None):
     """A session of ``source`` optimized at ``ORT_ENABLE_ALL``, its optimized graph written to ``entry`` on the way
     (``make_options()``: the caller's fresh ``SessionOptions``). None when the session could not be made, for a
     failed write or for the graph itself (the caller then makes it without the cache, which reports a bad graph);
@@ -135,4 +139,6 @@ def optimize_and_store(source: Path, entry: Path, make_options, providers):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     evict_stale_blobs(folder.parent, ENTRY_SUFFIX)  # entries of graph files since re-exported: never hit again
+    if limit_bytes is not None:
+        trim_to_limit(folder.parent, limit_bytes, keep=entry, suffix=ENTRY_SUFFIX)
     return session

@@ -112,11 +112,15 @@ class MaskstPipeline:
     ``unet_shallow`` instead of the plain ``unet`` (one full UNet in memory, not two), and runs a request with
     interval 1 on ``unet_deep`` every step (the same UNet computation, its feature unused). Without it the
     plain ``unet`` runs interval-1 requests, and the DeepCache graphs load on the first request that asks for
-    them."""
+    them.
+
+    ``compile_cache`` / ``compile_cache_limit_gb``: the compiled-model caches and the most disk each may take
+    (:class:`~maskst.runtime.backends.RunnerOptions`)."""
 
     def __init__(self, engines: Path, backend: str = "ort-cpu", verify_hashes: bool = True,
                  threads: int | None = None, allow_fallback: bool = False, profile_prefix: str | None = None,
-                 compile_cache: Path | bool | None = None, callbacks=(), deepcache: bool | int = False):
+                 compile_cache: Path | bool | None = None, callbacks=(), deepcache: bool | int = False,
+                 compile_cache_limit_gb: float | None = None):
         self.manifest = load_manifest(Path(engines), verify_hashes=verify_hashes)
         if deepcache is True:
             check_deepcache_request(self.manifest, None)  # engines without the DeepCache graphs: the export hint
@@ -128,7 +132,7 @@ class MaskstPipeline:
         self.backend = backend
         self.callbacks: list[PipelineCallback] = list(callbacks)
         options = RunnerOptions(threads=threads, allow_fallback=allow_fallback, profile_prefix=profile_prefix,
-                                compile_cache=compile_cache)
+                                compile_cache=compile_cache, compile_cache_limit_gb=compile_cache_limit_gb)
         model = self.manifest.model
         self.layer_names = tuple(model["cross_attention_layers"])
         self.layer_strides = tuple(model["cross_attention_strides"])  # regional masks: each layer's latent stride

@@ -100,10 +100,13 @@ class OrtRunner(Runner):
     ``cache_dir`` (``ort-cpu`` only): where the optimized graph is cached (:mod:`maskst.runtime.ort_cache`;
     default :func:`~maskst.runtime.ort_cache.default_ort_cache_dir`, ``False`` disables it). ``loaded_from`` says
     what the session was made from: ``"optimized"`` (the graph, optimized now) or ``"cache"``.
+    ``cache_limit_bytes``: the most the cache's entries may take (the least recently used go after a new one is
+    stored; None: no limit).
     """
 
     def __init__(self, spec: GraphSpec, path: Path, backend: str = "ort-cpu", threads: int | None = None,
-                 allow_fallback: bool = False, profile_prefix: str | None = None, cache_dir: Path | bool | None = None):
+                 allow_fallback: bool = False, profile_prefix: str | None = None, cache_dir: Path | bool | None = None,
+                 cache_limit_bytes: int | None = None):
         super().__init__(spec, path)
         if backend not in ORT_PROVIDERS:
             raise BackendError(f"backend={backend!r} is not an ONNX Runtime backend; choose one of {', '.join(ORT_PROVIDERS)}")
@@ -120,6 +123,7 @@ class OrtRunner(Runner):
             from maskst.runtime.ort_cache import default_ort_cache_dir
 
             self.cache_dir = default_ort_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir)
+        self.cache_limit_bytes = cache_limit_bytes
         self.loaded_from: str | None = None
 
     def _activate(self) -> None:
@@ -165,7 +169,8 @@ class OrtRunner(Runner):
             return None, None  # a missing graph is reported by the plain session
         from maskst.runtime.ort_cache import cached_session
 
-        return cached_session(self.cache_dir, self.spec.name, self.path, self._session_options, providers)
+        return cached_session(self.cache_dir, self.spec.name, self.path, self._session_options, providers,
+                              self.cache_limit_bytes)
 
     def _deactivate(self) -> None:
         self.session = None
