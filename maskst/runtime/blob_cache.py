@@ -11,7 +11,7 @@ removes the blobs whose files have changed or gone. Blobs of other OpenVINO vers
 hit again when that version or machine comes back); so are blobs without a record.
 
 Entries of files that have not changed still add up: OpenVINO writes one blob per input shape (a full-size UNet at
-256 px, at 512 px and for two images are three blobs of 1.7 GB in bf16, 3.5 GB in f32). A size limit
+256 px, at 512 px and for two images are three blobs of ~1.7 GB each in bf16, ~3.5 GB in f32). A size limit
 (``maskst-run --compile-cache-limit``; none by default, as OpenVINO's and ONNX Runtime's own caches) keeps each
 cache under it by removing the least recently used entries after a new one is written (:func:`trim_to_limit`):
 a hit marks its entry used (:func:`mark_used`, the record's modification time).

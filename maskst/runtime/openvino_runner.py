@@ -40,12 +40,13 @@ instead of 14 GB peak for the pipeline) and the model's weights stay file-backed
 (another version wrote it, a damaged file) is compiled again and replaced. The UNet's blob is ~1.7 GB per
 precision and input shape in bf16: each blob is recorded with the graph files it came from, and writing a blob
 removes those of files since re-exported or deleted (:mod:`maskst.runtime.blob_cache`). The blobs of other shapes
-add up (three shapes of the full-size set filled 22 GB in bf16): ``maskst-run --compile-cache-limit GB`` removes the
-least recently used after each write (:func:`~maskst.runtime.blob_cache.trim_to_limit`); without it, delete the
-folder to reclaim them. A blob that cannot be written (a full disk) costs only the cache: the compiled model runs. After a model's first import the blob's pages are handed back to the kernel
-(:func:`release_pages`; OpenVINO repacks the weights while importing, so nothing reads the blob after that): the
-process keeps only OpenVINO's repacked weights (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the repacked copy at
-once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
+add up (the development VM's bf16 folder reached 22 GB): ``maskst-run --compile-cache-limit GB`` removes the least
+recently used after each write (:func:`~maskst.runtime.blob_cache.trim_to_limit`); without it, delete the folder to
+reclaim them. A blob that cannot be written (a full disk) costs only the cache: the compiled model runs.
+After a model's first import the blob's pages are handed back to the kernel (:func:`release_pages`; OpenVINO
+repacks the weights while importing, so nothing reads the blob after that): the process keeps only OpenVINO's
+repacked weights (UNet bf16: 1.9 GB resident; f32: 3.5 GB). The import itself still holds the blob and the
+repacked copy at once (UNet f32: 6.9 GB for a moment), which is why the pipeline loads its largest graph first
 (:meth:`Runner.prepare`), before the other graphs' weights are resident. Without the cache a compiled model
 keeps the weights it was compiled from (UNet: 3.6 GB bf16, 7.0 GB f32).
 
