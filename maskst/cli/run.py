@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from maskst.cli.common import EXIT_CODES_HELP, run_cli, threads_option
 from maskst.errors import InputError, MaskstError
-from maskst.runtime.backends import backends_help, require_backend
+from maskst.runtime.backends import RunnerOptions, backends_help, require_backend
 from maskst.cli.embedded import DEFAULT_SIZE
 from maskst.cli.options import REQUEST_FIELDS, given_request, request_from, request_options
 from maskst.generation import DEMO_CONTENT, DEMO_PROMPT, DEMO_STYLE, GenerationConfig
@@ -185,9 +185,8 @@ def main(engines, out, save_control, batch, out_dir, backend, compile_cache, com
                --region stars.png right.png "a village" --region-scales 1.0,0.6 --out city.png
     """
     embedded = engines is None
-    if no_compile_cache and compile_cache_limit_gb is not None:
-        raise InputError(f"--compile-cache-limit {compile_cache_limit_gb:g} limits a cache that --no-compile-cache "
-                         f"turns off; give one of the two")
+    # the cache options are validated where they live (RunnerOptions); built here to refuse them before any work
+    RunnerOptions(compile_cache=False if no_compile_cache else compile_cache, compile_cache_limit_gb=compile_cache_limit_gb)
     if batch is not None and out_dir is None:
         raise InputError("--batch needs --out-dir (one PNG per job and results.jsonl go there)")
     if batch is not None:

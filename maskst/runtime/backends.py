@@ -46,6 +46,9 @@ class RunnerOptions:
         limit = self.compile_cache_limit_gb
         if limit is not None and not limit > 0:
             raise InputError(f"compile cache limit {limit!r} GB: give a size above 0 (GB), or none for no limit")
+        if limit is not None and self.compile_cache is False:
+            raise InputError(f"--compile-cache-limit {limit:g} (compile_cache_limit_gb) limits a cache that "
+                             f"--no-compile-cache (compile_cache=False) turns off; give one of the two")
 
     @property
     def cache_limit_bytes(self) -> int | None:

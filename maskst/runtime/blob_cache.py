@@ -157,3 +157,11 @@ def trim_to_limit(cache_dir: Path, limit_bytes: int, keep: Path, suffix: str = "
         log.info("compiled-model cache: removed %d least recently used entr%s to stay under %.1f GB", len(removed),
                  "y" if len(removed) == 1 else "ies", limit_bytes / 1e9)
     return removed
+
+
+def tidy_after_write(cache_dir: Path, written: Path, limit_bytes: int | None, suffix: str = ".blob") -> None:
+    """What every cache does after writing the entry ``written``: remove the entries of graph files since changed or
+    gone (:func:`evict_stale_blobs`), then, with a limit, the least recently used beyond it (:func:`trim_to_limit`)."""
+    evict_stale_blobs(cache_dir, suffix)
+    if limit_bytes is not None:
+        trim_to_limit(cache_dir, limit_bytes, keep=written, suffix=suffix)

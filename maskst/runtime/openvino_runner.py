@@ -84,8 +84,8 @@ from maskst.contract.compare import Comparison, Tolerance, compare_outputs
 from maskst.deepcache import DEEP_GRAPH, SHALLOW_GRAPH
 from maskst.errors import BackendError, EngineError, InputError
 from maskst.contract.spec import GraphSpec
-from maskst.runtime.blob_cache import (cpu_identity, evict_stale_blobs, forget_blob, graph_files, key_digest,
-                                       mark_used, record_blob, trim_to_limit)
+from maskst.runtime.blob_cache import (cpu_identity, forget_blob, graph_files, key_digest, mark_used, record_blob,
+                                       tidy_after_write)
 from maskst.runtime.openvino_rewrites import GRAPH_REWRITES, rewrite_for_static_shapes
 from maskst.runtime.runners import ORT_PROVIDERS, Runner
 
@@ -400,9 +400,7 @@ class OpenVinoRunner(Runner):
                         blob, exc, self.spec.name)
             blob.unlink(missing_ok=True)  # a blob without its record would never be evicted
             return compiled, False
-        evict_stale_blobs(blob.parent.parent)  # blobs of graph files since re-exported: never hit again
-        if self.cache_limit_bytes is not None:
-            trim_to_limit(blob.parent.parent, self.cache_limit_bytes, keep=blob)
+        tidy_after_write(blob.parent.parent, blob, self.cache_limit_bytes)  # stale blobs are never hit again
         return compiled, True
 
     def _compiled_for(self, feed: dict[str, np.ndarray]):

@@ -24,8 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from maskst.runtime.blob_cache import (LOCK_SUFFIX, WEIGHTS_SUFFIX, cpu_identity, evict_stale_blobs, forget_blob,
-                                       graph_files, key_digest, mark_used, record_blob, trim_to_limit)
+from maskst.runtime.blob_cache import (LOCK_SUFFIX, WEIGHTS_SUFFIX, cpu_identity, forget_blob, graph_files, key_digest,
+                                       mark_used, record_blob, tidy_after_write)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,5 @@ def optimize_and_store(source: Path, entry: Path, make_options, providers, limit
             return session
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    evict_stale_blobs(folder.parent, ENTRY_SUFFIX)  # entries of graph files since re-exported: never hit again
-    if limit_bytes is not None:
-        trim_to_limit(folder.parent, limit_bytes, keep=entry, suffix=ENTRY_SUFFIX)
+    tidy_after_write(folder.parent, entry, limit_bytes, ENTRY_SUFFIX)  # stale entries are never hit again
     return session
