@@ -137,6 +137,19 @@ def test_effective_ceiling_weights_matmul_and_conv():
     assert effective_ceiling(ceilings, "openvino", "int8", {"MatMul": 1}) is None
 
 
+@pytest.mark.parametrize("kind", ["matmul", "conv"])
+def test_ceiling_graphs_declare_the_oldest_ir_version_of_their_opset(kind):
+    """onnx writes its newest IR version unless told; onnxruntime-gpu 1.31.1 refused onnx 1.23's IR 14 on the first
+    GPU machine (2026-12-04). Opset 17 came with IR version 8 (ONNX 1.12), which every runtime of opset 17 reads."""
+    import onnx
+
+    from maskst.bench.ceilings import _onnx_graph
+
+    model = onnx.load_from_string(_onnx_graph(kind)[0])
+    onnx.checker.check_model(model)
+    assert model.ir_version == 8
+
+
 def test_merge_samples_takes_the_fastest_pass():
     """A pass the host slowed (fp32 2x slower, bf16 not) must not pull the ceiling down: per kernel, the pass
     with the highest median wins, every pass's median is kept."""

@@ -95,6 +95,15 @@ def split_contender(name: str) -> tuple[str, int]:
     return (backend, int(interval)) if tag and interval.isdigit() else (name, 1)
 
 
+def _contender_device(name: str) -> str:
+    """"cpu" or "cuda": where a contender (``reference``, a backend spec, ``SPEC+deepcacheN``) computes. The
+    reference runs torch on the CPU; a name no backend is registered under (a saved report's) counts as CPU."""
+    from maskst.runtime.backends import BACKENDS
+
+    backend = BACKENDS.get(split_contender(name)[0].partition(":")[0])
+    return backend.device if backend is not None else "cpu"
+
+
 # ---------------------------------------------------------------------------- models to benchmark
 
 
@@ -474,6 +483,9 @@ def runner_precision(runner) -> dict:
             return {"runtime": "openvino", "precision": precision, "int8_scheme": runner.int8_scheme}
         return {"runtime": "openvino", "precision": precision}
     if type(runner).__name__ == "OrtRunner":
+        if _contender_device(runner.backend) != "cpu":  # the ceilings are the CPU's: none applies to a GPU provider
+            return {"runtime": f"onnxruntime-{_contender_device(runner.backend)}", "precision": "f32",
+                    "provider": runner.backend}
         return {"runtime": "onnxruntime", "precision": "f32", "provider": runner.backend}
     return {"runtime": type(runner).__name__, "precision": precision}
 
@@ -1136,9 +1148,14 @@ def end_to_end_goal(isa_flags) -> tuple[float | None, str]:
 def evaluate_targets(report: dict) -> dict:
     """The issue's targets, judged from a report's figures (informational: nothing here fails the run). Also run on
     saved reports (:mod:`maskst.bench.runs`): it reads only what a report holds and tolerates fields it lacks."""
-    # issue 15's 6x is "the best backend without step caching": DeepCache contenders have their own target below
-    speed = {n: v for n, v in report["speedup_vs_reference"].items() if split_contender(n)[1] == 1}
-    quiet = {n: v for n, v in (report.get("speedup_vs_reference_quiet") or {}).items() if split_contender(n)[1] == 1}
+    # issue 15's targets are the CPU path's: a GPU contender (ort-cuda, trt) is in the table, not judged here.
+    # Its 6x is "the best backend without step caching": DeepCache contenders have their own target below.
+    def judged(name: str) -> bool:
+        return _contender_device(name) == "cpu"
+
+    speed = {n: v for n, v in report["speedup_vs_reference"].items() if split_contender(n)[1] == 1 and judged(n)}
+    quiet = {n: v for n, v in (report.get("speedup_vs_reference_quiet") or {}).items()
+             if split_contender(n)[1] == 1 and judged(n)}
     targets = {}
     goal, machine_class = end_to_end_goal((report.get("machine") or {}).get("isa_flags"))
     suffix = f"at_least_{goal:g}x" if goal is not None else "no_goal_for_this_cpu"
@@ -1157,7 +1174,7 @@ def evaluate_targets(report: dict) -> dict:
         targets["masking_projection_under_1ms"] = {"backend": best, "ms": masking[best], "met": masking[best] < 1.0}
     if report["cold_start_ms"]:
         targets["cold_start_ms"] = report["cold_start_ms"]
-    unet = {n: rows[0] for n, graphs in report.get("graph_efficiency", {}).items() if n != "reference"
+    unet = {n: rows[0] for n, graphs in report.get("graph_efficiency", {}).items() if n != "reference" and judged(n)
             for g, rows in graphs.items() if g == "unet" and rows and "pct_of_ceiling" in rows[0]}
     if unet:
         best = min(unet, key=lambda n: unet[n]["ms_median"])
@@ -1167,12 +1184,12 @@ def evaluate_targets(report: dict) -> dict:
             **({"attainable_pct": attainable, "pct_of_roofline": unet[best]["pct_of_roofline"]}
                if attainable is not None else {}),
             "met": unet[best]["pct_of_ceiling"] >= UNET_PCT_GOAL}
-    cached = report.get("deepcache_speedup_vs_full") or {}
+    cached = {n: v for n, v in (report.get("deepcache_speedup_vs_full") or {}).items() if judged(n)}
     if cached:  # issue 15: with --deepcache-interval 3 a further >= 1.8x over the same backend's full computation
         best = max(cached, key=cached.get)
         targets[f"deepcache_speedup_at_least_{DEEPCACHE_GOAL:g}x"] = {"backend": best, "speedup": cached[best],
                                                                       "met": cached[best] >= DEEPCACHE_GOAL}
-    rss = report.get("peak_rss_mib", {})
+    rss = {n: v for n, v in report.get("peak_rss_mib", {}).items() if judged(n)}
     if "reference" in rss and len(rss) > 1:
         targets["peak_rss_not_above_reference"] = {
             "reference_mib": rss["reference"], **{n: v for n, v in rss.items() if n != "reference"},

@@ -152,7 +152,10 @@ def _onnx_graph(kind: str):
     graph = helper.make_graph([node], f"ceiling_{kind}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
                               [numpy_helper.from_array(weights, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17)]
+    # onnx writes its own newest IR version by default, which an older runtime refuses (onnx 1.23 writes IR 14;
+    # onnxruntime 1.31 reads up to 13): declare the oldest IR version that can carry these opsets instead
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     return model.SerializeToString(), rng.uniform(-4, 4, x_shape).astype(np.float32)
 
 
