@@ -346,6 +346,18 @@ def test_int8_ir_gets_its_own_compiled_model_cache_key(int8_engines, tmp_path):
     assert mixed.runner(manifest, "vae_decoder", options).path.name == "vae_decoder.int8.xml"
 
 
+def test_int8_applies_from_avx2_up():
+    """OpenVINO's CPU plugin has int8 kernels from AVX2 up: on a Zen 3 (AVX2 only) its int8 convolution ran at 2x its
+    f32 one (2026-12-04), so openvino-int8 and its ceiling apply there; below AVX2 they do not."""
+    from maskst.hardware import CpuInfo
+    from maskst.runtime.openvino_runner import INT8_CPU_FLAGS
+
+    zen3 = CpuInfo("AMD EPYC", "fpu sse4_2 avx f16c fma avx2 sha_ni vaes", 2)
+    amx = CpuInfo("Xeon", "fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8", 2)
+    assert zen3.has(*INT8_CPU_FLAGS) and amx.has(*INT8_CPU_FLAGS) and amx.capped("avx2").has(*INT8_CPU_FLAGS)
+    assert not CpuInfo("old", "fpu sse4_2 avx", 2).has(*INT8_CPU_FLAGS)
+
+
 def test_default_bench_backends_and_int8_ceiling():
     from maskst.bench.ceilings import effective_ceiling
     from maskst.runtime.backends import default_cpu_backends, engines_have_int8

@@ -6,8 +6,8 @@ A ceiling is what the runtime's best kernel reaches on a shape that keeps it bus
 
 - OpenVINO (CPU plugin): fp32, bf16 (where the CPU has native bf16: AMX or AVX-512-BF16) and int8
   (the graph quantised with ``FakeQuantize`` on activations and weights, which OpenVINO's low-precision
-  transformations turn into int8 kernels: AMX-INT8 or VNNI). The time is the main node's own time
-  (``PERF_COUNT``: the FullyConnected / Convolution kernel, without the fp32 -> bf16 / int8 reorder of
+  transformations turn into int8 kernels: AMX-INT8, VNNI, or AVX2's vpmaddubsw). The time is the main node's
+  own time (``PERF_COUNT``: the FullyConnected / Convolution kernel, without the fp32 -> bf16 / int8 reorder of
   the input), and the kernel OpenVINO chose is recorded (``exec_type``, e.g. ``brgemm_avx512_amx_bf16``).
 - ONNX Runtime (CPU provider): fp32 (what ``ort-cpu`` runs), whole-session time.
 - torch (the reference): fp32 and, where the CPU has native bf16, bf16; call time.

@@ -161,8 +161,8 @@ def _command(program: str) -> str:
                    "openvino-bf16, openvino:GRAPH=VALUE:..., ort-cuda, ort-trt, trt. "
                    "Default: every CPU backend and precision that applies here (ort-cpu, openvino-f32, and where the "
                    "CPU has native bf16 openvino and openvino-bf16, and openvino-int8 where the engines have int8 graphs "
-                   "(maskst-export --int8; --random-full-size builds them when nncf is installed) and the CPU has "
-                   "VNNI or AMX-INT8; ort-cpu alone without openvino).")
+                   "(maskst-export --int8; --random-full-size builds them when nncf is installed) and OpenVINO has "
+                   "int8 kernels for the CPU (AVX2 and up); ort-cpu alone without openvino).")
 @click.option("--rounds", type=int, default=1, show_default=True,
               help="Run the contenders one after the other this many times (fresh processes, interleaved) and pool "
                    "their timed generations: on a shared machine a busy spell then hits a round, not a contender.")

@@ -342,9 +342,9 @@ def default_cpu_backends(int8_engines: bool = False, isa_cap: str | None = None)
     ``openvino-bf16`` (every graph bf16). On a CPU without native bf16 ``openvino`` would run what
     ``openvino-f32`` runs, so it is left out; where bf16 is native but measured slower it stays, and its report
     shows the f32 it chose (the bench's workers may run under an ISA cap this process does not measure under).
-    ``openvino-int8`` where the engines have int8 graphs (``int8_engines``) and the CPU has int8 dot-product
-    instructions (VNNI or AMX-INT8). ``isa_cap``: decide for the CPU as oneDNN's kernels see it under that
-    cap (:meth:`maskst.hardware.CpuInfo.capped`; ``maskst-bench --cpu-isa-cap``)."""
+    ``openvino-int8`` where the engines have int8 graphs (``int8_engines``) and OpenVINO has int8 kernels for
+    the CPU (AVX2 and up; VNNI and AMX-INT8 faster). ``isa_cap``: decide for the CPU as oneDNN's kernels see it
+    under that cap (:meth:`maskst.hardware.CpuInfo.capped`; ``maskst-bench --cpu-isa-cap``)."""
     import importlib.util
 
     names = ["ort-cpu"]

@@ -140,7 +140,10 @@ def openvino_core():
     return _import_openvino().Core()
 
 
-INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: VNNI (AVX-512 or AVX) or AMX
+# OpenVINO's int8 kernels: from AVX2 up (vpmaddubsw + vpmaddwd); VNNI (AVX-512 or AVX) and AMX-INT8 fuse those steps.
+# Without VNNI they still pay for convolutions: 203 vs 103 GOP/s int8 vs f32 on a Zen 3 (AVX2 only, 2 cores,
+# maskst.bench.ceilings, 2026-12-04), while int8 MatMuls ran at the f32 rate there.
+INT8_CPU_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,8 +160,8 @@ def native_bf16(isa_cap: str | None = None) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def native_int8(isa_cap: str | None = None) -> bool:
-    """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), from its ISA flags under oneDNN's
-    ISA cap (``isa_cap``, or the one in effect for this process)."""
+    """Whether OpenVINO runs int8 kernels on this CPU (AVX2 and up: :data:`INT8_CPU_FLAGS`), from its ISA flags
+    under oneDNN's ISA cap (``isa_cap``, or the one in effect for this process)."""
     from maskst.hardware import cpu_info
 
     return cpu_info().capped(isa_cap).has(*INT8_CPU_FLAGS)
