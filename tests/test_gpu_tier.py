@@ -1,13 +1,14 @@
 """The ``gpu`` tier: the first thing to run on a machine with an NVIDIA GPU (``pytest -m gpu -rs``).
 
-NOT YET RUN ON A GPU. This file was written on a CPU-only machine against the documented APIs
-(docs/gpu.md, maskst.hardware, maskst.runtime.backends); there, every test in it is skipped with the
-reason the probes give, and that is all that has been observed. Its tolerances are reasoned from
-CPU measurements (below), not from GPU runs: the first GPU run checks them, and its numbers
-belong in docs/gpu.md. Once, outside the repository, its code paths were run on CPU with
-tests/test_gpu_path.py's fake TensorRT (which executes the ONNX graphs with ONNX Runtime) and
-ONNX Runtime's CPU provider presented as CUDA: all 8 tests passed, which checks this file's own
-logic (fixtures, API calls, manifest fields, assertions) and nothing of TensorRT or CUDA.
+RUN ON A GPU ONCE, WITHOUT TENSORRT. On one H200 (2026-12-04, onnxruntime-gpu 1.31.1, no TensorRT on the
+machine; docs/gpu.md "First GPU run") the two ONNX Runtime CUDA tests passed and the six TensorRT tests were
+skipped with the probe's reason. The TensorRT tests have still never run: they were written on a CPU-only
+machine against the documented APIs (docs/gpu.md, maskst.hardware, maskst.runtime.backends), and their
+tolerances are reasoned from CPU measurements (below), not from GPU runs: the first run with TensorRT checks
+them, and its numbers belong in docs/gpu.md. Once, outside the repository, their code paths were run on CPU
+with tests/test_gpu_path.py's fake TensorRT (which executes the ONNX graphs with ONNX Runtime) and ONNX
+Runtime's CPU provider presented as CUDA: all 8 tests passed, which checks this file's own logic (fixtures,
+API calls, manifest fields, assertions) and nothing of TensorRT or CUDA.
 
 What it runs, all on the tiny fixtures (conftest ``tiny``; sizes 32-128 px, max batch 2):
 
