@@ -483,10 +483,9 @@ def runner_precision(runner) -> dict:
             return {"runtime": "openvino", "precision": precision, "int8_scheme": runner.int8_scheme}
         return {"runtime": "openvino", "precision": precision}
     if type(runner).__name__ == "OrtRunner":
-        if _contender_device(runner.backend) != "cpu":  # the ceilings are the CPU's: none applies to a GPU provider
-            return {"runtime": f"onnxruntime-{_contender_device(runner.backend)}", "precision": "f32",
-                    "provider": runner.backend}
-        return {"runtime": "onnxruntime", "precision": "f32", "provider": runner.backend}
+        device = _contender_device(runner.backend)  # the ceilings are the CPU's: none applies to a GPU provider
+        runtime = "onnxruntime" if device == "cpu" else f"onnxruntime-{device}"
+        return {"runtime": runtime, "precision": "f32", "provider": runner.backend}
     return {"runtime": type(runner).__name__, "precision": precision}
 
 
