@@ -98,10 +98,13 @@ def split_contender(name: str) -> tuple[str, int]:
 def _contender_device(name: str) -> str:
     """"cpu" or "cuda": where a contender (``reference``, a backend spec, ``SPEC+deepcacheN``) computes. The
     reference runs torch on the CPU; a name no backend is registered under (a saved report's) counts as CPU."""
-    from maskst.runtime.backends import BACKENDS
+    from maskst.errors import InputError
+    from maskst.runtime.backends import parse_backend
 
-    backend = BACKENDS.get(split_contender(name)[0].partition(":")[0])
-    return backend.device if backend is not None else "cpu"
+    try:
+        return parse_backend(split_contender(name)[0]).device
+    except InputError:  # "reference", or a backend this version no longer has
+        return "cpu"
 
 
 # ---------------------------------------------------------------------------- models to benchmark
@@ -1149,12 +1152,12 @@ def evaluate_targets(report: dict) -> dict:
     saved reports (:mod:`maskst.bench.runs`): it reads only what a report holds and tolerates fields it lacks."""
     # issue 15's targets are the CPU path's: a GPU contender (ort-cuda, trt) is in the table, not judged here.
     # Its 6x is "the best backend without step caching": DeepCache contenders have their own target below.
-    def judged(name: str) -> bool:
-        return _contender_device(name) == "cpu"
+    def on_cpu(figures: dict | None, full_only: bool = False) -> dict:
+        return {n: v for n, v in (figures or {}).items()
+                if _contender_device(n) == "cpu" and not (full_only and split_contender(n)[1] != 1)}
 
-    speed = {n: v for n, v in report["speedup_vs_reference"].items() if split_contender(n)[1] == 1 and judged(n)}
-    quiet = {n: v for n, v in (report.get("speedup_vs_reference_quiet") or {}).items()
-             if split_contender(n)[1] == 1 and judged(n)}
+    speed = on_cpu(report["speedup_vs_reference"], full_only=True)
+    quiet = on_cpu(report.get("speedup_vs_reference_quiet"), full_only=True)
     targets = {}
     goal, machine_class = end_to_end_goal((report.get("machine") or {}).get("isa_flags"))
     suffix = f"at_least_{goal:g}x" if goal is not None else "no_goal_for_this_cpu"
@@ -1173,7 +1176,7 @@ def evaluate_targets(report: dict) -> dict:
         targets["masking_projection_under_1ms"] = {"backend": best, "ms": masking[best], "met": masking[best] < 1.0}
     if report["cold_start_ms"]:
         targets["cold_start_ms"] = report["cold_start_ms"]
-    unet = {n: rows[0] for n, graphs in report.get("graph_efficiency", {}).items() if n != "reference" and judged(n)
+    unet = {n: rows[0] for n, graphs in on_cpu(report.get("graph_efficiency")).items() if n != "reference"
             for g, rows in graphs.items() if g == "unet" and rows and "pct_of_ceiling" in rows[0]}
     if unet:
         best = min(unet, key=lambda n: unet[n]["ms_median"])
@@ -1183,12 +1186,12 @@ def evaluate_targets(report: dict) -> dict:
             **({"attainable_pct": attainable, "pct_of_roofline": unet[best]["pct_of_roofline"]}
                if attainable is not None else {}),
             "met": unet[best]["pct_of_ceiling"] >= UNET_PCT_GOAL}
-    cached = {n: v for n, v in (report.get("deepcache_speedup_vs_full") or {}).items() if judged(n)}
+    cached = on_cpu(report.get("deepcache_speedup_vs_full"))
     if cached:  # issue 15: with --deepcache-interval 3 a further >= 1.8x over the same backend's full computation
         best = max(cached, key=cached.get)
         targets[f"deepcache_speedup_at_least_{DEEPCACHE_GOAL:g}x"] = {"backend": best, "speedup": cached[best],
                                                                       "met": cached[best] >= DEEPCACHE_GOAL}
-    rss = {n: v for n, v in report.get("peak_rss_mib", {}).items() if judged(n)}
+    rss = on_cpu(report.get("peak_rss_mib"))
     if "reference" in rss and len(rss) > 1:
         targets["peak_rss_not_above_reference"] = {
             "reference_mib": rss["reference"], **{n: v for n, v in rss.items() if n != "reference"},
